@@ -1,0 +1,3 @@
+"""autocomp CLI commands (latency_cmd)."""
+
+from autocomp.cli.app import app  # noqa: F401
