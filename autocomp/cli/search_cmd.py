@@ -1,3 +1,236 @@
-"""autocomp CLI commands (search_cmd)."""
+"""``autocomp search``, ``autocomp report`` and ``autocomp export``."""
 
-from autocomp.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autocomp.cli.app import app, console
+from autocomp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_SETTINGS = ("task", "device", "space", "backend")
+
+
+def _study_name(task: str, device: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(task.split(':')[0]).stem}-{device}").strip("-")
+
+
+@app.command()
+def search(
+    device: str = typer.Option(..., "--device", "-d", help="Target device profile (see 'autocomp profiles list')."),
+    task: str = typer.Option("digits", help="Built-in task, 'package.module:factory' or 'path/to/file.py:factory'."),
+    space: str = typer.Option("default", help="Search space name (search_spaces/) or path to a YAML file."),
+    trials: int = typer.Option(20, min=1, help="Total trials in the study (a resumed study counts its finished ones)."),
+    timeout: Optional[float] = typer.Option(None, min=1, help="Stop starting new trials after this many seconds."),
+    latency_budget_ms: Optional[float] = typer.Option(None, min=0.0, help="Latency budget on the device, ms (a constraint)."),
+    min_accuracy: str = typer.Option("-1", help="Accuracy floor: 0.97 or 97% (absolute), or -1 = one point below baseline."),
+    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, nsga2, gp or random."),
+    seed: int = typer.Option(0, help="Seed for the sampler and fine-tuning."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite file in the run folder)."),
+    study_name: Optional[str] = typer.Option(None, help="Study name (default: <task>-<device>)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: reports/<study-name>/)."),
+    backend: str = typer.Option("estimate", help="Latency backend: estimate, local or ssh."),
+    board: Optional[str] = typer.Option(None, help="With --backend ssh: user@host[:port] (else the profile's ssh section)."),
+    key: Optional[Path] = typer.Option(None, help="With --board: private key file."),
+    jobs: int = typer.Option(1, min=1, help="Trials run in parallel (threads)."),
+) -> None:
+    """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report."""
+    from autocomp.latency import get_backend
+    from autocomp.objective import SearchContext
+    from autocomp.profiles import load_profile
+    from autocomp.search_space import load_space
+    from autocomp.study import default_storage, make_sampler, open_study, parse_accuracy_floor, record_baseline, run_search
+    from autocomp.tasks import load_task, task_name
+
+    profile = _with_board(load_profile(device), board=board, key=key)
+    search_space = load_space(space)
+    loaded_task = load_task(task)
+    name = study_name or _study_name(task, device)
+    out_dir = (out or Path("reports") / name).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = storage or default_storage(out_dir)
+    latency_backend = get_backend(backend, profile=profile)
+    estimator = get_backend("estimate", profile=profile)
+    study = open_study(storage=storage_url, study_name=name, sampler=make_sampler(sampler, seed=seed))
+    settings = {"task": task, "device": device, "space": space, "backend": backend}
+    _check_same_settings(study, settings, name)
+    with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
+        teacher = loaded_task.build_model()
+    search_space.distributions(teacher, supported_bits=profile.supported_bits)  # validate before any long work
+    ctx = SearchContext(
+        task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
+        estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
+    )
+    with console.status("evaluating the uncompressed baseline"):
+        baseline = record_baseline(ctx, study)
+    floor = parse_accuracy_floor(min_accuracy, baseline_accuracy=baseline["accuracy"])
+    ctx = SearchContext(**{**ctx.__dict__, "accuracy_floor": floor})
+    _store_settings(study, settings, profile=profile, task=task_name(loaded_task), floor=floor, budget=latency_budget_ms)
+    console.print(
+        f"baseline: accuracy [bold]{100 * baseline['accuracy']:.2f}%[/], latency {baseline['latency_ms']:.3f} ms "
+        f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%",
+        highlight=False,
+    )
+    outcome = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
+    _print_front(outcome.study, baseline)
+    report_path = _write_report(outcome.study, out_dir)
+    if outcome.chosen is None:
+        console.print(f"[yellow]no trial meets the constraints ({outcome.rule})[/]; try more --trials or a looser floor/budget")
+    else:
+        c = outcome.chosen
+        console.print(
+            f"chosen: trial {c.number} ({outcome.rule}): accuracy {100 * c.values[0]:.2f}%, "
+            f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster), "
+            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)",
+            highlight=False,
+        )
+        console.print(f"export it: autocomp export --study {out_dir} --out {out_dir / 'export'}", highlight=False)
+    if outcome.interrupted:
+        console.print("[yellow]interrupted[/]: finished trials are kept; run the same command again to resume")
+    console.print(f"report: {report_path}", highlight=False)
+
+
+def _with_board(profile, *, board: str | None, key: Path | None):
+    if board is None:
+        if key is not None:
+            raise ConfigError("--key is only used with --board user@host[:port]")
+        return profile
+    from dataclasses import replace
+
+    from autocomp.profiles import parse_board
+
+    target = parse_board(board)
+    if key is not None:
+        target = replace(target, key=str(key.expanduser()))
+    return replace(profile, ssh=target)
+
+
+def _check_same_settings(study, settings: dict, name: str) -> None:
+    stored = study.user_attrs.get("settings")
+    if stored and any(stored.get(k) != settings[k] for k in _SETTINGS):
+        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in _SETTINGS if stored.get(k) != settings[k])
+        raise ConfigError(f"study {name!r} was created with {diff}; use another --study-name (or --out) for a new search")
+
+
+def _store_settings(study, settings: dict, *, profile, task: str, floor: float, budget: float | None) -> None:
+    from autocomp.profiles import profile_summary
+
+    study.set_user_attr("settings", settings)
+    study.set_user_attr("device", profile.name)
+    study.set_user_attr("profile", profile_summary(profile))
+    study.set_user_attr("backend", settings["backend"])
+    study.set_user_attr("task", task)
+    study.set_user_attr("space", settings["space"])
+    study.set_user_attr("objectives", ["accuracy", "latency_ms", "size_bytes"])
+    study.set_user_attr("accuracy_floor", floor)
+    study.set_user_attr("latency_budget_ms", budget)
+
+
+def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: int):
+    from autocomp.study import choose_trial, finished_trials, run_search
+
+    done_before = len(finished_trials(study))
+    if done_before >= trials:
+        console.print(f"study already holds {done_before} finished trials (--trials {trials}); raise --trials to run more")
+    columns = (
+        SpinnerColumn(), TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("", total=trials, completed=min(done_before, trials))
+
+        def on_end(study_, trial) -> None:
+            chosen, _ = choose_trial(study_)
+            best = "no feasible trial yet" if chosen is None else (
+                f"best: #{chosen.number} {100 * chosen.values[0]:.1f}% {chosen.values[1]:.3f} ms"
+            )
+            status = trial.state.name.lower()
+            reason = trial.user_attrs.get("fail_reason")
+            if reason:
+                progress.console.print(f"  trial {trial.number} {status}: {reason}", highlight=False, markup=False)
+            progress.update(bar, advance=1, description=best)
+
+        return run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end)
+
+
+def _print_front(study, baseline: dict) -> None:
+    from autocomp.study import choose_trial
+
+    chosen, rule = choose_trial(study)
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
+    for column in ("trial", "accuracy %", "latency ms", "speedup", "size kB", "width", "mean prune", "bits (32/16/8)", "latency source"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "baseline", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00x",
+        f"{baseline['size_bytes'] / 1e3:.1f}", "1.0", "0.00", "all 32", baseline["latency_source"],
+    )
+    for trial in front:
+        params = trial.params
+        prunes = [v for k, v in params.items() if k.startswith("prune/")]
+        bits = [v for k, v in params.items() if k.startswith("bits/")]
+        mark = "*" if chosen is not None and trial.number == chosen.number else ""
+        table.add_row(
+            f"{mark}{trial.number}", f"{100 * trial.values[0]:.2f}", f"{trial.values[1]:.3f}",
+            f"{baseline['latency_ms'] / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",
+            f"{params.get('distill/width', 1.0):g}", f"{sum(prunes) / len(prunes):.2f}" if prunes else "-",
+            "/".join(str(bits.count(b)) for b in (32, 16, 8)) if bits else "-",
+            str(trial.user_attrs.get("latency_source", "")),
+        )
+    console.print(table)
+
+
+def _write_report(study, out_dir: Path) -> Path:
+    from autocomp.report import write_report
+
+    with console.status("writing the HTML report"):
+        return write_report(study, out_dir / "report.html")
+
+
+def _open_run(study_dir: Path, study_name: str | None):
+    from autocomp.study import default_storage, load_existing_study
+
+    if not (study_dir / "study.db").is_file():
+        raise ConfigError(f"{study_dir} holds no study.db; pass the run folder written by 'autocomp search' (reports/<name>)")
+    return load_existing_study(default_storage(study_dir), study_name)
+
+
+@app.command()
+def report(
+    study: Path = typer.Option(..., "--study", help="Run folder written by 'autocomp search' (reports/<name>)."),
+    study_name: Optional[str] = typer.Option(None, help="Study name, when the storage holds several."),
+    out: Optional[Path] = typer.Option(None, help="Output HTML file (default: <study>/report.html)."),
+) -> None:
+    """Regenerate the HTML report of a search."""
+    loaded = _open_run(study, study_name)
+    from autocomp.report import write_report
+
+    path = write_report(loaded, out or study / "report.html")
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+def export(
+    study: Path = typer.Option(..., "--study", help="Run folder written by 'autocomp search' (reports/<name>)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write model.onnx, model.pt2, plan.json, metrics.json."),
+    trial: Optional[str] = typer.Option(None, help="Trial number, or 'baseline' (default: the chosen trial)."),
+    study_name: Optional[str] = typer.Option(None, help="Study name, when the storage holds several."),
+) -> None:
+    """Write the chosen (or a named) trial's model and its metrics."""
+    from autocomp.ship import export_trial
+
+    loaded = _open_run(study, study_name)
+    written = export_trial(loaded, study, out, trial=trial)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)

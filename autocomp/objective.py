@@ -1,0 +1,171 @@
+"""One search trial: plan -> (cheap latency pre-check) -> compress -> ONNX -> accuracy, latency, size.
+
+Everything a trial learns goes into its user attrs (provenance: plan, accuracy,
+latency with its source, size, parameter count, ONNX hash, artifact path,
+per-layer rows) so the report and ``autocomp export`` need nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+from torch import nn
+
+from autocomp.compress.distill import DistillConfig
+from autocomp.errors import AutocompError
+from autocomp.latency.base import LatencyBackend, LatencyResult
+from autocomp.pipeline import Artifact, build_artifact, compress_model, run_plan
+from autocomp.plan import CompressionPlan, compressible_layers
+from autocomp.profiles import DeviceProfile
+from autocomp.search_space import SearchSpace
+from autocomp.tasks import Task, torch_predictor
+
+log = logging.getLogger(__name__)
+
+ACCURACY, LATENCY, SIZE = "accuracy", "latency_ms", "size_bytes"
+OBJECTIVES = (ACCURACY, LATENCY, SIZE)
+DIRECTIONS = ("maximize", "minimize", "minimize")
+
+
+class TrialStopped(AutocompError):
+    """Our own early-stopping rule (Optuna cannot prune multi-objective trials) ended a trial."""
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What stays fixed across the trials of one search."""
+
+    task: Task
+    teacher: nn.Module
+    space: SearchSpace
+    profile: DeviceProfile
+    backend: LatencyBackend
+    estimator: LatencyBackend
+    out_dir: Path
+    accuracy_floor: float | None
+    latency_budget_ms: float | None
+    seed: int = 0
+
+    @property
+    def finetune(self) -> DistillConfig:
+        spec = self.space.finetune
+        return DistillConfig(steps=spec.steps, temperature=spec.temperature, alpha=spec.alpha, lr=spec.lr, seed=self.seed)
+
+    def trial_dir(self, number: int) -> Path:
+        return self.out_dir / "trials" / f"{number:04d}"
+
+
+def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, layer_ms: dict[str, float]) -> list[dict[str, Any]]:
+    """Per-layer facts for the report: what the plan did to each layer and what it costs."""
+    from autocomp.compress.prune import channel_counts
+
+    baseline = channel_counts(teacher)
+    return [
+        {
+            "layer": layer,
+            "prune_ratio": plan.prune.get(layer, 0.0),
+            "sparsity_ratio": plan.sparsity.get(layer, 0.0),
+            "bits": plan.bits.get(layer, 32),
+            "channels": artifact.channels.get(layer),
+            "baseline_channels": baseline.get(layer),
+            "est_latency_ms": layer_ms.get(layer),
+        }
+        for layer in compressible_layers(teacher)
+    ]
+
+
+def _layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
+    try:
+        from autocomp.latency.estimate import estimate_layers
+    except ImportError:
+        return {}
+    try:
+        return estimate_layers(onnx_path, ctx.profile)
+    except AutocompError as exc:
+        log.warning("per-layer estimate unavailable: %s", exc)
+        return {}
+
+
+def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> LatencyResult:
+    """Estimate the plan's latency before any fine-tuning (structure only; weights do not matter)."""
+    model = compress_model(ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple, order=ctx.space.pipeline)
+    artifact = build_artifact(
+        ctx.task, model, plan, ctx.trial_dir(number) / "precheck", recipe=ctx.profile.int8_recipe, calibration_samples=8
+    )
+    try:
+        return ctx.estimator.measure(artifact.onnx_path, ctx.profile)
+    finally:
+        for path in artifact.onnx_path.parent.iterdir():
+            path.unlink()
+        artifact.onnx_path.parent.rmdir()
+
+
+def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], None] | None:
+    """Stop a trial whose accuracy, after the first fine-tuning steps, is hopelessly below the floor."""
+    spec = ctx.space.finetune
+    if ctx.accuracy_floor is None or spec.early_stop_after_steps <= 0 or spec.early_stop_after_steps >= spec.steps:
+        return None
+
+    def on_step(step: int, loss: float, model: nn.Module) -> None:
+        if step != spec.early_stop_after_steps:
+            return
+        accuracy = ctx.task.evaluate(torch_predictor(model))
+        model.train()
+        if accuracy < ctx.accuracy_floor - spec.early_stop_max_drop:
+            raise TrialStopped(
+                f"stopped after {step} fine-tuning steps: accuracy {accuracy:.3f} is more than "
+                f"{spec.early_stop_max_drop:.2f} below the floor {ctx.accuracy_floor:.3f}"
+            )
+
+    return on_step
+
+
+def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
+    """Evaluate one trial's plan and return its objective values; raises to mark it failed or stopped."""
+    started = time.perf_counter()
+    plan = CompressionPlan.from_params(trial.params)
+    trial.set_user_attr("plan", plan.to_params())
+    if ctx.latency_budget_ms is not None:
+        estimate = precheck_latency(ctx, plan, trial.number)
+        trial.set_user_attr("precheck_latency_ms", estimate.median_ms)
+        if estimate.median_ms > ctx.latency_budget_ms:
+            raise TrialStopped(
+                f"rejected before fine-tuning: estimated {estimate.median_ms:.3f} ms exceeds the "
+                f"{ctx.latency_budget_ms:g} ms budget"
+            )
+    torch.manual_seed(ctx.seed + trial.number)
+    result = run_plan(
+        ctx.task,
+        ctx.teacher,
+        plan,
+        ctx.trial_dir(trial.number),
+        finetune=ctx.finetune,
+        recipe=ctx.profile.int8_recipe,
+        round_to=ctx.profile.channel_multiple,
+        order=ctx.space.pipeline,
+        on_step=early_stop_rule(ctx),
+    )
+    torch.save(result.model.state_dict(), ctx.trial_dir(trial.number) / "model_state.pt")
+    latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)
+    for key, value in result.summary().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("latency_source", latency.source)
+    trial.set_user_attr("latency_p90_ms", latency.p90_ms)
+    trial.set_user_attr("layers", layer_rows(plan, ctx.teacher, result.artifact, _layer_estimates(ctx, result.artifact.onnx_path)))
+    trial.set_user_attr("seconds", time.perf_counter() - started)
+    set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
+    return [result.accuracy, latency.median_ms, float(result.artifact.stats.size_bytes)]
+
+
+def set_constraints(trial: optuna.Trial, ctx: SearchContext, *, accuracy: float, latency_ms: float) -> None:
+    """Budgets as Optuna 5 trial constraints (feasible when <= 0), so infeasible trials never sit on the front."""
+    if ctx.accuracy_floor is not None:
+        trial.set_constraint("accuracy_floor", ctx.accuracy_floor - accuracy)
+    if ctx.latency_budget_ms is not None:
+        trial.set_constraint("latency_budget", latency_ms - ctx.latency_budget_ms)

@@ -1,0 +1,139 @@
+"""One compression plan, end to end: student -> prune -> sparsify -> distil -> ONNX -> quantize -> score.
+
+The artifact that ships is the one that is scored: accuracy comes from the
+quantized ONNX file run in onnxruntime, never from the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from autocomp.compress.distill import DistillConfig, build_student, distill
+from autocomp.compress.prune import channel_counts, prune_channels, prune_to_width
+from autocomp.compress.quantize import quantize_onnx
+from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
+from autocomp.export import export_onnx
+from autocomp.plan import CompressionPlan
+from autocomp.profiles import Int8Recipe
+from autocomp.runtime import OnnxStats, calibration_inputs, evaluate_onnx, onnx_stats
+from autocomp.tasks import Task
+
+log = logging.getLogger(__name__)
+
+OnStep = Callable[[int, float, nn.Module], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An exported (and possibly quantized) ONNX file with its measured facts."""
+
+    onnx_path: Path
+    stats: OnnxStats
+    channels: dict[str, int]
+
+
+def compress_model(
+    task: Task,
+    teacher: nn.Module,
+    plan: CompressionPlan,
+    *,
+    finetune: DistillConfig,
+    round_to: int = 8,
+    order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    on_step: OnStep | None = None,
+) -> nn.Module:
+    """The PyTorch stage of a plan: a new, fine-tuned model (the teacher is left untouched).
+
+    ``order`` decides whether the student is narrowed before the per-layer pruning
+    (``distill, prune``: one distillation at the end) or after it (``prune, distill``:
+    the pruned teacher is fine-tuned first, then narrowed and distilled again, each
+    with half the step budget). With ``finetune.steps == 0`` only the structure is
+    built, which is how an exported trial's architecture is rebuilt.
+    """
+    plan.validate(teacher)
+    example = task.example_inputs()
+    if plan.width == 1.0 and not any(plan.prune.values()) and not any(plan.sparsity.values()):
+        return teacher  # bit-widths act on the ONNX graph; nothing to fine-tune
+    prune_ratios = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0}
+    steps = finetune.steps
+    if order[0] == "prune" and prune_ratios and plan.width < 1.0:
+        steps = finetune.steps // 2
+        model = prune_channels(teacher, prune_ratios, example, round_to=round_to)
+        if steps:
+            model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
+        model = prune_to_width(model, plan.width, example, round_to=round_to)
+    else:
+        model = build_student(task, teacher, plan.width, round_to=round_to)
+        if prune_ratios:
+            model = prune_channels(model, prune_ratios, example, round_to=round_to)
+    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0}
+    if sparsity:
+        model = apply_sparsity(model, sparsity)
+    if steps:
+        model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
+    return make_sparsity_permanent(model) if sparsity else model
+
+
+def build_artifact(
+    task: Task,
+    model: nn.Module,
+    plan: CompressionPlan,
+    out_dir: Path,
+    *,
+    recipe: Int8Recipe,
+    calibration_samples: int = 256,
+) -> Artifact:
+    """Export ``model`` and apply the plan's per-layer bit-widths; returns ``out_dir/model.onnx``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx")
+    final = out_dir / "model.onnx"
+    if any(bits != 32 for bits in plan.bits.values()):
+        calibration = calibration_inputs(task, max_samples=calibration_samples)
+        quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
+        fp32_path.unlink()
+    else:
+        shutil.move(fp32_path, final)
+    return Artifact(final, onnx_stats(final), channel_counts(model))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: CompressionPlan
+    accuracy: float
+    artifact: Artifact
+    model: nn.Module
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "size_bytes": self.artifact.stats.size_bytes,
+            "params": self.artifact.stats.params,
+            "onnx_sha256": self.artifact.stats.sha256,
+            "artifact": str(self.artifact.onnx_path),
+        }
+
+
+def run_plan(
+    task: Task,
+    teacher: nn.Module,
+    plan: CompressionPlan,
+    out_dir: Path,
+    *,
+    finetune: DistillConfig,
+    recipe: Int8Recipe,
+    round_to: int = 8,
+    order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    on_step: OnStep | None = None,
+) -> PlanResult:
+    """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file."""
+    model = compress_model(task, teacher, plan, finetune=finetune, round_to=round_to, order=order, on_step=on_step)
+    artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
+    accuracy = evaluate_onnx(task, artifact.onnx_path)
+    log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
+    return PlanResult(plan, accuracy, artifact, model)

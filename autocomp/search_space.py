@@ -1,0 +1,256 @@
+"""Search spaces: ``search_spaces/<name>.yaml`` -> validated spec -> Optuna distributions.
+
+A space is data. It says which layers (glob patterns over module paths) get a
+structured-sparsity ratio, an unstructured sparsity ratio or a bit-width, and
+from which range; the student widths; the pipeline order; the fine-tuning
+budget per trial; and which layers are never touched. Resolving it against a
+model and a device profile gives one Optuna distribution per plan parameter,
+named as ``CompressionPlan`` names them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna.distributions as od
+from torch import nn
+
+from autocomp.errors import ConfigError
+from autocomp.plan import BITS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
+from autocomp.yamlio import check_keys, load_yaml
+
+SCHEMA_VERSION = 1
+PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quantize"))
+_TOP_KEYS = ("schema_version", "description", "pipeline", "finetune", "exclude", "distill", "prune", "sparsity", "bits")
+_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop")
+_EARLY_STOP_KEYS = ("after_steps", "max_drop")
+_RULE_KEYS = ("layers", "ratio", "choices")
+
+
+def spaces_dir() -> Path:
+    """Where the shipped spaces live: ``AUTOCOMP_SPACE_DIR``, else the repo's ``search_spaces/``."""
+    env = os.environ.get("AUTOCOMP_SPACE_DIR")
+    if env:
+        return Path(env)
+    packaged = Path(__file__).parent / "data" / "search_spaces"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    steps: int = 60
+    temperature: float = 4.0
+    alpha: float = 0.7
+    lr: float = 1e-3
+    early_stop_after_steps: int = 20  # evaluate once after this many steps ...
+    early_stop_max_drop: float = 0.5  # ... and stop if accuracy is this far below the floor (hopeless)
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One entry of ``prune``/``sparsity``/``bits``: glob patterns and the distribution they get."""
+
+    patterns: tuple[str, ...]
+    distribution: od.BaseDistribution
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str = ""
+    pipeline: tuple[str, ...] = PIPELINE_ORDERS[0]
+    finetune: FinetuneSpec = FinetuneSpec()
+    exclude: tuple[str, ...] = ()
+    width: od.BaseDistribution | None = None
+    prune: tuple[LayerRule, ...] = ()
+    sparsity: tuple[LayerRule, ...] = ()
+    bits: tuple[LayerRule, ...] = ()
+    path: Path | None = None
+
+    def distributions(self, model: nn.Module, *, supported_bits: tuple[int, ...]) -> dict[str, od.BaseDistribution]:
+        """One distribution per plan parameter for this model's layers, checked against the device.
+
+        The first matching rule wins for a layer; excluded layers never get a parameter.
+        """
+        every = compressible_layers(model)
+        # <first>/<last> name the input layer and the classifier of any model, whatever its module names
+        ends = {"<first>": every[:1], "<last>": every[-1:]}
+        excluded = {name for pattern in self.exclude for name in ends.get(pattern, [])}
+        layers = [name for name in every if name not in excluded and not _matches(name, self.exclude)]
+        result: dict[str, od.BaseDistribution] = {}
+        if self.width is not None:
+            result[WIDTH] = self.width
+        for prefix, rules in ((PRUNE, self.prune), (SPARSITY, self.sparsity), (BITS, self.bits)):
+            for rule in rules:
+                matched = [layer for layer in layers if _matches(layer, rule.patterns) and prefix + layer not in result]
+                if not matched:
+                    raise ConfigError(
+                        f"search space {self.name!r}: {prefix.rstrip('/')} patterns {list(rule.patterns)} match no "
+                        f"compressible layer of the model (after exclude); layers: {', '.join(layers[:8])}"
+                        + (", ..." if len(layers) > 8 else "")
+                    )
+                for layer in matched:
+                    result[prefix + layer] = rule.distribution
+        for rule in self.bits:
+            unsupported = sorted(set(rule.distribution.choices) - set(supported_bits), reverse=True)  # type: ignore[attr-defined]
+            if unsupported:
+                raise ConfigError(
+                    f"search space {self.name!r} asks for {unsupported[0]}-bit layers, which the device cannot run "
+                    f"(it runs {', '.join(map(str, supported_bits))}-bit); remove {unsupported[0]} from the bits choices"
+                )
+        return result
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def list_spaces() -> list[str]:
+    return sorted(path.stem for path in spaces_dir().glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Load a shipped space by name or a user's YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = spaces_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown search space {name_or_path!r}; known spaces: {', '.join(list_spaces())} (or pass a path to a .yaml file)"
+            )
+    elif not path.is_file():
+        raise ConfigError(f"search space file {path} does not exist")
+    return parse_space(load_yaml(path, what="search space"), name=path.stem, path=path)
+
+
+def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> SearchSpace:
+    where = f"search space {path or name}"
+    check_keys(data, allowed=_TOP_KEYS, where=where, required=("schema_version",))
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ConfigError(f"{where}: schema_version {data['schema_version']!r} is not supported; use {SCHEMA_VERSION}")
+    pipeline = tuple(data.get("pipeline", PIPELINE_ORDERS[0]))
+    if pipeline not in PIPELINE_ORDERS:
+        allowed = " or ".join("[" + ", ".join(order) + "]" for order in PIPELINE_ORDERS)
+        raise ConfigError(f"{where}: pipeline {list(pipeline)} is not supported; use {allowed}")
+    return SearchSpace(
+        name=name,
+        description=str(data.get("description", "")),
+        pipeline=pipeline,
+        finetune=_finetune(data.get("finetune") or {}, where=f"{where}: finetune"),
+        exclude=_patterns(data.get("exclude", []), where=f"{where}: exclude"),
+        width=_width(data["distill"], where=f"{where}: distill") if data.get("distill") else None,
+        prune=_rules(data.get("prune") or [], kind="ratio", where=f"{where}: prune"),
+        sparsity=_rules(data.get("sparsity") or [], kind="ratio", where=f"{where}: sparsity"),
+        bits=_rules(data.get("bits") or [], kind="choices", where=f"{where}: bits"),
+        path=path,
+    )
+
+
+def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
+    check_keys(data, allowed=_FINETUNE_KEYS, where=where)
+    early = data.get("early_stop") or {}
+    check_keys(early, allowed=_EARLY_STOP_KEYS, where=f"{where}.early_stop")
+    defaults = FinetuneSpec()
+    spec = FinetuneSpec(
+        steps=_number(data.get("steps", defaults.steps), where=f"{where}.steps", low=0, integer=True),
+        temperature=_number(data.get("temperature", defaults.temperature), where=f"{where}.temperature", low=0.1),
+        alpha=_number(data.get("alpha", defaults.alpha), where=f"{where}.alpha", low=0.0, high=1.0),
+        lr=_number(data.get("lr", defaults.lr), where=f"{where}.lr", low=1e-8, high=1.0),
+        early_stop_after_steps=_number(
+            early.get("after_steps", defaults.early_stop_after_steps), where=f"{where}.early_stop.after_steps", low=0, integer=True
+        ),
+        early_stop_max_drop=_number(
+            early.get("max_drop", defaults.early_stop_max_drop), where=f"{where}.early_stop.max_drop", low=0.0, high=1.0
+        ),
+    )
+    return spec
+
+
+def _number(value: Any, *, where: str, low: float, high: float | None = None, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{where}: {value!r} must be {'an integer' if integer else 'a number'} {bound}")
+    return value
+
+
+def _patterns(value: Any, *, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{where}: expected a list of glob patterns over module paths, e.g. ['layer*.conv1'], got {value!r}")
+    return tuple(value)
+
+
+def _rules(value: Any, *, kind: str, where: str) -> tuple[LayerRule, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of rules like '- layers: [...]', got {type(value).__name__}")
+    rules = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: expected a mapping with 'layers' and '{kind}'")
+        check_keys(item, allowed=("layers", kind), where=at, required=("layers", kind))
+        patterns = _patterns(item["layers"], where=f"{at}.layers")
+        if kind == "ratio":
+            distribution = distribution_from_spec(item["ratio"], where=f"{at}.ratio")
+            _check_ratio_range(distribution, where=f"{at}.ratio")
+        else:
+            choices = item["choices"]
+            if not isinstance(choices, list) or not choices or any(c not in SUPPORTED_BITS for c in choices):
+                raise ConfigError(
+                    f"{at}.choices: {choices!r} must be a non-empty list of bit-widths from {list(SUPPORTED_BITS)}"
+                )
+            distribution = od.CategoricalDistribution(choices)
+        rules.append(LayerRule(patterns, distribution))
+    return tuple(rules)
+
+
+def _width(value: Any, *, where: str) -> od.BaseDistribution:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected 'width: {{type: categorical, choices: [0.5, 0.75, 1.0]}}'")
+    check_keys(value, allowed=("width",), where=where, required=("width",))
+    distribution = distribution_from_spec(value["width"], where=f"{where}.width")
+    values = _extremes(distribution)
+    if values is not None and not (0.0 < values[0] and values[1] <= 1.0):
+        raise ConfigError(f"{where}.width: widths must lie in (0, 1], got {values[0]}..{values[1]}")
+    return distribution
+
+
+def _extremes(distribution: od.BaseDistribution) -> tuple[float, float] | None:
+    if isinstance(distribution, (od.FloatDistribution, od.IntDistribution)):
+        return float(distribution.low), float(distribution.high)
+    choices = [c for c in distribution.choices if isinstance(c, (int, float))]  # type: ignore[attr-defined]
+    return (min(choices), max(choices)) if choices else None
+
+
+def _check_ratio_range(distribution: od.BaseDistribution, *, where: str) -> None:
+    values = _extremes(distribution)
+    if values is None or values[0] < 0.0 or values[1] >= 1.0:
+        raise ConfigError(f"{where}: ratios must lie in [0, 1), got {values}")
+
+
+def distribution_from_spec(spec: Any, *, where: str) -> od.BaseDistribution:
+    """Optuna's short form: ``{type: float, low, high, step}``, ``{type: int, ...}``, ``{type: categorical, choices}``."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where}: expected a distribution like {{type: float, low: 0.0, high: 0.5, step: 0.125}}, got {spec!r}")
+    kind = spec["type"]
+    try:
+        if kind == "float":
+            check_keys(spec, allowed=("type", "low", "high", "step", "log"), where=where, required=("low", "high"))
+            return od.FloatDistribution(float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log", False)))
+        if kind == "int":
+            check_keys(spec, allowed=("type", "low", "high", "step", "log"), where=where, required=("low", "high"))
+            return od.IntDistribution(int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
+        if kind == "categorical":
+            check_keys(spec, allowed=("type", "choices"), where=where, required=("choices",))
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{where}: choices must be a non-empty list")
+            return od.CategoricalDistribution(spec["choices"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid {kind} distribution {spec!r}: {exc}") from exc
+    raise ConfigError(f"{where}: unknown distribution type {kind!r}; use float, int or categorical")

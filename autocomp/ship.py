@@ -1,0 +1,109 @@
+"""Write a finished trial (or the baseline) as files a user ships: ONNX, PyTorch, plan, metrics.
+
+The PyTorch artifact is a ``torch.export`` program (``model.pt2``): it holds the
+pruned student's architecture and weights, and reloads with
+``torch.export.load(path).module()`` without autocomp, the task or the search,
+and without unpickling arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from autocomp.compress.distill import DistillConfig
+from autocomp.errors import ConfigError
+from autocomp.pipeline import compress_model
+from autocomp.plan import CompressionPlan
+from autocomp.runtime import evaluate_onnx
+
+ACCURACY_TOLERANCE = 1e-6
+
+
+def _pick_trial(study: optuna.Study, trial: str | None) -> FrozenTrial | None:
+    """None means the baseline."""
+    if trial == "baseline":
+        return None
+    if trial is None:
+        number = study.user_attrs.get("chosen_trial")
+        if number is None:
+            raise ConfigError("the search chose no trial (none met the constraints); pass --trial N or --trial baseline")
+    else:
+        try:
+            number = int(trial)
+        except ValueError:
+            raise ConfigError(f"--trial {trial!r} is neither a trial number nor 'baseline'") from None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ConfigError(f"the study has no trial {number}; it has trials 0..{max(trials, default=-1)}")
+    chosen = trials[number]
+    if chosen.state != TrialState.COMPLETE:
+        reason = chosen.user_attrs.get("fail_reason", "")
+        raise ConfigError(f"trial {number} is {chosen.state.name.lower()} ({reason}); only complete trials can be exported")
+    return chosen
+
+
+def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: str | None = None) -> list[Path]:
+    """Write model.onnx, model.pt2, plan.json and metrics.json for a trial (default: the chosen one)."""
+    from autocomp.profiles import load_profile
+    from autocomp.search_space import load_space
+    from autocomp.tasks import load_task
+
+    settings = study.user_attrs.get("settings")
+    baseline = study.user_attrs.get("baseline")
+    if not settings or not baseline:
+        raise ConfigError("this study has no recorded settings or baseline; was it written by 'autocomp search'?")
+    picked = _pick_trial(study, trial)
+    task = load_task(settings["task"])
+    teacher = task.build_model()
+    if picked is None:
+        plan, record, model = CompressionPlan(), baseline, teacher
+        onnx_src = run_dir / "baseline" / "model.onnx"
+    else:
+        plan = CompressionPlan.from_params(picked.params)
+        record = {**picked.user_attrs, "accuracy": picked.values[0], "latency_ms": picked.values[1], "size_bytes": picked.values[2]}
+        onnx_src = Path(picked.user_attrs["artifact"])
+        profile = load_profile(settings["device"])
+        model = compress_model(
+            task, teacher, plan, finetune=DistillConfig(steps=0), round_to=profile.channel_multiple,
+            order=load_space(settings["space"]).pipeline,
+        )
+        state_path = onnx_src.parent / "model_state.pt"
+        if not state_path.is_file():
+            raise ConfigError(f"trial {picked.number}'s weights {state_path} are missing; was the run folder moved or cleaned?")
+        model.load_state_dict(torch.load(state_path, weights_only=True))
+    if not onnx_src.is_file():
+        raise ConfigError(f"{onnx_src} is missing; was the run folder moved or cleaned?")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    shutil.copyfile(onnx_src, onnx_path)
+    accuracy_now = evaluate_onnx(task, onnx_path)
+    if abs(accuracy_now - record["accuracy"]) > ACCURACY_TOLERANCE:
+        raise ConfigError(
+            f"{onnx_src} scores {accuracy_now:.4f} now but {record['accuracy']:.4f} was recorded; the run folder was modified"
+        )
+    pt2_path = out_dir / "model.pt2"
+    torch.export.save(torch.export.export(model.eval(), task.example_inputs()), pt2_path)
+    plan_path = out_dir / "plan.json"
+    plan_path.write_text(plan.to_json() + "\n")
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(_metrics(study, picked, record, baseline), indent=2) + "\n")
+    return [onnx_path, pt2_path, plan_path, metrics_path]
+
+
+def _metrics(study: optuna.Study, picked: FrozenTrial | None, record: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "latency_ms", "latency_p90_ms", "latency_source", "size_bytes", "params", "onnx_sha256")
+    return {
+        "device": study.user_attrs.get("device"),
+        "trial": "baseline" if picked is None else picked.number,
+        "model": {k: record.get(k) for k in keys},
+        "baseline": {k: baseline.get(k) for k in keys},
+        "speedup": baseline["latency_ms"] / record["latency_ms"],
+        "size_ratio": baseline["size_bytes"] / record["size_bytes"],
+    }

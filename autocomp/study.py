@@ -1,0 +1,263 @@
+"""The study: storage, sampler, baseline, the ask/tell loop, and choosing a configuration.
+
+The loop is ask-and-tell rather than ``study.optimize`` so that each failure
+mode is recorded the way a user needs it: a trial stopped by our early rule or
+rejected by the latency pre-check is PRUNED with its reason, a trial that
+raises is FAILED with its reason and the search goes on, and Ctrl-C closes the
+running trial as FAILED ("interrupted") and keeps everything finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocomp.errors import AutocompError, ConfigError
+from autocomp.objective import DIRECTIONS, OBJECTIVES, SearchContext, TrialStopped, layer_rows, run_trial
+from autocomp.pipeline import run_plan
+from autocomp.plan import CompressionPlan
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+DEFAULT_SAMPLER = "tpe"
+DEFAULT_TRIALS = 20
+
+
+def make_sampler(name: str, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def default_storage(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_study(*, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study, or load it when it exists (that is how a search resumes)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
+        )
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"cannot open study storage {storage!r}: {exc}") from exc
+    if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
+        raise ConfigError(f"study {study_name!r} in {storage} was not created by autocomp search (different objectives)")
+    return study
+
+
+def load_existing_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """Open a finished or running study for reporting/export; one study per storage unless named."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or file
+        raise ConfigError(f"cannot read study storage {storage!r}: {exc}") from exc
+    if not names:
+        raise ConfigError(f"no study in {storage}; run 'autocomp search' first")
+    if study_name is None:
+        if len(names) > 1:
+            raise ConfigError(f"{storage} holds several studies ({', '.join(names)}); pass --study-name")
+        study_name = names[0]
+    elif study_name not in names:
+        raise ConfigError(f"no study named {study_name!r} in {storage}; it holds {', '.join(names)}")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def parse_accuracy_floor(text: str, *, baseline_accuracy: float) -> float:
+    """``0.97`` or ``97%`` is absolute; ``-1`` (or ``-1pt``) means one point below the baseline."""
+    raw = text.strip().lower().removesuffix("pt").removesuffix("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"--min-accuracy {text!r} is not a number; use 0.97 or 97% (absolute) or -1 (one point below baseline)"
+        ) from None
+    if value < 0:
+        floor = baseline_accuracy + value / 100.0
+    else:
+        floor = value / 100.0 if value > 1.0 or text.strip().endswith("%") else value
+    if not 0.0 <= floor <= 1.0:
+        raise ConfigError(f"--min-accuracy {text!r} gives a floor of {floor:.4f}, outside [0, 1]")
+    return floor
+
+
+def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
+    """Evaluate the uncompressed model once per study (export, ONNX accuracy, latency) and store it."""
+    if "baseline" in study.user_attrs:
+        return study.user_attrs["baseline"]
+    from autocomp.objective import _layer_estimates
+
+    plan = CompressionPlan()
+    result = run_plan(
+        ctx.task, ctx.teacher, plan, ctx.out_dir / "baseline", finetune=ctx.finetune, recipe=ctx.profile.int8_recipe
+    )
+    latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)
+    baseline = {
+        **result.summary(),
+        "latency_ms": latency.median_ms,
+        "latency_p90_ms": latency.p90_ms,
+        "latency_source": latency.source,
+        "layers": layer_rows(plan, ctx.teacher, result.artifact, _layer_estimates(ctx, result.artifact.onnx_path)),
+    }
+    study.set_user_attr("baseline", baseline)
+    return baseline
+
+
+def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Uniform plans a user would try by hand, queued first so the sampler starts from them."""
+    bit_params = [name for name in distributions if name.startswith("bits/")]
+    anchors = []
+    for bits in (8, 16):
+        if bit_params and bits in supported_bits and all(bits in distributions[n].choices for n in bit_params):
+            anchors.append({name: bits for name in bit_params})
+    return anchors
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    chosen: FrozenTrial | None
+    rule: str
+    interrupted: bool
+
+
+def close_orphans(study: optuna.Study) -> None:
+    """Mark trials left RUNNING by a killed process as FAILED, so a resumed search does not wait on them.
+
+    Assumes one search process per study at a time (the documented way to run autocomp).
+    """
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "the process running this trial was killed")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
+
+
+def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
+    """The configuration to ship, and the rule that chose it (printed and stored)."""
+    budget = study.user_attrs.get("latency_budget_ms")
+    floor = study.user_attrs.get("accuracy_floor")
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    if budget is not None:
+        rule = f"most accurate trial within the {budget:g} ms latency budget"
+        if floor is not None:
+            rule += f" and at or above {100 * floor:.1f}% accuracy"
+        chosen = max(feasible, key=lambda t: (t.values[0], -t.values[1]), default=None)
+    else:
+        rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
+        chosen = min(feasible, key=lambda t: (t.values[1], -t.values[0]), default=None)
+    return chosen, rule
+
+
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def run_search(
+    ctx: SearchContext,
+    study: optuna.Study,
+    *,
+    n_trials: int,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    on_trial_start: Callable[[int], None] | None = None,
+    on_trial_end: TrialCallback | None = None,
+) -> SearchOutcome:
+    """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones)."""
+    from autocomp.profiles import DeviceProfile  # noqa: F401  (type context only)
+
+    distributions = ctx.space.distributions(ctx.teacher, supported_bits=ctx.profile.supported_bits)
+    if not distributions:
+        raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
+    close_orphans(study)
+    if not study.get_trials(deepcopy=False):
+        for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits):
+            study.enqueue_trial(params, skip_if_exists=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    lock = threading.Lock()
+    interrupted = threading.Event()
+    claimed = [len(finished_trials(study))]
+
+    def claim() -> bool:
+        with lock:
+            if interrupted.is_set() or claimed[0] >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            claimed[0] += 1
+            return True
+
+    def worker() -> None:
+        while claim():
+            trial = study.ask(distributions)
+            if on_trial_start:
+                on_trial_start(trial.number)
+            frozen = _evaluate(ctx, study, trial, interrupted)
+            if on_trial_end and frozen is not None:
+                on_trial_end(study, frozen)
+
+    if jobs <= 1:
+        try:
+            worker()
+        except KeyboardInterrupt:
+            interrupted.set()
+    else:
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)
+        except KeyboardInterrupt:
+            interrupted.set()
+            for thread in threads:
+                thread.join()
+    chosen, rule = choose_trial(study)
+    study.set_user_attr("chosen_trial", None if chosen is None else chosen.number)
+    study.set_user_attr("chosen_rule", rule)
+    return SearchOutcome(study, chosen, rule, interrupted.is_set())
+
+
+def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, interrupted: threading.Event) -> FrozenTrial | None:
+    """Run one trial and tell the study how it ended; never lets one trial end the search."""
+    try:
+        values = run_trial(ctx, trial)
+        if any(math.isnan(v) for v in values):
+            raise AutocompError(f"objective values contain NaN: {values}")
+        return study.tell(trial, values)
+    except TrialStopped as exc:
+        trial.set_user_attr("fail_reason", str(exc))
+        return study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        interrupted.set()
+        trial.set_user_attr("fail_reason", "interrupted by the user")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # any trial failure is recorded with its reason; the search goes on
+        reason = str(exc).splitlines()[0] if isinstance(exc, AutocompError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("trial %d failed: %s", trial.number, reason)
+        log.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
+        trial.set_user_attr("fail_reason", reason[:500])
+        return study.tell(trial, state=TrialState.FAIL)

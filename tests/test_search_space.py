@@ -1,0 +1,72 @@
+import pytest
+
+from autocomp.errors import ConfigError
+from autocomp.search_space import list_spaces, load_space, parse_space
+from tiny_models import TinyResNet
+
+ALL_BITS = (32, 16, 8)
+
+
+def test_shipped_spaces_load_and_resolve():
+    assert {"default", "prune", "quantize", "distill", "sparsity"} <= set(list_spaces())
+    dists = load_space("default").distributions(TinyResNet(), supported_bits=ALL_BITS)
+    assert "distill/width" in dists
+    # <first> and <last> (input conv and classifier) are never touched by default
+    assert not any(name.endswith(("/stem.0", "/fc")) for name in dists)
+    assert "prune/block1_conv1" in dists and "bits/block2_short" in dists
+
+
+def test_first_matching_rule_wins_and_globs_select_layers():
+    space = parse_space(
+        {
+            "schema_version": 1,
+            "prune": [
+                {"layers": ["block1_*"], "ratio": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25}},
+                {"layers": ["*"], "ratio": {"type": "categorical", "choices": [0.0, 0.75]}},
+            ],
+        },
+        name="t",
+    )
+    dists = space.distributions(TinyResNet(), supported_bits=ALL_BITS)
+    assert dists["prune/block1_conv1"].high == 0.5
+    assert dists["prune/block2_conv1"].choices == (0.0, 0.75)
+
+
+def test_device_that_cannot_run_int8_rejects_the_space():
+    with pytest.raises(ConfigError, match="asks for 8-bit layers, which the device cannot run"):
+        load_space("default").distributions(TinyResNet(), supported_bits=(32, 16))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"schema_version": 1, "prunes": []}, "unknown key 'prunes'; allowed keys:"),
+        ({"prune": []}, "missing required key 'schema_version'"),
+        ({"schema_version": 2}, "schema_version 2 is not supported"),
+        ({"schema_version": 1, "pipeline": ["quantize", "prune"]}, "pipeline ['quantize', 'prune'] is not supported"),
+        ({"schema_version": 1, "bits": [{"layers": ["*"], "choices": [4]}]}, "must be a non-empty list of bit-widths"),
+        ({"schema_version": 1, "prune": [{"layers": ["*"], "ratio": {"type": "float", "low": 0, "high": 1.0}}]}, "ratios must lie in [0, 1)"),
+        ({"schema_version": 1, "prune": [{"layers": ["*"], "ratio": {"type": "beta"}}]}, "unknown distribution type 'beta'"),
+        ({"schema_version": 1, "finetune": {"steps": -3}}, "finetune.steps: -3 must be an integer"),
+        ({"schema_version": 1, "distill": {"width": {"type": "float", "low": 0.5, "high": 2.0}}}, "widths must lie in (0, 1]"),
+    ],
+)
+def test_bad_spaces_fail_with_one_clear_line(data, message):
+    with pytest.raises(ConfigError) as info:
+        parse_space(data, name="bad")
+    assert message in str(info.value)
+
+
+def test_patterns_matching_nothing_are_an_error():
+    space = parse_space({"schema_version": 1, "bits": [{"layers": ["encoder.*"], "choices": [8]}]}, name="t")
+    with pytest.raises(ConfigError, match=r"patterns \['encoder.\*'\] match no compressible layer"):
+        space.distributions(TinyResNet(), supported_bits=ALL_BITS)
+
+
+def test_unknown_space_and_malformed_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown search space 'nope'; known spaces: default"):
+        load_space("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nprune: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML at line"):
+        load_space(str(bad))
