@@ -1,0 +1,223 @@
+"""The main job end to end on a tiny task: search, resume, failures, constraints, export, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autocomp.cli import main
+from autocomp.runtime import onnx_predictor
+from autocomp.study import default_storage, load_existing_study
+
+TESTS = Path(__file__).parent
+SPACE = """
+schema_version: 1
+finetune: {steps: 8, lr: 0.003, early_stop: {after_steps: 0}}
+exclude: ["<first>", "<last>"]
+distill:
+  width: {type: categorical, choices: [0.5, 1.0]}
+prune:
+  - layers: ["block1_conv1", "block2_conv1"]
+    ratio: {type: float, low: 0.0, high: 0.5, step: 0.25}
+bits:
+  - layers: ["*"]
+    choices: [32, 8]
+"""
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process the way the console script does; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def search_args(out: Path, space: Path, *, trials: int, task: str = "shapes", extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:{task}", "--space", str(space),
+        "--trials", str(trials), "--backend", "estimate", "--out", str(out), "--study-name", "t", "--seed", "1", *extra,
+    ]
+
+
+def open_study(out: Path) -> optuna.Study:
+    return load_existing_study(default_storage(out), "t")
+
+
+def test_search_resume_and_export_round_trip(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space_file, trials=3))
+    assert code == 0, stderr
+    assert "Pareto front" in stdout and "chosen: trial" in stdout
+    assert (out / "report.html").is_file()
+    study = open_study(out)
+    first = {t.number: (t.params, t.values) for t in study.trials}
+    assert len(first) == 3
+    baseline = study.user_attrs["baseline"]
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        for key in ("plan", "latency_source", "size_bytes", "params", "onnx_sha256", "artifact", "layers"):
+            assert key in trial.user_attrs, key
+        assert trial.user_attrs["latency_source"] == "estimate:local"
+
+    # the same command with a larger budget resumes: finished trials kept, numbering continues
+    code, _, stderr = cli(*search_args(out, space_file, trials=5))
+    assert code == 0, stderr
+    study = open_study(out)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
+    assert {n: (t.params, t.values) for n, t in ((t.number, t) for t in study.trials) if n < 3} == first
+    assert study.user_attrs["baseline"] == baseline  # evaluated once
+
+    chosen = study.user_attrs["chosen_trial"]
+    assert chosen is not None
+    export_dir = tmp_path / "export"
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(export_dir))
+    assert code == 0, stderr
+    metrics = json.loads((export_dir / "metrics.json").read_text())
+    assert metrics["trial"] == chosen
+    assert metrics["baseline"]["accuracy"] == baseline["accuracy"]
+    assert json.loads((export_dir / "plan.json").read_text()) == study.trials[chosen].params
+    # the exported ONNX scores what the search recorded, and the PyTorch artifact reloads on its own
+    from search_tasks import shapes
+
+    task = shapes()
+    assert task.evaluate(onnx_predictor(export_dir / "model.onnx")) == study.trials[chosen].values[0]
+    program = torch.export.load(export_dir / "model.pt2").module()
+    x = task.x_val[:16]
+    torch_out = program(x).detach().numpy()
+    assert torch_out.shape == (16, 4)
+    if all(v == 32 for k, v in study.trials[chosen].params.items() if k.startswith("bits/")):
+        np.testing.assert_allclose(onnx_predictor(export_dir / "model.onnx")(x.numpy()), torch_out, atol=1e-4)
+
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "base"), "--trial", "baseline")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["speedup"] == 1.0
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space_file, trials=4, task="flaky"))
+    assert code == 0, stderr
+    study = open_study(out)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and TrialState.COMPLETE in states
+    assert all(t.user_attrs["fail_reason"] == "RuntimeError: metric crashed on purpose" for t in failed)
+    assert "metric crashed on purpose" in stdout
+
+
+def test_impossible_latency_budget_rejects_plans_before_fine_tuning(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space_file, trials=2, extra=("--latency-budget-ms", "0.000001")))
+    assert code == 0, stderr
+    study = open_study(out)
+    assert all(t.state == TrialState.PRUNED for t in study.trials)
+    assert all("rejected before fine-tuning" in t.user_attrs["fail_reason"] for t in study.trials)
+    assert study.user_attrs["chosen_trial"] is None and study.best_trials == []
+    assert "no trial meets the constraints" in stdout
+
+
+def test_accuracy_floor_keeps_infeasible_trials_off_the_front(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, _, stderr = cli(*search_args(out, space_file, trials=3, extra=("--min-accuracy", "0.999")))
+    assert code == 0, stderr
+    study = open_study(out)
+    front = {t.number for t in study.best_trials}
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        infeasible = trial.constraints["accuracy_floor"] > 0
+        assert infeasible == (trial.values[0] < 0.999)
+        if infeasible:
+            assert trial.number not in front
+
+
+def _wait_for(predicate, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_search_keeps_finished_trials_and_resumes(tmp_path, space_file, sig):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "autocomp", *search_args(out, space_file, trials=50)]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        def finished() -> int:
+            if not (out / "study.db").exists():
+                return 0
+            try:
+                return sum(t.state.is_finished() for t in open_study(out).trials)
+            except Exception:
+                return 0
+
+        _wait_for(lambda: finished() >= 2, timeout_s=240)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    kept = [t for t in open_study(out).trials if t.state == TrialState.COMPLETE]
+    assert len(kept) >= 2
+    if sig == signal.SIGINT:
+        assert proc.returncode == 0
+        assert "interrupted" in proc.stdout.read()
+    code, _, stderr = cli(*search_args(out, space_file, trials=len(open_study(out).trials) + 1))
+    assert code == 0, stderr
+    study = open_study(out)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert {t.number for t in kept} <= {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "--device", "jetson-nanoo"], "unknown device"),
+        (["search", "--device", "local", "--space", "nope"], "unknown search space 'nope'"),
+        (["search", "--device", "local", "--task", "nope"], "unknown task 'nope'"),
+        (["search", "--device", "local", "--sampler", "cmaes"], "unknown sampler 'cmaes'"),
+        (["search", "--device", "local", "--backend", "magic"], "magic"),
+        (["compress", "--plan", "/nonexistent/plan.json"], "cannot read plan"),
+        (["export", "--study", "/nonexistent", "--out", "/tmp/x"], "holds no study.db"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_exit_2(args, message):
+    code, stdout, stderr = cli(*args)
+    assert code == 2
+    assert message in stderr
+    assert "Traceback" not in stderr + stdout
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_malformed_space_yaml_fails_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nbits: [\n")
+    code, _, stderr = cli("search", "--device", "local", "--space", str(bad))
+    assert code == 2 and "not valid YAML" in stderr and len(stderr.strip().splitlines()) == 1
