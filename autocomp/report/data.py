@@ -1,0 +1,481 @@
+"""Pure data for the report: an Optuna study -> tables and dicts, one per figure or section.
+
+Nothing here draws or writes; every function takes a study (or the output of another
+function here) and returns pandas DataFrames or plain dicts, so the numbers in the report
+can be tested without a browser. The functions follow the data contract the search code
+writes into the study (see ``autocomp.study``) and tolerate missing optional attributes:
+older studies, interrupted ones, and studies with no complete trial at all.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
+"""Objective names in the order the search stores them in ``trial.values``."""
+
+OBJECTIVE_LABELS = {"accuracy": "accuracy (%)", "latency_ms": "latency (ms)", "size_bytes": "size (MB)"}
+
+MIN_TRIALS_FOR_IMPORTANCE = 8
+"""Below this many complete trials, importances are noise; the report says so instead."""
+
+TRIAL_COLUMNS = [
+    "trial",
+    "state",
+    "accuracy_pct",
+    "latency_ms",
+    "latency_p90_ms",
+    "size_mb",
+    "size_bytes",
+    "params",
+    "feasible",
+    "pareto",
+    "chosen",
+    "violations",
+    "width",
+    "mean_prune",
+    "precisions",
+    "latency_source",
+    "seconds",
+    "fail_reason",
+]
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """Who and what the study was about: the header and device section of the report."""
+
+    study_name: str
+    task: str | None
+    device: str | None
+    space: str | None
+    backend: str | None
+    profile: Mapping[str, Any] | None
+    baseline: Mapping[str, Any] | None
+    chosen_trial: int | None
+    chosen_rule: str | None
+    accuracy_floor: float | None
+    latency_budget_ms: float | None
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    state_counts: Mapping[str, int]
+    accuracy_scale: float
+    """100 when accuracies are stored as fractions in [0, 1] (shown as percent), else 1."""
+
+
+@dataclass(frozen=True)
+class Importances:
+    """Parameter importances per objective, or notes on why some could not be computed."""
+
+    table: pd.DataFrame  # columns: param, objective, importance (normalised per objective)
+    notes: list[str] = field(default_factory=list)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(result) else result
+
+
+def _nan_if_none(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def accuracy_scale(values: Sequence[float | None]) -> float:
+    """100 if every known accuracy lies in [0, 1] (a fraction, shown as percent), else 1."""
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return 100.0 if all(0.0 <= v <= 1.0 for v in known) else 1.0
+
+
+def study_meta(study: optuna.Study) -> StudyMeta:
+    """Header facts of a study, from its user attrs; absent attrs become None."""
+    attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    baseline = attrs.get("baseline") if isinstance(attrs.get("baseline"), Mapping) else None
+    accuracies = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if baseline is not None:
+        accuracies.append(_float_or_none(baseline.get("accuracy")))
+    profile = attrs.get("profile") if isinstance(attrs.get("profile"), Mapping) else None
+    device = attrs.get("device") or (profile or {}).get("name")
+    return StudyMeta(
+        study_name=study.study_name,
+        task=attrs.get("task"),
+        device=device,
+        space=attrs.get("space"),
+        backend=attrs.get("backend"),
+        profile=profile,
+        baseline=baseline,
+        chosen_trial=_int_or_none(attrs.get("chosen_trial")),
+        chosen_rule=attrs.get("chosen_rule"),
+        accuracy_floor=_float_or_none(attrs.get("accuracy_floor")),
+        latency_budget_ms=_float_or_none(attrs.get("latency_budget_ms")),
+        objectives=tuple(attrs.get("objectives") or OBJECTIVES),
+        directions=tuple(d.name.lower() for d in study.directions),
+        state_counts=counts,
+        accuracy_scale=accuracy_scale(accuracies),
+    )
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's rule: feasible when every constraint value is <= 0 (no constraints: feasible)."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values`` (n_points x n_objectives).
+
+    ``directions`` holds "maximize"/"minimize" per column. Duplicated points are all kept.
+    """
+    if len(values) == 0:
+        return np.zeros(0, dtype=bool)
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    costs = values * signs  # everything minimised
+    mask = np.ones(len(costs), dtype=bool)
+    for i, point in enumerate(costs):
+        others = np.delete(costs, i, axis=0)
+        dominated = np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1))
+        mask[i] = not dominated
+    return mask
+
+
+def _precision_mix(params: Mapping[str, Any]) -> str:
+    bits = [int(v) for k, v in params.items() if k.startswith("bits/")]
+    if not bits:
+        return ""
+    names = {32: "fp32", 16: "fp16", 8: "int8"}
+    parts = [f"{names.get(b, f'{b}-bit')}×{bits.count(b)}" for b in sorted(set(bits), reverse=True)]
+    return " ".join(parts)
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial (every state), with objectives, feasibility, Pareto and chosen flags.
+
+    Pareto membership is computed among complete feasible trials with the study's directions,
+    so it matches what the search chose from. Accuracy is shown in percent when stored as a
+    fraction; size in MB (10^6 bytes) beside the exact byte count.
+    """
+    meta = study_meta(study)
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        ua = trial.user_attrs
+        values = trial.values if trial.state == TrialState.COMPLETE and trial.values else None
+        acc, lat, size = (list(values[:3]) + [None] * 3)[:3] if values else (None, None, None)
+        prunes = [float(v) for k, v in trial.params.items() if k.startswith("prune/")]
+        violations = {k: v for k, v in trial.constraints.items() if v > 0}
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "accuracy_pct": acc * meta.accuracy_scale if acc is not None else np.nan,
+                "latency_ms": _float_or_none(lat) if lat is not None else np.nan,
+                "latency_p90_ms": _nan_if_none(_float_or_none(ua.get("latency_p90_ms"))),
+                "size_mb": size / 1e6 if size is not None else np.nan,
+                "size_bytes": _int_or_none(size),
+                "params": _int_or_none(ua.get("params")),
+                "feasible": is_feasible(trial) if values else None,
+                "pareto": False,
+                "chosen": trial.number == meta.chosen_trial,
+                "violations": ", ".join(f"{k} +{v:.3g}" for k, v in violations.items()),
+                "width": _float_or_none(trial.params.get("distill/width")),
+                "mean_prune": float(np.mean(prunes)) if prunes else np.nan,
+                "precisions": _precision_mix(trial.params),
+                "latency_source": ua.get("latency_source") or "",
+                "seconds": _nan_if_none(_float_or_none(ua.get("seconds"))),
+                "fail_reason": ua.get("fail_reason") or "",
+            }
+        )
+    table = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    table["size_bytes"] = table["size_bytes"].astype("Int64")
+    table["params"] = table["params"].astype("Int64")
+    candidates = table.index[(table["state"] == "COMPLETE") & (table["feasible"] == True)]  # noqa: E712
+    if len(candidates):
+        points = table.loc[candidates, ["accuracy_pct", "latency_ms", "size_mb"]].to_numpy(dtype=float)
+        directions = list(meta.directions[:3]) if len(meta.directions) >= 3 else ["maximize", "minimize", "minimize"]
+        table.loc[candidates, "pareto"] = pareto_mask(points, directions)
+    return table
+
+
+def history_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials in order with each objective and its running best among feasible trials.
+
+    Input is ``trials_table``'s output. The running best is NaN until the first feasible trial.
+    """
+    done = trials[trials["state"] == "COMPLETE"].sort_values("trial").reset_index(drop=True)
+    out = done[["trial", "accuracy_pct", "latency_ms", "size_mb", "feasible"]].copy()
+    feasible = out["feasible"] == True  # noqa: E712
+    out["best_accuracy_pct"] = out["accuracy_pct"].where(feasible).cummax().ffill()
+    out["best_latency_ms"] = out["latency_ms"].where(feasible).cummin().ffill()
+    out["best_size_mb"] = out["size_mb"].where(feasible).cummin().ffill()
+    return out
+
+
+def baseline_point(meta: StudyMeta) -> dict[str, float] | None:
+    """The uncompressed model as a point on the same axes as the trials, or None if unknown."""
+    baseline = meta.baseline or {}
+    acc = _float_or_none(baseline.get("accuracy"))
+    lat = _float_or_none(baseline.get("latency_ms"))
+    size = _float_or_none(baseline.get("size_bytes"))
+    if acc is None and lat is None and size is None:
+        return None
+    return {
+        "accuracy_pct": acc * meta.accuracy_scale if acc is not None else np.nan,
+        "latency_ms": lat if lat is not None else np.nan,
+        "size_mb": size / 1e6 if size is not None else np.nan,
+    }
+
+
+def _layer_rows(rows: Any) -> pd.DataFrame:
+    if not isinstance(rows, Sequence) or not rows:
+        return pd.DataFrame(columns=["layer"])
+    frame = pd.DataFrame([dict(r) for r in rows if isinstance(r, Mapping) and "layer" in r])
+    return frame if "layer" in frame else pd.DataFrame(columns=["layer"])
+
+
+def _layers_from_params(params: Mapping[str, Any]) -> pd.DataFrame:
+    """Fallback for trials without a ``layers`` attr: what the plan itself says per layer."""
+    layers: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        for prefix, column in (("prune/", "prune_ratio"), ("sparsity/", "sparsity_ratio"), ("bits/", "bits")):
+            if name.startswith(prefix):
+                layers.setdefault(name[len(prefix) :], {})[column] = value
+    return pd.DataFrame([{"layer": k, **v} for k, v in layers.items()], columns=["layer", "prune_ratio", "sparsity_ratio", "bits"])
+
+
+LAYER_COLUMNS = [
+    "layer",
+    "baseline_channels",
+    "channels",
+    "prune_ratio",
+    "sparsity_ratio",
+    "baseline_bits",
+    "bits",
+    "baseline_latency_ms",
+    "est_latency_ms",
+    "speedup",
+]
+
+
+def chosen_layers(study: optuna.Study, meta: StudyMeta | None = None) -> pd.DataFrame:
+    """The chosen plan layer by layer against the baseline (empty when no trial was chosen).
+
+    Columns: ``LAYER_COLUMNS``. Channels and estimated latency come from the trial's and the
+    baseline's ``layers`` rows; a trial without them falls back to its plan parameters, with
+    NaN where only a measurement could say. Layers are in the chosen trial's (model) order.
+    """
+    meta = meta or study_meta(study)
+    if meta.chosen_trial is None:
+        return pd.DataFrame(columns=LAYER_COLUMNS)
+    try:
+        trial = study.trials[meta.chosen_trial]
+    except IndexError:
+        return pd.DataFrame(columns=LAYER_COLUMNS)
+    chosen = _layer_rows(trial.user_attrs.get("layers"))
+    if chosen.empty:
+        chosen = _layers_from_params(trial.params)
+    base = _layer_rows((meta.baseline or {}).get("layers"))
+    base = base.rename(columns={"est_latency_ms": "baseline_latency_ms", "bits": "baseline_bits", "channels": "_base_ch"})
+    keep = [c for c in ("layer", "baseline_latency_ms", "baseline_bits", "_base_ch") if c in base]
+    merged = chosen.merge(base[keep], on="layer", how="left") if len(keep) > 1 else chosen
+    if "baseline_channels" not in merged and "_base_ch" in merged:
+        merged["baseline_channels"] = merged["_base_ch"]
+    elif "_base_ch" in merged:
+        merged["baseline_channels"] = merged["baseline_channels"].fillna(merged["_base_ch"])
+    for column in LAYER_COLUMNS:
+        if column not in merged:
+            merged[column] = np.nan
+    merged["baseline_bits"] = merged["baseline_bits"].fillna(32)
+    for column in ("prune_ratio", "sparsity_ratio"):
+        merged[column] = pd.to_numeric(merged[column], errors="coerce").fillna(0.0)
+    lat = pd.to_numeric(merged["est_latency_ms"], errors="coerce")
+    base_lat = pd.to_numeric(merged["baseline_latency_ms"], errors="coerce")
+    merged["speedup"] = (base_lat / lat).where(lat > 0)
+    return merged[LAYER_COLUMNS].reset_index(drop=True)
+
+
+def chosen_summary(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any] | None:
+    """Chosen trial's objectives against the baseline's, with the ratios a reader wants."""
+    if meta.chosen_trial is None:
+        return None
+    row = trials[trials["trial"] == meta.chosen_trial]
+    if row.empty:
+        return None
+    row = row.iloc[0]
+    base = baseline_point(meta) or {}
+    out: dict[str, Any] = {
+        "trial": int(row["trial"]),
+        "state": row["state"],
+        "accuracy_pct": row["accuracy_pct"],
+        "latency_ms": row["latency_ms"],
+        "size_mb": row["size_mb"],
+        "latency_source": row["latency_source"],
+        "baseline_accuracy_pct": base.get("accuracy_pct", np.nan),
+        "baseline_latency_ms": base.get("latency_ms", np.nan),
+        "baseline_size_mb": base.get("size_mb", np.nan),
+    }
+    out["accuracy_delta_pts"] = out["accuracy_pct"] - out["baseline_accuracy_pct"]
+    out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"] if out["latency_ms"] else np.nan
+    out["size_ratio"] = out["baseline_size_mb"] / out["size_mb"] if out["size_mb"] else np.nan
+    return out
+
+
+def latency_provenance(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any]:
+    """Were latencies estimated (cost model) or measured (a real run)? Counts per source."""
+    sources = trials.loc[trials["state"] == "COMPLETE", "latency_source"]
+    counts = {str(k) if k else "unknown": int(v) for k, v in sources.value_counts().items()}
+    estimated = sum(v for k, v in counts.items() if k.startswith("estimate"))
+    measured = sum(v for k, v in counts.items() if k != "unknown" and not k.startswith("estimate"))
+    if measured and not estimated:
+        kind = "measured"
+    elif estimated and not measured:
+        kind = "estimated"
+    elif estimated and measured:
+        kind = "mixed"
+    else:
+        kind = {"estimate": "estimated", "local": "measured", "ssh": "measured"}.get(meta.backend or "", "unknown")
+    baseline_source = (meta.baseline or {}).get("latency_source")
+    return {"kind": kind, "sources": counts, "backend": meta.backend, "baseline_source": baseline_source}
+
+
+def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
+    """The profile's facts that decide a plan, as (label, value) rows; empty without a profile."""
+    profile = meta.profile
+    if not profile:
+        return []
+    rows: list[tuple[str, str]] = []
+    if profile.get("description"):
+        rows.append(("description", str(profile["description"])))
+    precisions = profile.get("precisions") or {}
+    for name in ("fp32", "fp16", "int8"):
+        spec = precisions.get(name)
+        if not isinstance(spec, Mapping):
+            rows.append((name, "not supported"))
+            continue
+        gops = _float_or_none(spec.get("peak_gops"))
+        if name == "fp32":
+            accel = "reference precision"
+        else:
+            accel = "accelerated (faster than fp32)" if spec.get("accelerated") else "not accelerated (no faster than fp32)"
+        text = f"{accel}" + (f", peak {gops:g} GOPS" if gops is not None else "")
+        if spec.get("source"):
+            text += f" (source: {spec['source']})"
+        rows.append((name, text))
+    bandwidth = _float_or_none(profile.get("memory_bandwidth_gbps"))
+    if bandwidth is not None:
+        rows.append(("memory bandwidth", f"{bandwidth:g} GB/s"))
+    if "unstructured_sparsity_speedup" in profile:
+        rows.append(("unstructured sparsity", "speeds up" if profile["unstructured_sparsity_speedup"] else "no speedup (zeros still computed)"))
+    if "structured_2to4_sparsity" in profile:
+        rows.append(("2:4 structured sparsity", "supported" if profile["structured_2to4_sparsity"] else "not supported"))
+    if profile.get("channel_multiple"):
+        rows.append(("channel multiple", f"channels rounded to multiples of {profile['channel_multiple']}"))
+    calibration = profile.get("calibration")
+    if isinstance(calibration, Mapping) and calibration:
+        rows.append(("calibration", ", ".join(f"{k} {v}" for k, v in calibration.items())))
+    elif "calibration" in profile:
+        rows.append(("calibration", "none: datasheet numbers only"))
+    return rows
+
+
+def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
+    """Short "why this plan on this device" lines: profile facts tied to the chosen plan.
+
+    E.g. "int8 not accelerated on jetson-nano → fp16 chosen for 6 of 9 layers". These are
+    the cost model's incentives stated next to what the search picked, not a causal proof.
+    """
+    profile = meta.profile or {}
+    device = meta.device or profile.get("name") or "this device"
+    if layers.empty:
+        return []
+    precisions = profile.get("precisions") or {}
+    bits = pd.to_numeric(layers["bits"], errors="coerce").dropna().astype(int).tolist()
+    n = len(bits)
+    counts = {b: bits.count(b) for b in set(bits)}
+    accelerated = {p for p, s in precisions.items() if isinstance(s, Mapping) and s.get("accelerated")}
+    reasons: list[str] = []
+    if precisions:
+        for name, b in (("int8", 8), ("fp16", 16)):
+            spec = precisions.get(name)
+            used = counts.get(b, 0)
+            if spec is None:
+                reasons.append(f"{name} not supported on {device} → never chosen")
+            elif name in accelerated:
+                reasons.append(f"{name} accelerated on {device} → {name} chosen for {used} of {n} layers")
+            else:
+                other = next((p for p in ("int8", "fp16") if p != name and p in accelerated), None)
+                tail = f"{other} preferred" if other else "kept only where it shrinks the file"
+                reasons.append(f"{name} not accelerated on {device} → {tail}; {name} used for {used} of {n} layers")
+    sparsity = pd.to_numeric(layers["sparsity_ratio"], errors="coerce").fillna(0.0)
+    if "unstructured_sparsity_speedup" in profile:
+        if profile["unstructured_sparsity_speedup"]:
+            reasons.append(f"unstructured sparsity speeds up {device} → {int((sparsity > 0).sum())} layers sparse")
+        else:
+            pruned = int((pd.to_numeric(layers["prune_ratio"], errors="coerce").fillna(0.0) > 0).sum())
+            reasons.append(
+                f"unstructured sparsity gives no speedup on {device} → channel pruning instead ({pruned} of {n} layers pruned)"
+            )
+    if profile.get("channel_multiple"):
+        reasons.append(f"{device} runs channel counts in multiples of {profile['channel_multiple']} best → pruned widths rounded to them")
+    return reasons
+
+
+def importances(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> Importances:
+    """PED-ANOVA parameter importances for each objective, over complete trials.
+
+    PED-ANOVA ranks parameters for reaching *low* target values, so maximised objectives
+    are negated. Where importances cannot be computed (too few trials, every parameter
+    fixed, a failing evaluator) the result carries a note instead, never an exception.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    objectives = list(study.user_attrs.get("objectives") or OBJECTIVES)[: len(study.directions)]
+    empty = pd.DataFrame(columns=["param", "objective", "importance"])
+    if len(complete) < min_trials:
+        return Importances(empty, [f"only {len(complete)} complete trial(s): importances need at least {min_trials}"])
+    varying = {
+        name
+        for name in {p for t in complete for p in t.params}
+        if len({repr(t.params.get(name)) for t in complete}) > 1
+    }
+    if not varying:
+        return Importances(empty, ["every parameter has a single value across trials: nothing to rank"])
+    frames, notes = [], []
+    for index, (objective, direction) in enumerate(zip(objectives, study.directions)):
+        sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = optuna.importance.get_param_importances(
+                    study, params=sorted(varying), target=lambda t, i=index, s=sign: s * t.values[i]
+                )
+            except (ValueError, RuntimeError, ZeroDivisionError, FloatingPointError) as exc:
+                notes.append(f"{objective}: importances could not be computed ({type(exc).__name__}: {exc})")
+                continue
+        for warning in caught:
+            message = str(warning.message)
+            if "low `target` values" not in message:  # we already negate maximised objectives
+                notes.append(f"{objective}: {message}")
+        frames.append(pd.DataFrame({"param": list(result), "objective": objective, "importance": list(result.values())}))
+    table = pd.concat(frames, ignore_index=True) if frames else empty
+    return Importances(table, notes)
