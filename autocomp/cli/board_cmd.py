@@ -1,3 +1,109 @@
-"""autocomp CLI commands (board_cmd)."""
+"""``autocomp board check``: can this board time models over SSH, and if not, what is missing."""
 
-from autocomp.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from autocomp.cli.app import app, console
+from autocomp.errors import ConfigError
+
+board_app = typer.Typer(
+    name="board",
+    help="Real boards reached over SSH (the ssh latency backend).",
+    no_args_is_help=True,
+)
+app.add_typer(board_app, name="board")
+
+
+def resolve_target(
+    *,
+    device: str | None,
+    board: str | None,
+    key: Path | None,
+    known_hosts: Path | None,
+    python: str | None = None,
+):
+    """The SshTarget (and the profile, if one was named) from ``--device`` and the overriding options.
+
+    Shared with the measure/search/calibrate commands so ``--board``/``--key`` mean the same everywhere.
+    """
+    from autocomp import profiles
+
+    profile = profiles.load_profile(device) if device else None
+    if board:
+        parsed = profiles.parse_board(board)
+        if profile is not None and profile.ssh is not None:  # a new address; the profile's key and python stay
+            target = dataclasses.replace(profile.ssh, host=parsed.host, user=parsed.user, port=parsed.port)
+        else:
+            target = parsed
+    elif profile is not None and profile.ssh is not None:
+        target = profile.ssh
+    elif profile is not None:
+        raise ConfigError(
+            f"device profile {device!r} has no ssh: section; add ssh: {{host, user, port, key, python}} "
+            "to it or pass --board user@host[:port]"
+        )
+    else:
+        raise ConfigError("no board given: pass --device NAME (a profile with an ssh: section) or --board user@host[:port]")
+    overrides = {}
+    if key is not None:
+        overrides["key"] = str(key)
+    if known_hosts is not None:
+        overrides["known_hosts"] = str(known_hosts)
+    if python is not None:
+        overrides["python"] = python
+    return dataclasses.replace(target, **overrides), profile
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+@board_app.command("check")
+def check(
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile whose ssh: section and runtime to use."),
+    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port]; overrides the profile's ssh: host."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Private key file (its path is used, never its contents)."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="known_hosts file to verify the board's host key (default ~/.ssh/known_hosts)."
+    ),
+    python: Optional[str] = typer.Option(None, "--python", help="The board's python (default: the profile's, or python3)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    connect_timeout_s: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for the connection."),
+) -> None:
+    """Connect to a board and report its python, onnxruntime, execution providers, CPUs and free disk.
+
+    Exit code 0 when the board can time models for the profile, 1 when something is missing (listed).
+    """
+    from autocomp.latency.ssh import check_board
+
+    target, profile = resolve_target(device=device, board=board, key=key, known_hosts=known_hosts, python=python)
+    info = check_board(target, runtime=profile.runtime if profile else None, connect_timeout_s=connect_timeout_s)
+    if as_json:
+        console.print_json(json.dumps(info.to_dict()))
+    else:
+        table = Table(title=f"board {info.board}", show_header=False)
+        table.add_row("host key", info.host_key)
+        table.add_row("python", f"{info.python_version or '-'} ({info.python or target.python})")
+        table.add_row("onnxruntime", info.onnxruntime_version or "missing")
+        table.add_row("providers", ", ".join(info.providers) or "-")
+        table.add_row("numpy", info.numpy_version or "missing")
+        table.add_row("trtexec", info.trtexec or "not found")
+        table.add_row("machine", info.machine or "?")
+        table.add_row("CPUs", str(info.cpu_count or "?"))
+        table.add_row("free disk", f"{_size(info.free_disk_bytes)} in {info.tmpdir or '?'}")
+        console.print(table)
+        if info.problems:
+            for problem in info.problems:
+                console.print(f"[bold red]missing:[/] {problem}", highlight=False, soft_wrap=True)
+        else:
+            tool = profile.runtime.tool if profile else "onnxruntime"
+            console.print(f"[bold green]ready:[/] {info.board} can time models with {tool}", highlight=False)
+    if info.problems:
+        raise typer.Exit(1)
