@@ -1,0 +1,343 @@
+"""Per-layer int8 / fp16 / fp32 of an exported ONNX graph, with onnxruntime's own tools.
+
+Bit-widths are applied to the ONNX file that ships (not to a fake-quant
+PyTorch model), so accuracy and latency are measured on what the device runs.
+
+* int8: static QDQ (``quantize_static``) restricted to exactly the ONNX nodes
+  of the 8-bit layers, with the device's ``Int8Recipe`` (activation/weight
+  types, per-channel, reduce_range, which op types), calibrated on real
+  training samples. ``quant_pre_process`` runs first, in a temporary
+  directory, without graph optimization so that node names (and with them the
+  layer mapping) survive; when it fails the raw graph is quantized instead.
+* fp16: ``convert_float_to_float16`` with every node blocked except the 16-bit
+  layers' nodes, graph inputs/outputs kept fp32 (Casts are inserted around the
+  fp16 nodes).
+
+int8 runs first (calibration needs the fp32 graph), then fp16, so one plan may
+mix both.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from autocomp.errors import CompressionError, PlanError
+from autocomp.export import layer_nodes
+from autocomp.profiles import Int8Recipe
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_BITS = (32, 16, 8)
+_NUMPY_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def quantize_onnx(
+    src: Path,
+    dst: Path,
+    bits: Mapping[str, int],
+    *,
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    recipe: Int8Recipe = Int8Recipe(),
+) -> Path:
+    """Write ``dst``: ``src`` with each named layer at its bit-width (32, 16 or 8); unnamed layers stay fp32.
+
+    ``bits`` maps module paths (``layer1.0.conv1``) to bit-widths;
+    ``calibration`` is a sequence of input tuples (one array per graph input,
+    e.g. from ``autocomp.runtime.calibration_inputs``) used for int8 activation
+    ranges. ``src`` is left untouched; ``dst`` is one self-contained file.
+
+    Raises PlanError for a bit-width other than 32/16/8, a layer with no ONNX
+    node, or an 8-bit layer whose op type the recipe does not quantize;
+    CompressionError when onnxruntime's tools fail or leave an 8-bit layer
+    unquantized.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise PlanError(f"ONNX file {src} does not exist; export the model first")
+    if src.resolve() == dst.resolve():
+        raise PlanError(f"quantize_onnx would overwrite its input {src}; choose another dst")
+    for layer, width in bits.items():
+        if width not in SUPPORTED_BITS:
+            raise PlanError(f"bits/{layer}: bit-width {width!r} is not supported; use 32, 16 or 8")
+
+    model = onnx.load(str(src))
+    mapping = layer_nodes(model)
+    missing = [layer for layer in bits if layer not in mapping]
+    if missing:
+        known = ", ".join(sorted(mapping)[:8]) + (", ..." if len(mapping) > 8 else "")
+        raise PlanError(
+            f"bits/{missing[0]}: {src.name} has no ONNX node computing layer {missing[0]!r}; "
+            f"layers with nodes: {known}"
+        )
+    int8_layers = sorted(layer for layer, width in bits.items() if width == 8)
+    fp16_layers = sorted(layer for layer, width in bits.items() if width == 16)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not int8_layers and not fp16_layers:
+        shutil.copyfile(src, dst)
+        return dst
+
+    int8_nodes = _nodes_of(int8_layers, mapping)
+    if int8_layers:
+        op_of = {node.name: node.op_type for node in model.graph.node}
+        for layer in int8_layers:
+            for name in mapping[layer]:
+                if op_of[name] not in recipe.op_types:
+                    raise PlanError(
+                        f"bits/{layer}=8: its ONNX node {name} is a {op_of[name]}, which the int8 recipe does not "
+                        f"quantize (op_types={list(recipe.op_types)}); use 16 or 32 for this layer or add "
+                        f"{op_of[name]} to the recipe"
+                    )
+        if not calibration:
+            raise PlanError("int8 layers need calibration inputs; pass autocomp.runtime.calibration_inputs(task)")
+
+    with tempfile.TemporaryDirectory(prefix="autocomp-quant-") as tmp:
+        work = Path(tmp)
+        if int8_layers:
+            model = _quantize_int8(model, int8_nodes, calibration, recipe, work)
+            _check_quantized(model, int8_layers, mapping)
+        if fp16_layers:
+            model = _to_fp16(model, _nodes_of(fp16_layers, mapping))
+    try:
+        onnx.save_model(model, str(dst), save_as_external_data=False)
+        onnx.checker.check_model(str(dst))
+    except Exception as exc:
+        raise CompressionError(f"the quantized model {dst.name} is invalid: {type(exc).__name__}: {_first_line(exc)}") from exc
+    log.debug("quantized %s -> %s: int8 %s, fp16 %s", src.name, dst.name, int8_layers, fp16_layers)
+    return dst
+
+
+def _nodes_of(layers: Sequence[str], mapping: Mapping[str, list[str]]) -> list[str]:
+    return [name for layer in layers for name in mapping[layer]]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _quant_type(name: str, what: str):
+    from onnxruntime.quantization import QuantType
+
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    if name not in types:
+        raise PlanError(f"int8 recipe: {what} type {name!r} is not supported; use 'u8' or 's8'")
+    return types[name]
+
+
+class _Reader:
+    """CalibrationDataReader over fixed input tuples, cast to the graph's declared input dtypes."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: Sequence[tuple[np.ndarray, ...]]) -> None:
+        initializers = {init.name for init in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in initializers]
+        self._names = [i.name for i in inputs]
+        self._dtypes = [_NUMPY_TYPES.get(i.type.tensor_type.elem_type) for i in inputs]
+        self._samples = list(calibration)
+        for sample in self._samples:
+            if len(sample) != len(self._names):
+                raise PlanError(
+                    f"calibration samples have {len(sample)} arrays but the graph takes {len(self._names)} inputs "
+                    f"({', '.join(self._names)})"
+                )
+        self._iter: Iterator[tuple[np.ndarray, ...]] = iter(self._samples)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        sample = next(self._iter, None)
+        if sample is None:
+            return None
+        return {
+            name: np.ascontiguousarray(np.asarray(x) if dtype is None else np.asarray(x).astype(dtype, copy=False))
+            for name, dtype, x in zip(self._names, self._dtypes, sample)
+        }
+
+    def rewind(self) -> None:
+        self._iter = iter(self._samples)
+
+
+def _pre_process(model: onnx.ModelProto, work: Path) -> onnx.ModelProto:
+    """quant_pre_process (shape inference) in ``work``; it leaves temp files in cwd and fails on some graphs."""
+    import os
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    raw, out = work / "raw.onnx", work / "pre.onnx"
+    onnx.save_model(model, str(raw), save_as_external_data=False)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        for skip_symbolic in (False, True):
+            try:
+                # skip_optimization: ORT's optimizer renames and fuses nodes, which would break the layer mapping
+                quant_pre_process(str(raw), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+                return onnx.load(str(out))
+            except Exception as exc:  # documented to fail on some dynamic-shape graphs
+                log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, _first_line(exc))
+    finally:
+        os.chdir(cwd)
+    log.warning("quant_pre_process failed on this graph; quantizing it without pre-processing")
+    return model
+
+
+def _quantize_int8(
+    model: onnx.ModelProto,
+    nodes: list[str],
+    calibration: Sequence[tuple[np.ndarray, ...]],
+    recipe: Int8Recipe,
+    work: Path,
+) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    activation = _quant_type(recipe.activation_type, "activation")
+    weight = _quant_type(recipe.weight_type, "weight")
+    prepared = _pre_process(model, work)
+    source, target = work / "fp32.onnx", work / "int8.onnx"
+    onnx.save_model(prepared, str(source), save_as_external_data=False)
+    try:
+        quantize_static(
+            str(source),
+            str(target),
+            _Reader(prepared, calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(recipe.op_types),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=activation,
+            weight_type=weight,
+            nodes_to_quantize=list(nodes),
+        )
+    except PlanError:
+        raise
+    except Exception as exc:
+        raise CompressionError(
+            f"onnxruntime's quantize_static failed: {type(exc).__name__}: {_first_line(exc)}; "
+            "keep the failing layers at 16 or 32 bits"
+        ) from exc
+    return onnx.load(str(target))
+
+
+def _check_quantized(model: onnx.ModelProto, layers: Sequence[str], mapping: Mapping[str, list[str]]) -> None:
+    """Every 8-bit layer's node must read a DequantizeLinear weight: nothing is dropped silently."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    by_name = {node.name: node for node in model.graph.node}
+    for layer in layers:
+        for name in mapping[layer]:
+            node = by_name.get(name)
+            fed = node is not None and any(
+                producers.get(x) is not None and producers[x].op_type == "DequantizeLinear" for x in node.input
+            )
+            if not fed:
+                raise CompressionError(
+                    f"bits/{layer}=8: onnxruntime left ONNX node {name} unquantized; keep this layer at 16 or 32 bits"
+                )
+
+
+def _to_fp16(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for index, node in enumerate(model.graph.node):
+        if not node.name:  # node_block_list works by name
+            node.name = f"autocomp_node_{index}"
+    keep = set(nodes)
+    block = [node.name for node in model.graph.node if node.name not in keep]
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+    except Exception as exc:
+        raise CompressionError(
+            f"fp16 conversion failed: {type(exc).__name__}: {_first_line(exc)}; keep these layers at 32 bits"
+        ) from exc
+    _drop_fp16_round_trips(converted.graph)
+    _topological_sort(converted.graph)  # the converter appends its input Casts after their consumers
+    return converted
+
+
+def _drop_fp16_round_trips(graph: onnx.GraphProto) -> None:
+    """Remove the fp32 -> fp16 -> fp32 Cast pairs the converter puts on every tensor between blocked nodes.
+
+    With a node_block_list, ``convert_float_to_float16`` still types every
+    intermediate tensor fp16 and wraps each blocked node in Casts, so without
+    this pass an fp32 layer's activations would be rounded to fp16 (changing
+    the accuracy the plan is scored on), every tensor would pay two Casts, and
+    int8 layers would lose the DequantizeLinear -> op pattern onnxruntime fuses.
+    Only exact round trips are removed; the Casts into and out of the 16-bit
+    layers stay.
+    """
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    graph_outputs = {o.name for o in graph.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    fp32_values = {i.name for i in graph.input if i.type.tensor_type.elem_type == FLOAT}
+    fp32_values |= {v.name for v in graph.value_info if v.type.tensor_type.elem_type == FLOAT}
+    fp32_values |= {i.name for i in graph.initializer if i.data_type == FLOAT}
+    fp32_values |= {n.output[0] for n in graph.node if cast_to(n) == FLOAT}
+    rename: dict[str, str] = {}
+    removed: set[int] = set()
+    for node in graph.node:
+        if cast_to(node) != FLOAT:
+            continue
+        first = producers.get(node.input[0])
+        if first is None or cast_to(first) != FLOAT16:
+            continue
+        source = first.input[0]
+        source_producer = producers.get(source)
+        if source not in fp32_values and not (source_producer is not None and source_producer.op_type != "Cast"):
+            continue
+        if node.output[0] in graph_outputs:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = source
+        else:
+            rename[node.output[0]] = source
+            removed.add(id(node))
+    kept = [node for node in graph.node if id(node) not in removed]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+    used = {x for node in kept for x in node.input} | graph_outputs
+    kept = [n for n in kept if not (cast_to(n) == FLOAT16 and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    produced = {out for node in kept for out in node.output}
+    stale = [v for v in graph.value_info if v.name not in produced]
+    for value in stale:
+        graph.value_info.remove(value)
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after its producers (stable: keeps the original order where it can)."""
+    available = {i.name for i in graph.input} | {init.name for init in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(x in available for x in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            raise CompressionError(
+                f"fp16 conversion left a graph with a cycle or a dangling input at node {remaining[0].name}"
+            )
+        pending = remaining
+    del graph.node[:]
+    graph.node.extend(ordered)
