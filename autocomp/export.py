@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from autocomp.errors import ExportError
+from autocomp.plan import COMPRESSIBLE
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ MODULE_KEY = "autocomp.module"
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops a weight may flow through between its initializer and the node that uses it.
 _WEIGHT_PASSTHROUGH = ("Transpose", "Cast", "Identity", "Reshape", "DequantizeLinear", "Unsqueeze")
-_COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 _HINT = (
     "make forward() take and return tensors only, avoid Python control flow on tensor values, "
     "or try the other exporter (dynamo=True/False)"
@@ -405,7 +405,7 @@ def _scope_variants(name: str) -> Iterator[str]:
 
 def _stamp_modules(proto: onnx.ModelProto, model: nn.Module) -> None:
     """Record on each weight node the module path it computes, resolved against the model's real module names."""
-    compressible = {name for name, module in model.named_modules() if name and isinstance(module, _COMPRESSIBLE)}
+    compressible = {name for name, module in model.named_modules() if name and isinstance(module, COMPRESSIBLE)}
     producers, constants = _constant_sources(proto.graph)
     for node in _weight_nodes(proto.graph):
         layer = next((c for c in _candidates(node, producers, constants) if c in compressible), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,10 @@ from autocomp.tasks import Task
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, float, nn.Module], None]
+
+# Export redirects the process's stdout/stderr and quantization changes the working
+# directory for a moment: with several trials in threads (--jobs) they take turns.
+_ONNX_STAGE = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,15 @@ def build_artifact(
 ) -> Artifact:
     """Export ``model`` and apply the plan's per-layer bit-widths; returns ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx")
     final = out_dir / "model.onnx"
-    if any(bits != 32 for bits in plan.bits.values()):
-        calibration = calibration_inputs(task, max_samples=calibration_samples)
-        quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
-        fp32_path.unlink()
-    else:
-        shutil.move(fp32_path, final)
+    with _ONNX_STAGE:
+        fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx")
+        if any(bits != 32 for bits in plan.bits.values()):
+            calibration = calibration_inputs(task, max_samples=calibration_samples)
+            quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
+            fp32_path.unlink()
+        else:
+            shutil.move(fp32_path, final)
     return Artifact(final, onnx_stats(final), channel_counts(model))
 
 
