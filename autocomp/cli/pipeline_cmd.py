@@ -62,15 +62,16 @@ def compress(
             timing = latency.measure(result.artifact.onnx_path, profile)
         rows.append((label, result, timing))
     table = Table(title=f"{plan} on {device}")
-    for column in ("model", "accuracy %", "size kB", "params", "latency ms", "p90 ms", "source", "onnx"):
+    for column in ("model", "accuracy %", "size kB", "params", "latency ms", "p90 ms", "source"):
         table.add_column(column, justify="right")
     for label, result, timing in rows:
         table.add_row(
             label, f"{100 * result.accuracy:.2f}", f"{result.artifact.stats.size_bytes / 1e3:.1f}",
             f"{result.artifact.stats.params:,}", f"{timing.median_ms:.3f}", f"{timing.p90_ms:.3f}", timing.source,
-            str(result.artifact.onnx_path),
         )
     console.print(table)
+    for label, result, _ in rows:
+        console.print(f"{label}: {result.artifact.onnx_path}", highlight=False)
     base, comp = rows[0][2], rows[1][2]
     console.print(
         f"speedup {base.median_ms / comp.median_ms:.2f}x, size "
