@@ -5,15 +5,30 @@ sparsity pays, the channel multiple pruning should round to), how to time a
 model on it, and the coefficients of the latency cost model, with a source for
 every number.
 
-NOTE: the dataclasses below are the contract other modules code against; the
-loader and validation are filled in by the latency work.
+The dataclasses below are the contract other modules code against.
+
+Where profiles are found (first match wins for a name):
+
+1. ``config_dir()/calibrations/<name>.yaml`` -- a calibration written by
+   ``autocomp calibrate`` takes precedence over the shipped file;
+2. each folder in ``AUTOCOMP_PROFILE_DIR`` (``os.pathsep``-separated);
+3. ``device_profiles/`` at the repository root (editable install / checkout);
+4. ``<sys.prefix>/share/autocomp/device_profiles`` (a wheel that ships the
+   files as ``data-files``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+from autocomp.errors import ConfigError
 
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
 
@@ -34,6 +49,7 @@ class PrecisionSpec:
     peak_gops: float  # peak throughput at this precision, giga-operations (1 MAC = 2 ops) per second
     accelerated: bool  # does this precision run faster than fp32 on this device's runtime
     source: str  # datasheet reference, or "calibration <date> <backend>"
+    runs_as: str | None = None  # when not accelerated: the precision the runtime really computes in
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,8 @@ class RuntimeSettings:
     batch_size: int = 1
     warmup: int = 20
     runs: int = 100
+    calibration_batch_sizes: tuple[int, ...] = (1,)  # batch sizes `autocomp calibrate` measures
+    source: str = ""  # why these settings (e.g. "board default: 4 cores")
 
 
 @dataclass(frozen=True)
@@ -72,8 +90,350 @@ class DeviceProfile:
     calibration: Mapping[str, Any] | None = None  # date, backend, fit quality; None for datasheet-only
     ssh: SshTarget | None = None
     path: Path | None = None  # the file it was loaded from
+    sparsity_source: str = ""  # where the sparsity claims come from
+    channel_multiple_source: str = ""  # why pruning rounds to this multiple
+    schema_version: int = 1
+
+    @property
+    def is_calibrated(self) -> bool:
+        """True when the cost-model coefficients come from a calibration run, not a datasheet."""
+        return self.calibration is not None
+
+    def require_bits(self, bits: Iterable[int], *, where: str = "search space") -> None:
+        """Raise ConfigError if ``bits`` asks for a precision this device cannot run."""
+        supported = self.supported_bits
+        for value in bits:
+            if value not in supported:
+                raise ConfigError(
+                    f"{where}: {value}-bit is not supported by device {self.name!r} "
+                    f"(it runs {', '.join(map(str, supported))}-bit); remove {value} from the bits choices"
+                )
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes a latency figure (coefficients and calibration included)."""
+        data = asdict(self)
+        data.pop("path", None)
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def supported_bits(self) -> tuple[int, ...]:
         """Bit-widths this device can run, widest first."""
         return tuple(sorted((PRECISION_BITS[p] for p in self.precisions), reverse=True))
+
+
+# --------------------------------------------------------------------------- loading
+
+SCHEMA_VERSION = 1
+PRECISIONS = tuple(PRECISION_BITS)
+PROFILE_DIR_ENV = "AUTOCOMP_PROFILE_DIR"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+_TOP_KEYS = {
+    "schema_version": True,
+    "name": True,
+    "description": True,
+    "precisions": True,
+    "memory_bandwidth_gbps": True,
+    "memory_bandwidth_source": True,
+    "unstructured_sparsity_speedup": True,
+    "structured_2to4_sparsity": True,
+    "sparsity_source": True,
+    "channel_multiple": True,
+    "channel_multiple_source": True,
+    "runtime": True,
+    "int8_recipe": False,
+    "cost_model": True,
+    "calibration": False,
+    "ssh": False,
+}
+_PRECISION_KEYS = ("peak_gops", "accelerated", "source", "runs_as")
+_RUNTIME_KEYS = ("tool", "execution_provider", "threads", "batch_size", "warmup", "runs", "calibration_batch_sizes", "source")
+_RECIPE_KEYS = ("activation_type", "weight_type", "per_channel", "reduce_range", "op_types")
+_SSH_KEYS = ("host", "user", "port", "key", "python", "known_hosts")
+_CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime")
+
+
+def builtin_profile_dirs() -> list[Path]:
+    """Folders searched for shipped profiles, in order (see the module docstring)."""
+    dirs = [Path(p) for p in os.environ.get(PROFILE_DIR_ENV, "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent / "device_profiles")
+    dirs.append(Path(sys.prefix) / "share" / "autocomp" / "device_profiles")
+    return dirs
+
+
+def calibration_dir() -> Path:
+    """Where ``autocomp calibrate`` writes calibrated profiles (they take precedence)."""
+    from autocomp.paths import config_dir
+
+    return config_dir() / "calibrations"
+
+
+def _shipped_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in builtin_profile_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _calibrated_files() -> dict[str, Path]:
+    folder = calibration_dir()
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def list_profiles() -> list[str]:
+    """Names of every known device (shipped or calibrated), sorted."""
+    return sorted(set(_shipped_files()) | set(_calibrated_files()))
+
+
+def profile_path(name: str, *, calibrated: bool = True) -> Path:
+    """The file that is in force for ``name`` (a calibration first unless ``calibrated=False``)."""
+    if calibrated and name in _calibrated_files():
+        return _calibrated_files()[name]
+    shipped = _shipped_files()
+    if name not in shipped:
+        known = ", ".join(list_profiles()) or "none (set AUTOCOMP_PROFILE_DIR to a folder of profiles)"
+        raise ConfigError(f"unknown device {name!r}; known devices: {known}")
+    return shipped[name]
+
+
+def load_profile(name_or_path: str | Path, *, calibrated: bool = True) -> DeviceProfile:
+    """Load and validate a device profile by name (or from a ``.yaml`` path).
+
+    A calibration in ``config_dir()/calibrations/<name>.yaml`` takes precedence
+    over the shipped file unless ``calibrated=False``.
+    """
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"device profile file {path} does not exist; give a device name or an existing .yaml file")
+    else:
+        path = profile_path(text, calibrated=calibrated)
+    return parse_profile(_read_yaml(path), path=path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    from autocomp.yamlio import load_yaml
+
+    return load_yaml(path, what="device profile")
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping (key: value lines), got {value!r}")
+    return value
+
+
+def _str(value: Any, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+    if not positive and value < 0:
+        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _int(value: Any, where: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, choices: Iterable[str], where: str) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> DeviceProfile:
+    """Validate one profile mapping (as read from YAML) and build the frozen ``DeviceProfile``."""
+    where = f"device profile {path}" if path else "device profile"
+    _check_keys(data, _TOP_KEYS, where, required=[k for k, req in _TOP_KEYS.items() if req])
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{where}: schema_version {version!r} is not supported; this autocomp reads {SCHEMA_VERSION}")
+    name = _str(data["name"], f"{where}: name")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: name {name!r} must be lower-case letters, digits, '.', '_' or '-'")
+
+    raw_precisions = _mapping(data["precisions"], f"{where}: precisions")
+    precisions: dict[str, PrecisionSpec] = {}
+    for precision, spec in raw_precisions.items():
+        at = f"{where}: precisions.{precision}"
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{where}: unknown precision {precision!r}; allowed keys: {', '.join(PRECISIONS)}")
+        spec = _mapping(spec, at)
+        _check_keys(spec, _PRECISION_KEYS, at, required=("peak_gops", "accelerated", "source"))
+        runs_as = spec.get("runs_as")
+        if runs_as is not None:
+            _choice(runs_as, PRECISIONS, f"{at}.runs_as")
+        precisions[precision] = PrecisionSpec(
+            peak_gops=_number(spec["peak_gops"], f"{at}.peak_gops"),
+            accelerated=_bool(spec["accelerated"], f"{at}.accelerated"),
+            source=_str(spec["source"], f"{at}.source"),
+            runs_as=runs_as,
+        )
+    if "fp32" not in precisions:
+        raise ConfigError(f"{where}: precisions must include fp32 (the reference every speedup is measured against)")
+    for precision, spec in precisions.items():
+        if spec.runs_as is not None and spec.runs_as not in precisions:
+            raise ConfigError(f"{where}: precisions.{precision}.runs_as {spec.runs_as!r} is not a precision of this profile")
+
+    raw_runtime = _mapping(data["runtime"], f"{where}: runtime")
+    _check_keys(raw_runtime, _RUNTIME_KEYS, f"{where}: runtime")
+    default = RuntimeSettings()
+    batches = raw_runtime.get("calibration_batch_sizes", list(default.calibration_batch_sizes))
+    if not isinstance(batches, list) or not batches:
+        raise ConfigError(f"{where}: runtime.calibration_batch_sizes: expected a list of batch sizes, got {batches!r}")
+    runtime = RuntimeSettings(
+        tool=_choice(raw_runtime.get("tool", default.tool), ("onnxruntime", "trtexec"), f"{where}: runtime.tool"),
+        execution_provider=_str(raw_runtime.get("execution_provider", default.execution_provider), f"{where}: runtime.execution_provider"),
+        threads=_int(raw_runtime.get("threads", default.threads), f"{where}: runtime.threads"),
+        batch_size=_int(raw_runtime.get("batch_size", default.batch_size), f"{where}: runtime.batch_size", minimum=1),
+        warmup=_int(raw_runtime.get("warmup", default.warmup), f"{where}: runtime.warmup"),
+        runs=_int(raw_runtime.get("runs", default.runs), f"{where}: runtime.runs", minimum=1),
+        calibration_batch_sizes=tuple(_int(b, f"{where}: runtime.calibration_batch_sizes", minimum=1) for b in batches),
+        source=_str(raw_runtime.get("source", ""), f"{where}: runtime.source", empty=True),
+    )
+
+    recipe = Int8Recipe()
+    if data.get("int8_recipe") is not None:
+        raw = _mapping(data["int8_recipe"], f"{where}: int8_recipe")
+        _check_keys(raw, _RECIPE_KEYS, f"{where}: int8_recipe")
+        op_types = raw.get("op_types", list(recipe.op_types))
+        if not isinstance(op_types, list) or not all(isinstance(o, str) for o in op_types):
+            raise ConfigError(f"{where}: int8_recipe.op_types: expected a list of ONNX op types, got {op_types!r}")
+        recipe = Int8Recipe(
+            activation_type=_choice(raw.get("activation_type", recipe.activation_type), ("u8", "s8"), f"{where}: int8_recipe.activation_type"),
+            weight_type=_choice(raw.get("weight_type", recipe.weight_type), ("u8", "s8"), f"{where}: int8_recipe.weight_type"),
+            per_channel=_bool(raw.get("per_channel", recipe.per_channel), f"{where}: int8_recipe.per_channel"),
+            reduce_range=_bool(raw.get("reduce_range", recipe.reduce_range), f"{where}: int8_recipe.reduce_range"),
+            op_types=tuple(op_types),
+        )
+
+    ssh = None
+    if data.get("ssh") is not None:
+        raw = _mapping(data["ssh"], f"{where}: ssh")
+        _check_keys(raw, _SSH_KEYS, f"{where}: ssh", required=("host", "user"))
+        ssh = SshTarget(
+            host=_str(raw["host"], f"{where}: ssh.host"),
+            user=_str(raw["user"], f"{where}: ssh.user"),
+            port=_port(raw.get("port", 22), f"{where}: ssh.port"),
+            key=_str(raw["key"], f"{where}: ssh.key") if raw.get("key") is not None else None,
+            python=_str(raw.get("python", "python3"), f"{where}: ssh.python"),
+            known_hosts=_str(raw["known_hosts"], f"{where}: ssh.known_hosts") if raw.get("known_hosts") is not None else None,
+        )
+
+    calibration = None
+    if data.get("calibration") is not None:
+        raw = _mapping(data["calibration"], f"{where}: calibration")
+        _check_keys(raw, _CALIBRATION_KEYS, f"{where}: calibration", required=("date", "backend"))
+        calibration = dict(raw)
+
+    from autocomp.latency.estimate import validate_cost_model  # the estimator owns the coefficient schema
+
+    cost_model = validate_cost_model(_mapping(data["cost_model"], f"{where}: cost_model"), where=f"{where}: cost_model")
+
+    return DeviceProfile(
+        name=name,
+        description=_str(data["description"], f"{where}: description"),
+        precisions=precisions,
+        memory_bandwidth_gbps=_number(data["memory_bandwidth_gbps"], f"{where}: memory_bandwidth_gbps"),
+        memory_bandwidth_source=_str(data["memory_bandwidth_source"], f"{where}: memory_bandwidth_source"),
+        unstructured_sparsity_speedup=_bool(data["unstructured_sparsity_speedup"], f"{where}: unstructured_sparsity_speedup"),
+        structured_2to4_sparsity=_bool(data["structured_2to4_sparsity"], f"{where}: structured_2to4_sparsity"),
+        channel_multiple=_int(data["channel_multiple"], f"{where}: channel_multiple", minimum=1),
+        runtime=runtime,
+        int8_recipe=recipe,
+        cost_model=cost_model,
+        calibration=calibration,
+        ssh=ssh,
+        path=path,
+        sparsity_source=_str(data["sparsity_source"], f"{where}: sparsity_source"),
+        channel_multiple_source=_str(data["channel_multiple_source"], f"{where}: channel_multiple_source"),
+        schema_version=version,
+    )
+
+
+def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
+    """The YAML mapping of a profile (inverse of ``parse_profile``); used to write calibrations."""
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": profile.name,
+        "description": profile.description,
+        "precisions": {
+            p: {k: v for k, v in asdict(s).items() if v is not None} for p, s in profile.precisions.items()
+        },
+        "memory_bandwidth_gbps": profile.memory_bandwidth_gbps,
+        "memory_bandwidth_source": profile.memory_bandwidth_source,
+        "unstructured_sparsity_speedup": profile.unstructured_sparsity_speedup,
+        "structured_2to4_sparsity": profile.structured_2to4_sparsity,
+        "sparsity_source": profile.sparsity_source,
+        "channel_multiple": profile.channel_multiple,
+        "channel_multiple_source": profile.channel_multiple_source,
+        "runtime": {**asdict(profile.runtime), "calibration_batch_sizes": list(profile.runtime.calibration_batch_sizes)},
+        "int8_recipe": {**asdict(profile.int8_recipe), "op_types": list(profile.int8_recipe.op_types)},
+        "cost_model": json.loads(json.dumps(dict(profile.cost_model))),
+    }
+    if profile.calibration is not None:
+        data["calibration"] = json.loads(json.dumps(dict(profile.calibration), default=str))
+    if profile.ssh is not None:
+        data["ssh"] = {k: v for k, v in asdict(profile.ssh).items() if v is not None}
+    return data
+
+
+def with_overrides(profile: DeviceProfile, **runtime: Any) -> DeviceProfile:
+    """A copy of ``profile`` with some runtime settings replaced (e.g. ``batch_size=8``)."""
+    return replace(profile, runtime=replace(profile.runtime, **runtime))
+
+
+# --------------------------------------------------------------------------- boards
+
+_BOARD_RE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[^:]*))?$")
+
+
+def _port(value: Any, where: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: port {value!r} is not a number; use e.g. 22") from None
+    if isinstance(value, bool) or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {value!r} is outside 1-65535")
+    return port
+
+
+def parse_board(text: str, *, key: str | None = None, python: str = "python3") -> SshTarget:
+    """Parse ``user@host[:port]`` (IPv6 as ``user@[::1]:2222``) into an ``SshTarget``."""
+    match = _BOARD_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigError(f"board {text!r} is not user@host[:port]; e.g. pi@raspberrypi.local or jetson@10.0.0.5:2222")
+    port = 22 if match.group("port") is None else _port(match.group("port"), f"board {text!r} (user@host[:port])")
+    host = match.group("host").strip("[]")
+    return SshTarget(host=host, user=match.group("user"), port=port, key=key, python=python)

@@ -1,3 +1,181 @@
-"""autocomp CLI commands (latency_cmd)."""
+"""``autocomp measure``, ``autocomp calibrate`` and ``autocomp profiles list|show``."""
 
-from autocomp.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from autocomp.cli.app import app, console
+from autocomp.errors import ConfigError
+
+profiles_app = typer.Typer(name="profiles", help="Device profiles: what each device rewards and how it is timed.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+def parse_shapes(items: List[str] | None) -> dict[str, tuple[int, ...]]:
+    """``NAME=1x3x32x32`` options -> {name: dims}; a bad item is a ConfigError naming it."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.partition("=")
+        try:
+            values = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            values = ()
+        if not sep or not name or not values or any(v < 1 for v in values):
+            raise ConfigError(f"--shape {item!r} is not NAME=DxDxD with positive sizes; e.g. --shape input=1x3x224x224")
+        shapes[name] = values
+    return shapes
+
+
+@app.command()
+def measure(
+    model: Path = typer.Argument(..., help="An ONNX file (fp32, fp16 or QDQ int8; one or several inputs)."),
+    device: str = typer.Option(..., "--device", "-d", help="Device profile name (see `autocomp profiles list`)."),
+    backend: str = typer.Option("estimate", "--backend", "-b", help="estimate | local | ssh"),
+    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port] for --backend ssh."),
+    shape: Optional[List[str]] = typer.Option(None, "--shape", help="NAME=DxDxD for an input with symbolic dimensions (repeatable)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the profile's batch size."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs (local backend; default from the profile)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Measure again even if a cached result exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the LatencyResult fields."),
+) -> None:
+    """Latency of one ONNX file on a device, from the cost model or a real measurement."""
+    from autocomp.latency import get_backend
+    from autocomp.profiles import load_profile, with_overrides
+
+    if not model.is_file():
+        raise ConfigError(f"ONNX file {model} does not exist")
+    profile = load_profile(device)
+    if batch_size is not None:
+        profile = with_overrides(profile, batch_size=batch_size)
+    options = {"runs": runs} if runs is not None and backend == "local" else {}
+    latency = get_backend(backend, profile=profile, cache=not no_cache, shapes=parse_shapes(shape), board=board, **options)
+    result = latency.measure(model, profile)
+    data = result.to_dict()
+    data.update(device=profile.name, calibrated=profile.is_calibrated, batch_size=profile.runtime.batch_size)
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    console.print(
+        f"{model.name} on {profile.name} ({result.source}): median {result.median_ms:.3f} ms, p90 {result.p90_ms:.3f} ms"
+        + (f", {result.runs} runs" if result.runs else "")
+        + f", batch {profile.runtime.batch_size}"
+    )
+    unpriced = data.get("unpriced_ops") or {}
+    if unpriced:
+        ops = ", ".join(f"{t} x{n}" for t, n in sorted(unpriced.items()))
+        console.print(f"[yellow]fallback:[/] {ops} priced as element-wise work ({data.get('fallback_ms', 0):.3f} ms)")
+    if backend == "estimate" and not profile.is_calibrated:
+        console.print(f"[dim]coefficients: {profile.cost_model.get('source', 'datasheet')} (uncalibrated)[/]")
+
+
+@app.command()
+def calibrate(
+    device: str = typer.Option("local", "--device", "-d", help="Device profile to calibrate."),
+    backend: str = typer.Option("local", "--backend", "-b", help="local | ssh: where the variants are timed."),
+    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port] for --backend ssh."),
+    variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant (default from the profile)."),
+    held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Time each variant in this many processes, keep the lowest median (busy machines)."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fit summary as one JSON object."),
+) -> None:
+    """Fit a device's cost model to real measurements and make it the profile in force."""
+    from autocomp.cli.app import err_console
+    from autocomp.latency.calibrate import calibrate_device
+
+    def progress(done: int, total: int) -> None:
+        if done == 1 or done == total or done % 10 == 0:
+            err_console.print(f"measured {done}/{total}", highlight=False)
+
+    report = calibrate_device(
+        device, backend=backend, board=board, variants=variants, runs=runs, held_out=held_out, seed=seed,
+        work_dir=work_dir, progress=progress, repeats=repeats,
+    )
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    console.print(f"calibrated {report.device} with {report.backend}: {report.samples} measurements, {report.held_out} held out")
+    console.print(
+        f"held-out fit: median |error| {report.median_abs_error_pct:.1f}%, "
+        f"{report.within_10pct * 100:.0f}% of variants within ±10%"
+    )
+    console.print(f"written to {report.path}")
+
+
+@profiles_app.command("list")
+def profiles_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """Known devices, and whether each one's cost model is calibrated."""
+    from autocomp.profiles import list_profiles, load_profile
+
+    rows = []
+    for name in list_profiles():
+        profile = load_profile(name)
+        rows.append({"name": name, "calibrated": profile.is_calibrated, "bits": list(profile.supported_bits), "description": profile.description, "path": str(profile.path)})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("device", "bits", "cost model", "description")
+    for row in rows:
+        table.add_row(row["name"], "/".join(map(str, row["bits"])), "calibrated" if row["calibrated"] else "datasheet", row["description"])
+    console.print(table)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: str = typer.Argument(..., help="Device name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile in force as JSON."),
+) -> None:
+    """The profile in force for NAME: where it was loaded from, its numbers and their sources, and its fit."""
+    from autocomp.profiles import load_profile, profile_to_dict
+
+    profile = load_profile(name)
+    data = profile_to_dict(profile)
+    data["in_force"] = str(profile.path)
+    data["calibrated"] = profile.is_calibrated
+    from autocomp.profiles import calibration_dir
+
+    data["user_calibration"] = profile.path is not None and profile.path.parent == calibration_dir()
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+        return
+    console.print(f"[bold]{profile.name}[/]: {profile.description}")
+    from autocomp.profiles import calibration_dir
+
+    user_file = profile.path is not None and profile.path.parent == calibration_dir()
+    if profile.is_calibrated:
+        cal = profile.calibration or {}
+        fit = cal.get("fit", {})
+        where = "your calibration" if user_file else "shipped calibrated profile"
+        console.print(
+            f"in force: {where} {profile.path} (calibrated {cal.get('date')} with {cal.get('backend')}; "
+            f"held-out median |error| {fit.get('median_abs_error_pct', float('nan')):.1f}%, "
+            f"{fit.get('within_10pct', float('nan')) * 100:.0f}% within ±10% on {cal.get('held_out')} variants)"
+        )
+    else:
+        console.print(f"in force: shipped profile {profile.path} (datasheet coefficients, uncalibrated)")
+    table = Table("precision", "peak GOPS", "faster than fp32", "source")
+    for precision, spec in profile.precisions.items():
+        faster = "yes" if spec.accelerated and precision != "fp32" else ("-" if precision == "fp32" else f"no (runs as {spec.runs_as or 'fp32'})")
+        table.add_row(precision, f"{spec.peak_gops:g}", faster, spec.source)
+    console.print(table)
+    console.print(f"memory bandwidth: {profile.memory_bandwidth_gbps:g} GB/s ({profile.memory_bandwidth_source})")
+    console.print(
+        f"sparsity: unstructured speedup {'yes' if profile.unstructured_sparsity_speedup else 'no'}, "
+        f"2:4 structured {'yes' if profile.structured_2to4_sparsity else 'no'} ({profile.sparsity_source})"
+    )
+    console.print(f"channel multiple: {profile.channel_multiple} ({profile.channel_multiple_source})")
+    rt = profile.runtime
+    console.print(
+        f"runtime: {rt.tool} {rt.execution_provider}, threads {rt.threads or 'auto'}, batch {rt.batch_size}, "
+        f"warm-up {rt.warmup}, runs {rt.runs}" + (f" ({rt.source})" if rt.source else "")
+    )
+    console.print(f"cost model: {profile.cost_model.get('kind')} ({profile.cost_model.get('source')})")
+    if profile.ssh is not None:
+        console.print(f"board: {profile.ssh.user}@{profile.ssh.host}:{profile.ssh.port} (python {profile.ssh.python})")

@@ -1,5 +1,66 @@
-"""Latency backends behind one interface: ``measure(onnx_path, profile) -> LatencyResult``."""
+"""Latency backends behind one interface: ``measure(onnx_path, profile) -> LatencyResult``.
 
+``get_backend(name, profile=...)`` builds one: ``estimate`` (the profile's cost
+model), ``local`` (onnxruntime here, in a child process) or ``ssh`` (a real
+board; needs the ``ssh`` extra). Measured backends are wrapped in a result
+cache keyed by the file's bytes, the profile fingerprint and the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from autocomp.errors import ConfigError
 from autocomp.latency.base import LatencyBackend, LatencyResult
 
-__all__ = ["LatencyBackend", "LatencyResult"]
+BACKENDS = ("estimate", "local", "ssh")
+
+__all__ = ["BACKENDS", "LatencyBackend", "LatencyResult", "get_backend"]
+
+
+def get_backend(
+    name: str,
+    *,
+    profile,
+    cache: bool = True,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    board: str | None = None,
+    **options: Any,
+) -> LatencyBackend:
+    """The backend called ``name`` for ``profile``; ``cache=False`` always measures afresh.
+
+    ``shapes`` fixes symbolic input dimensions (default: batch from the profile,
+    1 elsewhere). ``board`` (``user@host[:port]``) selects the board for ``ssh``;
+    without it the profile's ``ssh`` section is used. The estimate is not
+    cached on disk: it is cheaper than reading a cache entry.
+    """
+    if name == "estimate":
+        from autocomp.latency.estimate import EstimateBackend
+
+        return EstimateBackend(shapes=shapes, **options)
+    if name == "local":
+        from autocomp.latency.local import LocalBackend
+
+        backend: Any = LocalBackend(shapes=shapes, **options)
+    elif name == "ssh":
+        from autocomp.profiles import parse_board
+
+        target = parse_board(board) if board else profile.ssh
+        if target is None:
+            raise ConfigError(
+                f"the ssh backend needs a board: pass --board USER@HOST[:PORT] or add an ssh: section to profile {profile.name!r}"
+            )
+        try:
+            from autocomp.latency.ssh import SshBackend  # paramiko stays optional: imported only here
+        except ImportError as exc:
+            raise ConfigError(f"the ssh backend needs the ssh extra ({exc}); install it with: pip install 'autocomp[ssh]'") from exc
+        if shapes:
+            raise ConfigError("the ssh backend does not take --shape yet; give the model fixed input dimensions")
+        backend = SshBackend(target, **options)
+    else:
+        raise ConfigError(f"unknown latency backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if cache:
+        from autocomp.latency.cache import CachedBackend
+
+        return CachedBackend(backend)
+    return backend

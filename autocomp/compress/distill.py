@@ -1,0 +1,185 @@
+"""Knowledge distillation: build a narrower student and fine-tune it against the original model.
+
+Every compressed model (a narrower student, a channel-pruned or sparsified
+model) loses accuracy; training it to match the teacher's soft outputs recovers
+most of it in a few hundred steps, far fewer than training from labels alone
+would need. The loop is deliberately plain - AdamW with a cosine-decayed
+learning rate over a fixed step budget - so that a trial's cost is known in
+advance and the search can stop a hopeless trial from ``on_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from autocomp.compress.prune import prune_to_width
+from autocomp.compress.sparsity import clone_model
+from autocomp.errors import CompressionError, ConfigError, PlanError
+from autocomp.tasks.base import Task, accepts_width
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation settings. ``steps`` counts optimizer steps (batches), not passes over the data."""
+
+    steps: int = 100
+    temperature: float = 4.0
+    alpha: float = 0.7
+    """Weight of the soft-target (KD) term; ``1 - alpha`` weighs cross-entropy on the labels."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"distill steps {self.steps!r} must be a positive integer")
+        if not self.temperature > 0:
+            raise ConfigError(f"distill temperature {self.temperature!r} must be > 0; 4.0 is a common choice")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill alpha {self.alpha!r} is outside [0, 1]; 1.0 uses the teacher only, 0.0 the labels only")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ConfigError(f"distill lr {self.lr!r} must be > 0 and weight_decay {self.weight_decay!r} >= 0")
+
+
+def default_distill_loss(
+    student_out: Tensor, teacher_out: Tensor, labels: Tensor | None, *, temperature: float, alpha: float
+) -> Tensor:
+    """Hinton's KD loss on class logits: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
+
+    The ``T^2`` factor keeps the soft term's gradients on the same scale as the
+    cross-entropy's for any temperature. Without labels the loss is the KD term
+    alone (at full weight, so ``alpha`` does not shrink the learning signal).
+    """
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student_out / t, dim=-1),
+        F.log_softmax(teacher_out / t, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
+    if labels is None:
+        return soft
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_out, labels)
+
+
+def build_student(task: Task, teacher: nn.Module, width: float, *, round_to: int = 8) -> nn.Module:
+    """A student of ``width`` times the teacher's channels.
+
+    Width 1.0 gives a copy of the teacher (fine-tuning then starts from it). If
+    the task can build a narrower model itself (``build_model(width=...)``),
+    that fresh, untrained model is the student: the same architecture scaled
+    by its author's rules. Otherwise the teacher is channel-pruned to that
+    width (``prune_to_width``), which keeps its most important channels.
+    """
+    if not isinstance(width, (int, float)) or math.isnan(width) or not 0.0 < float(width) <= 1.0:
+        raise PlanError(f"distill/width: width {width!r} is outside (0, 1]; 1.0 keeps the original width")
+    if width == 1.0:
+        return clone_model(teacher)
+    if accepts_width(task):
+        return task.build_model(width=float(width))  # type: ignore[call-arg]
+    return prune_to_width(teacher, float(width), tuple(task.example_inputs()), round_to=round_to)
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    task: Task,
+    *,
+    config: DistillConfig,
+    on_step: Callable[[int, float, nn.Module], None] | None = None,
+) -> nn.Module:
+    """A copy of ``student`` fine-tuned for ``config.steps`` optimizer steps to match ``teacher`` on the task's data.
+
+    Batches come from ``task.train_batches()``, restarted whenever a pass ends.
+    The loss is ``task.distill_loss(student_out, teacher_out, labels)`` when the
+    task defines one, else ``default_distill_loss`` on the first output. The
+    teacher runs in eval mode without gradients (its mode is restored after).
+    Results are deterministic for a given ``config.seed``; the caller's random
+    state is left as it was. Sparsity masks from ``apply_sparsity`` are kept,
+    so masked weights stay zero.
+
+    ``on_step(step, loss, model)`` runs after each optimizer step (``step``
+    counts from 1); it may evaluate ``model`` (switching it to eval is fine) and
+    may raise to stop the run - the exception propagates unchanged. Returns
+    the fine-tuned student in eval mode. Raises CompressionError if the task
+    yields no batches or the loss stops being finite.
+    """
+    trained = clone_model(student)
+    loss_fn = _loss_function(task, config)
+    device = _device_of(trained)
+    teacher_was_training = teacher.training
+    teacher.eval()
+    started = time.perf_counter()
+    try:
+        # fork_rng restores the caller's CPU generator afterwards: seeding here must not
+        # change what the rest of the program draws.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            params = [p for p in trained.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+            step = 0
+            while step < config.steps:
+                empty = True
+                for inputs, labels in task.train_batches():
+                    empty = False
+                    inputs = tuple(x.to(device) for x in inputs)
+                    labels = labels.to(device) if labels is not None else None
+                    trained.train()
+                    with torch.no_grad():
+                        teacher_out = teacher(*inputs)
+                    loss = loss_fn(trained(*inputs), teacher_out, labels)
+                    if not torch.isfinite(loss):
+                        raise CompressionError(
+                            f"distillation diverged at step {step + 1} (loss {loss.item()}); lower DistillConfig.lr ({config.lr})"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    step += 1
+                    if on_step is not None:
+                        on_step(step, float(loss.item()), trained)
+                    if step >= config.steps:
+                        break
+                if empty:
+                    raise CompressionError(f"{type(task).__name__}.train_batches() yielded no batches; distillation needs training data")
+                log.debug("distill: pass done at step %d/%d", step, config.steps)
+    finally:
+        teacher.train(teacher_was_training)
+    log.info("distilled %d steps in %.1f s (last loss %.4f)", config.steps, time.perf_counter() - started, loss.item())
+    return trained.eval()
+
+
+def _loss_function(task: Task, config: DistillConfig) -> Callable[[Any, Any, Tensor | None], Tensor]:
+    custom = getattr(task, "distill_loss", None)
+    if callable(custom):
+        return custom
+
+    def loss(student_out: Any, teacher_out: Any, labels: Tensor | None) -> Tensor:
+        return default_distill_loss(
+            _first(student_out), _first(teacher_out), labels, temperature=config.temperature, alpha=config.alpha
+        )
+
+    return loss
+
+
+def _first(out: Any) -> Tensor:
+    """The logits of a model output (the first element of a tuple, like ``torch_predictor``)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")

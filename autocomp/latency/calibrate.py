@@ -1,0 +1,489 @@
+"""Calibration: fit a profile's cost-model coefficients to real measurements.
+
+``calibrate_device("local")`` builds a varied set of compressed variants
+(random architectures mixing dense, residual, depthwise-separable and linear
+layers at random per-layer widths, plus width/pruned variants of the built-in
+residual CNN), each in several precisions (fp32, fp16, all-int8 and per-layer
+mixed int8) and at the profile's calibration batch sizes, times them with a
+real backend, fits the linear cost model with non-negative least squares on
+relative error, and scores it on a held-out part of the set (whole base models
+are held out, not just one precision of a model that was fitted).
+
+The calibrated profile goes to ``config_dir()/calibrations/<device>.yaml`` and
+takes precedence over the shipped file from then on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autocomp.errors import LatencyError
+from autocomp.latency.graph import analyze, feature_names
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX file of the calibration (or benchmark) set."""
+
+    path: Path
+    family: str  # architecture family: "zoo", "resnet", "mobilenet", ...
+    base: str  # id of the base model (held-out splits keep a base's variants together)
+    precision: str  # "fp32" | "fp16" | "int8" | "mixed"
+    batch_size: int
+    description: str = ""
+
+
+def _zoo_model(rng: random.Random):
+    """A random small CNN: stem, 2-5 blocks (residual, inverted-residual, plain, pooling), linear head."""
+    import torch
+    from torch import nn
+
+    def ch(low: int = 8, high: int = 128) -> int:
+        return rng.choice([c for c in range(low, high + 1, 8)])
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, hidden: int) -> None:
+            super().__init__()
+            self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+            self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+            self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.project(self.dw(self.expand(x)))
+            return x + y if self.skip else y
+
+    in_channels = rng.choice([1, 1, 3])
+    size = rng.choice([16, 24, 32, 32])  # the scale of the built-in tasks; bigger nets only add noise here
+    layers: list[nn.Module] = []
+    c = ch(8, 64)
+    layers += [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), rng.choice([nn.ReLU(), nn.ReLU6()])]
+    spatial = size
+    for _ in range(rng.randint(2, 5)):
+        kind = rng.choice(["basic", "basic", "inverted", "inverted", "plain", "pool"])
+        stride = 2 if spatial > 4 and rng.random() < 0.4 else 1
+        if kind == "basic":
+            out = ch(8, 128)
+            layers.append(Basic(c, out, stride))
+        elif kind == "inverted":
+            out = ch(8, 96)
+            layers.append(Inverted(c, out, stride, hidden=ch(16, 192)))
+        elif kind == "plain":
+            out = ch(8, 128)
+            k = rng.choice([1, 3])
+            layers += [nn.Conv2d(c, out, k, stride, k // 2, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        else:
+            out, stride = c, 2 if spatial > 4 else 1
+            if stride == 2:
+                layers.append(rng.choice([nn.MaxPool2d(2), nn.AvgPool2d(2)]))
+        spatial = math.ceil(spatial / stride)
+        c = out
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if rng.random() < 0.5:
+        hidden = ch(16, 256)
+        head += [nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, 10)]
+    else:
+        head.append(nn.Linear(c, 10))
+    model = nn.Sequential(*layers, *head).eval()
+    _randomize_bn(model, rng)
+    return model, (1, in_channels, size, size)
+
+
+def _randomize_bn(model, rng: random.Random) -> None:
+    import torch
+
+    torch.manual_seed(rng.randrange(1 << 30))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+
+
+def _builtin_model(family: str, rng: random.Random, *, prune: bool):
+    """A width-scaled and (optionally) per-layer channel-pruned ResNetDigits / MobileNetDigits."""
+    import torch
+
+    from autocomp.tasks.models import MobileNetDigits, ResNetDigits
+
+    cls = {"resnet": ResNetDigits, "mobilenet": MobileNetDigits}[family]
+    width = rng.choice([0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
+    torch.manual_seed(rng.randrange(1 << 30))
+    model = cls(width=width).eval()
+    _randomize_bn(model, rng)
+    example = torch.randn(1, 1, 32, 32)
+    if prune:
+        try:
+            from autocomp.compress.prune import prune_channels
+            from autocomp.plan import compressible_layers
+
+            layers = [n for n in compressible_layers(model) if not n.startswith("fc")]
+            ratios = {n: rng.choice([0.0, 0.25, 0.5, 0.625]) for n in rng.sample(layers, k=max(1, len(layers) // 2))}
+            model = prune_channels(model, ratios, (example,), round_to=8).eval()
+        except ImportError:  # pruning not available: the width variant still varies channel counts
+            pass
+    return model, (1, 1, 32, 32), width
+
+
+def _export(model, input_shape: tuple[int, ...], path: Path) -> Path:
+    import torch
+
+    # The legacy exporter is what autocomp.export uses by default, without its output check:
+    # these variants are timed, never scored, and the check would double the build time.
+    example = (torch.randn(*input_shape),)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, example, str(path), dynamo=False, external_data=False, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
+    return path
+
+
+def _weight_layers(onnx_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """Every float tensor of the graph in fp16 (inputs and outputs too), as a converter for devices would."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+            graph.initializer[i].CopyFrom(half)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del graph.value_info[:]
+    onnx.save(model, str(dst))
+    return dst
+
+
+def to_int8(src: Path, dst: Path, *, recipe, input_shape: tuple[int, ...], exclude: Sequence[str] = ()) -> Path:
+    """Static QDQ int8 with the profile's recipe (``exclude``: node names kept fp32)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.items = iter([{"x": rng.standard_normal(input_shape).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    with tempfile.TemporaryDirectory() as tmp:  # the quantizer leaves augmented models behind
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
+            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+            activation_type=types[recipe.activation_type], weight_type=types[recipe.weight_type],
+            nodes_to_exclude=list(exclude), calibration_cache_path=Path(tmp) / "calibration.cache",
+        )
+    return dst
+
+
+def build_variants(
+    out_dir: Path,
+    *,
+    profile,
+    count: int,
+    seed: int = 0,
+    families: Sequence[str] = ("zoo", "resnet"),
+    precisions: Sequence[str] = ("fp32", "fp16", "int8", "mixed"),
+    prune: bool = True,
+) -> list[Variant]:
+    """``count`` base models from ``families`` (cycled), each exported in ``precisions``.
+
+    Precisions the profile cannot run are skipped; each base model gets one of
+    the profile's calibration batch sizes.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    runnable = set(profile.precisions)
+    variants: list[Variant] = []
+    for index in range(count):
+        family = families[index % len(families)]
+        base = f"{family}-{seed}-{index:03d}"
+        if family == "zoo":
+            model, shape = _zoo_model(rng)
+            description = f"random net {shape[1]}x{shape[2]}x{shape[3]}"
+        else:
+            model, shape, width = _builtin_model(family, rng, prune=prune)
+            description = f"{family} width {width}" + (" pruned" if prune else "")
+        batch = rng.choice(list(profile.runtime.calibration_batch_sizes))
+        fp32 = _export(model, shape, out_dir / f"{base}-fp32.onnx")
+        int8_shape = (batch,) + tuple(shape[1:])
+        for precision in precisions:
+            if precision == "fp32":
+                path = fp32
+            elif precision == "fp16":
+                if "fp16" not in runnable:
+                    continue
+                path = to_fp16(fp32, out_dir / f"{base}-fp16.onnx")
+            else:
+                if "int8" not in runnable:
+                    continue
+                layers = _weight_layers(fp32)
+                exclude = rng.sample(layers, k=len(layers) // 2) if precision == "mixed" else []
+                path = to_int8(fp32, out_dir / f"{base}-{precision}.onnx", recipe=profile.int8_recipe, input_shape=int8_shape, exclude=exclude)
+            variants.append(Variant(path, family, base, precision, batch, description))
+    return variants
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class Sample:
+    variant: Variant
+    measured_ms: float
+    features: dict[str, float]
+
+
+def measure_variants(
+    variants: Sequence[Variant], *, profile, backend, progress: Callable[[int, int], None] | None = None
+) -> list[Sample]:
+    """Time every variant at its batch size and compute its cost-model features."""
+    from autocomp.latency.estimate import precision_map
+    from autocomp.profiles import with_overrides
+
+    precisions = precision_map(profile)
+    samples = []
+    for index, variant in enumerate(variants):
+        at_batch = with_overrides(profile, batch_size=variant.batch_size)
+        result = backend.measure(variant.path, at_batch)
+        features = analyze(variant.path, batch_size=variant.batch_size, tool=profile.runtime.tool).features(precisions)
+        samples.append(Sample(variant, result.median_ms, features))
+        if progress is not None:
+            progress(index + 1, len(variants))
+    return samples
+
+
+def fit_coefficients(
+    samples: Sequence[Sample], *, prior: dict[str, float], ridge: float = 1e-3, robust_iterations: int = 4
+) -> tuple[dict[str, float], list[str]]:
+    """Non-negative least squares on relative error; features the set never exercises keep ``prior``.
+
+    A small ridge pulls each fitted coefficient toward its prior so that
+    features seen in few samples do not swing to extremes; a few rounds of
+    Huber reweighting discount measurements that a busy machine inflated.
+    """
+    from scipy.optimize import nnls
+
+    names = feature_names()
+    X = np.array([[s.features[n] for n in names] for s in samples], dtype=float)
+    y = np.array([s.measured_ms for s in samples], dtype=float)
+    used = [j for j, n in enumerate(names) if np.any(X[:, j] > 0)]
+    unfitted = [names[j] for j in range(len(names)) if j not in used]
+    scale = X[:, used].max(axis=0)
+    A0 = X[:, used] / scale / y[:, None]
+    beta0 = np.array([prior[names[j]] for j in used]) * scale
+    row_weights = np.ones(len(y))
+    for _ in range(1 + robust_iterations):
+        A = A0 * row_weights[:, None]
+        b = row_weights.copy()
+        if ridge > 0:
+            weight = math.sqrt(ridge)
+            A = np.vstack([A, weight * np.eye(len(used))])
+            b = np.concatenate([b, weight * beta0])
+        beta, _ = nnls(A, b, maxiter=50 * A.shape[1])
+        residual = np.abs(A0 @ beta - 1.0)
+        row_weights = np.sqrt(np.minimum(1.0, 0.1 / np.maximum(residual, 1e-9)))  # Huber at 10% relative error
+    coefficients = dict(prior)
+    for j, value in zip(used, beta / scale):
+        coefficients[names[j]] = float(value)
+    return coefficients, unfitted
+
+
+def predict_ms(features: dict[str, float], coefficients: dict[str, float]) -> float:
+    return float(sum(coefficients[n] * v for n, v in features.items()))
+
+
+def fit_quality(samples: Sequence[Sample], coefficients: dict[str, float]) -> dict[str, float]:
+    """Relative error of the model on ``samples``: median and p90 of |error| in %, share within ±10%."""
+    if not samples:
+        return {"n": 0}
+    errors = np.array([abs(predict_ms(s.features, coefficients) / s.measured_ms - 1.0) * 100 for s in samples])
+    return {
+        "n": int(len(errors)),
+        "median_abs_error_pct": round(float(np.median(errors)), 2),
+        "p90_abs_error_pct": round(float(np.percentile(errors, 90)), 2),
+        "within_10pct": round(float(np.mean(errors <= 10.0)), 3),
+    }
+
+
+def split_by_base(samples: Sequence[Sample], *, held_out: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    bases = sorted({s.variant.base for s in samples})
+    random.Random(seed).shuffle(bases)
+    n_out = max(1, round(len(bases) * held_out)) if len(bases) > 1 else 0
+    out = set(bases[:n_out])
+    return [s for s in samples if s.variant.base not in out], [s for s in samples if s.variant.base in out]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class CalibrationReport:
+    device: str
+    backend: str
+    samples: int
+    held_out: int
+    median_abs_error_pct: float
+    p90_abs_error_pct: float
+    within_10pct: float
+    path: Path
+    unfitted: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def calibrated_profile(base, *, coefficients: dict[str, float], unfitted: list[str], calibration: dict[str, Any]):
+    """``base`` with fitted linear coefficients and a calibration record (validated like a file)."""
+    from autocomp.profiles import parse_profile, profile_to_dict
+
+    data = profile_to_dict(base)
+    data["cost_model"] = {
+        "kind": "linear",
+        "coefficients": {k: float(v) for k, v in coefficients.items()},
+        "source": f"calibration {calibration['date']} {calibration['backend']}",
+        **({"unfitted": unfitted} if unfitted else {}),
+    }
+    data["calibration"] = calibration
+    return parse_profile(data)
+
+
+def write_profile(profile, path: Path) -> Path:
+    import yaml
+
+    from autocomp.profiles import profile_to_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Calibrated by `autocomp calibrate --device {profile.name}`; delete this file to go back to the shipped profile.\n"
+    path.write_text(header + yaml.safe_dump(profile_to_dict(profile), sort_keys=False, width=120))
+    return path
+
+
+def calibrate_device(
+    device: str,
+    *,
+    backend: str = "local",
+    board: str | None = None,
+    variants: int = 48,
+    runs: int | None = None,
+    held_out: float = 0.25,
+    seed: int = 0,
+    work_dir: Path | None = None,
+    families: Sequence[str] = ("zoo", "resnet"),
+    precisions: Sequence[str] = ("fp32", "fp16", "int8", "mixed"),
+    output: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    prune: bool = True,
+    repeats: int = 1,
+) -> CalibrationReport:
+    """Build, time and fit; write the calibrated profile (default: the user's calibration dir)."""
+    from autocomp.latency import get_backend
+    from autocomp.latency.estimate import coefficients_for
+    from autocomp.profiles import calibration_dir, load_profile
+
+    if backend == "estimate":
+        raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
+    base = load_profile(device, calibrated=False)
+    options: dict[str, Any] = {}
+    if backend == "local":
+        options["repeats"] = repeats
+        if runs is not None:
+            options["runs"] = runs
+    timer = get_backend(backend, profile=base, cache=False, board=board, **options)
+    with tempfile.TemporaryDirectory(prefix="autocomp-calibrate-") as tmp:
+        folder = Path(work_dir) if work_dir else Path(tmp)
+        built = build_variants(
+            folder, profile=base, count=variants, seed=seed, families=families, precisions=precisions, prune=prune
+        )
+        random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
+        samples = measure_variants(built, profile=base, backend=timer, progress=progress)
+    train, test = split_by_base(samples, held_out=held_out, seed=seed)
+    prior = coefficients_for(base)
+    coefficients, unfitted = fit_coefficients(train, prior=prior)
+    quality = fit_quality(test, coefficients)
+    import onnxruntime
+
+    calibration = {
+        "date": _dt.date.today().isoformat(),
+        "backend": backend if backend != "ssh" else f"ssh:{board or (base.ssh.host if base.ssh else '?')}",
+        "base_profile": str(base.path),
+        "samples": len(train),
+        "held_out": len(test),
+        "fit": quality,
+        "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed})",
+        "onnxruntime": onnxruntime.__version__,
+    }
+    profile = calibrated_profile(base, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
+    path = write_profile(profile, output or calibration_dir() / f"{device}.yaml")
+    rows = [
+        {
+            "file": s.variant.path.name, "family": s.variant.family, "precision": s.variant.precision,
+            "batch_size": s.variant.batch_size, "measured_ms": round(s.measured_ms, 4),
+            "estimated_ms": round(predict_ms(s.features, coefficients), 4), "held_out": s in test,
+        }
+        for s in samples
+    ]
+    return CalibrationReport(
+        device=device, backend=calibration["backend"], samples=len(train), held_out=len(test),
+        median_abs_error_pct=quality.get("median_abs_error_pct", float("nan")),
+        p90_abs_error_pct=quality.get("p90_abs_error_pct", float("nan")),
+        within_10pct=quality.get("within_10pct", float("nan")), path=path, unfitted=unfitted, rows=rows,
+    )
+
+
+__all__ = [
+    "CalibrationReport", "Sample", "Variant", "build_variants", "calibrate_device", "calibrated_profile",
+    "fit_coefficients", "fit_quality", "measure_variants", "predict_ms", "split_by_base", "to_fp16", "to_int8",
+    "write_profile",
+]

@@ -1,0 +1,238 @@
+"""The ``estimate`` backend: milliseconds per call from a cost model over the ONNX graph.
+
+The model is linear in per-graph features (see ``graph.feature_names``): a
+per-call overhead, per-node overheads by precision, MACs by op kind and
+precision, elements of element-wise work and bytes moved. Its coefficients
+(milliseconds per unit) come from the device profile, in one of two forms:
+
+* ``kind: linear`` -- fitted coefficients, written by ``autocomp calibrate``;
+* ``kind: datasheet`` -- coefficients derived from the profile's peak
+  throughput per precision and memory bandwidth, scaled by stated efficiency
+  assumptions. A precision that is not accelerated is priced at the precision
+  it ``runs_as`` (the Nano runs int8 layers as fp16, a Pi 4 runs fp16 as fp32)
+  plus a per-node reformat overhead, so it is never cheaper than that precision.
+
+It costs a few milliseconds per new file and microseconds per repeated one
+(graph analysis is memoized by the file's hash), so a search can reject a plan
+before fine-tuning it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from autocomp.errors import ConfigError, LatencyError
+from autocomp.latency.base import LatencyResult
+from autocomp.latency.graph import MAC_KINDS, PRECISIONS, GraphCost, analyze, feature_names, op_features
+
+log = logging.getLogger(__name__)
+
+_PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+_DATASHEET_KEYS = {
+    "compute_efficiency": "fraction of peak throughput that dense conv/GEMM kernels reach at small batch",
+    "depthwise_efficiency": "fraction of peak that depthwise/grouped convolutions reach",
+    "memory_efficiency": "fraction of the memory bandwidth that kernels reach",
+    "call_overhead_us": "fixed cost of one inference call",
+    "node_overhead_us": "launch/dispatch cost of one Conv/Gemm node",
+    "elementwise_node_overhead_us": "launch/dispatch cost of one element-wise node",
+    "view_overhead_us": "cost of one reshape-like node",
+    "reformat_overhead_us": "per-node cost of converting a precision the device does not accelerate",
+}
+
+# Unpriced-op counts of the latest estimates, readable by callers that only see LatencyResult.
+FALLBACK_COUNTS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class EstimateResult(LatencyResult):
+    """A ``LatencyResult`` from the cost model, with what it could not price exactly.
+
+    ``unpriced_ops`` maps op types that the model does not know to how many
+    nodes were priced by the element-wise fallback; ``fallback_ms`` is their
+    share of ``median_ms``. Empty/0.0 means every op was priced by its own rule.
+    """
+
+    unpriced_ops: Mapping[str, int] = field(default_factory=dict)
+    fallback_ms: float = 0.0
+    batch_size: int = 1
+    calibrated: bool = False
+
+
+# --------------------------------------------------------------------------- coefficients
+
+
+def validate_cost_model(data: Mapping[str, Any], *, where: str = "cost_model") -> dict[str, Any]:
+    """Check a profile's ``cost_model`` mapping; errors name the key and the allowed values."""
+    kind = data.get("kind")
+    if kind == "linear":
+        allowed = ("kind", "coefficients", "source", "unfitted")
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+        coefficients = data.get("coefficients")
+        if not isinstance(coefficients, Mapping):
+            raise ConfigError(f"{where}.coefficients: expected a mapping feature -> ms, got {coefficients!r}")
+        names = feature_names()
+        for name, value in coefficients.items():
+            if name not in names:
+                raise ConfigError(f"{where}.coefficients: unknown feature {name!r}; allowed: {', '.join(names)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise ConfigError(f"{where}.coefficients.{name}: expected a number >= 0 (ms per unit), got {value!r}")
+        missing = [n for n in names if n not in coefficients]
+        if missing:
+            raise ConfigError(f"{where}.coefficients: missing feature {missing[0]!r} (every feature needs a coefficient)")
+        if not isinstance(data.get("source"), str) or not data["source"].strip():
+            raise ConfigError(f"{where}.source: say where the coefficients come from (e.g. 'calibration 2026-11-23 local')")
+        return {
+            "kind": "linear",
+            "coefficients": {n: float(coefficients[n]) for n in names},
+            "source": data["source"],
+            **({"unfitted": list(data["unfitted"])} if data.get("unfitted") else {}),
+        }
+    if kind == "datasheet":
+        allowed = ("kind", "source", *_DATASHEET_KEYS)
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+        out: dict[str, Any] = {"kind": "datasheet"}
+        for key in _DATASHEET_KEYS:
+            if key not in data:
+                raise ConfigError(f"{where}: missing required key {key!r} ({_DATASHEET_KEYS[key]})")
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+            if key.endswith("efficiency") and not 0 < value <= 1:
+                raise ConfigError(f"{where}.{key}: efficiency {value!r} must be in (0, 1]")
+            out[key] = float(value)
+        if not isinstance(data.get("source"), str) or not data["source"].strip():
+            raise ConfigError(f"{where}.source: say where the efficiency assumptions come from")
+        out["source"] = data["source"]
+        return out
+    raise ConfigError(f"{where}.kind: {kind!r} is not one of linear, datasheet")
+
+
+def _run_precision(profile, precision: str) -> str:
+    spec = profile.precisions.get(precision)
+    if spec is None:
+        return "fp32"
+    if spec.accelerated or precision == "fp32":
+        return precision
+    return spec.runs_as or "fp32"
+
+
+def precision_map(profile) -> dict[str, str]:
+    """Each precision -> the precision this device really computes it in (``runs_as`` when not accelerated)."""
+    return {p: _run_precision(profile, p) for p in PRECISIONS}
+
+
+def datasheet_coefficients(profile) -> dict[str, float]:
+    """Milliseconds per feature unit derived from peak throughput, bandwidth and efficiency assumptions."""
+    model = profile.cost_model
+    bandwidth = profile.memory_bandwidth_gbps * model["memory_efficiency"]  # GB/s == bytes/ns
+    coefficients = dict.fromkeys(feature_names(), 0.0)
+    coefficients["call"] = model["call_overhead_us"] / 1000.0
+    coefficients["nodes_view"] = model["view_overhead_us"] / 1000.0
+    coefficients["nodes"] = model["elementwise_node_overhead_us"] / 1000.0
+    coefficients["nodes_mac"] = max(0.0, model["node_overhead_us"] - model["elementwise_node_overhead_us"]) / 1000.0
+    for precision in PRECISIONS:
+        run = _run_precision(profile, precision)
+        peak_gops = profile.precisions[run].peak_gops if run in profile.precisions else profile.precisions["fp32"].peak_gops
+        if precision != "fp32":
+            coefficients[f"nodes_mac_{precision}"] = 0.0 if run == precision else model["reformat_overhead_us"] / 1000.0
+        for kind in MAC_KINDS:
+            efficiency = model["depthwise_efficiency"] if kind == "dwconv" else model["compute_efficiency"]
+            coefficients[f"gmacs_{kind}_{precision}"] = 2.0 / (peak_gops * efficiency) * 1000.0  # 1 GMAC = 2 Gop
+        byte_ratio = _PRECISION_BYTES[run] / _PRECISION_BYTES[precision]
+        coefficients[f"mbytes_{precision}"] = byte_ratio / bandwidth  # 1 MB at B GB/s = 1/B ms
+        coefficients[f"melems_{precision}"] = 2 * _PRECISION_BYTES[run] / bandwidth  # read + write
+    return coefficients
+
+
+def coefficients_for(profile) -> dict[str, float]:
+    """The cost-model coefficients in force for ``profile`` (ms per feature unit)."""
+    model = profile.cost_model
+    if model.get("kind") == "linear":
+        return dict(model["coefficients"])
+    if model.get("kind") == "datasheet":
+        return datasheet_coefficients(profile)
+    raise LatencyError(f"device profile {profile.name!r} has no usable cost_model; run `autocomp calibrate --device {profile.name}`")
+
+
+# --------------------------------------------------------------------------- estimating
+
+
+def _graph(onnx_path: Path, profile, shapes) -> GraphCost:
+    return analyze(Path(onnx_path), batch_size=profile.runtime.batch_size, shapes=shapes, tool=profile.runtime.tool)
+
+
+def estimate_graph(graph: GraphCost, coefficients: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
+    """Milliseconds for one analyzed graph under ``coefficients``."""
+    features = graph.features(precisions)
+    return sum(coefficients[name] * value for name, value in features.items())
+
+
+def _op_ms(op, coefficients: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
+    return sum(coefficients[name] * value for name, value in op_features(op, precisions).items())
+
+
+def estimate_ms(onnx_path: Path, profile, *, shapes: Mapping[str, tuple[int, ...]] | None = None) -> EstimateResult:
+    """Estimate one file on one profile (``EstimateBackend.measure`` with input shapes)."""
+    graph = _graph(onnx_path, profile, shapes)
+    coefficients = coefficients_for(profile)
+    precisions = precision_map(profile)
+    total_ms = estimate_graph(graph, coefficients, precisions)
+    fallback_ms = sum(_op_ms(op, coefficients, precisions) for op in graph.ops if op.kind == "fallback")
+    if graph.unpriced:
+        for op_type, count in graph.unpriced.items():
+            FALLBACK_COUNTS[op_type] = FALLBACK_COUNTS.get(op_type, 0) + count
+        log.warning(
+            "latency estimate of %s: %s priced by the element-wise fallback (%.3f ms)",
+            Path(onnx_path).name,
+            ", ".join(f"{t} x{n}" for t, n in sorted(graph.unpriced.items())),
+            fallback_ms,
+        )
+    return EstimateResult(
+        median_ms=total_ms,
+        p90_ms=total_ms,
+        runs=0,
+        source=f"estimate:{profile.name}",
+        unpriced_ops=dict(graph.unpriced),
+        fallback_ms=fallback_ms,
+        batch_size=graph.batch_size,
+        calibrated=profile.is_calibrated,
+    )
+
+
+def estimate_layers(onnx_path: Path, profile) -> dict[str, float]:
+    """Estimated milliseconds per layer (module path when the exporter recorded it, else node name).
+
+    The per-call overhead is not attributed to any layer, so the values sum to
+    a little less than ``estimate_ms``.
+    """
+    graph = _graph(onnx_path, profile, None)
+    coefficients = coefficients_for(profile)
+    precisions = precision_map(profile)
+    layers: dict[str, float] = {}
+    for op in graph.ops:
+        layers[op.layer] = layers.get(op.layer, 0.0) + _op_ms(op, coefficients, precisions)
+    return layers
+
+
+class EstimateBackend:
+    """``LatencyBackend`` over the profile's cost model; ``strict=True`` makes an unpriced op an error."""
+
+    name = "estimate"
+
+    def __init__(self, *, strict: bool = False, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        self.strict = strict
+        self.shapes = dict(shapes or {})
+
+    def measure(self, onnx_path: Path, profile) -> EstimateResult:
+        result = estimate_ms(onnx_path, profile, shapes=self.shapes)
+        if self.strict and result.unpriced_ops:
+            kinds = ", ".join(sorted(result.unpriced_ops))
+            raise LatencyError(f"the cost model cannot price op type(s) {kinds} in {Path(onnx_path).name}; drop --strict to use the counted fallback")
+        return result

@@ -1,0 +1,529 @@
+"""ONNX graph analysis for the cost model: per fused op, its kind, precision, MACs and bytes moved.
+
+The graph is read as the target runtime would run it, not node by node:
+
+* fusion: BatchNormalization, activations and one residual ``Add`` that follow a
+  Conv/Gemm (with no other consumer) are folded into it, as onnxruntime's
+  Conv/Gemm fusions and TensorRT do; ``MatMul`` + bias ``Add`` becomes a Gemm;
+* QDQ: a node whose float inputs all come from ``DequantizeLinear`` runs in int8
+  (onnxruntime rewrites ``DQ -> Conv -> Q`` into ``QLinearConv``); the absorbed
+  Q/DQ nodes cost nothing of their own, the remaining ones are priced as
+  element-wise work;
+* QOperator ops (``QLinearConv``, ``MatMulInteger``...) are int8 directly;
+* an op type the model does not know is priced as element-wise work over its
+  output and *counted* in ``GraphCost.unpriced`` -- never silently free.
+
+Symbolic dimensions are taken as 1, except the first dimension of each input,
+which is the batch size, unless ``shapes`` names an input explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import onnx
+from onnx import TensorProto, helper, shape_inference
+
+from autocomp.errors import LatencyError
+
+MAC_KINDS = ("conv", "dwconv", "gemm", "matmul")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+_DTYPE_PRECISION = {
+    TensorProto.FLOAT: "fp32",
+    TensorProto.DOUBLE: "fp32",
+    TensorProto.FLOAT16: "fp16",
+    TensorProto.BFLOAT16: "fp16",
+    TensorProto.INT8: "int8",
+    TensorProto.UINT8: "int8",
+}
+_DTYPE_BYTES = {
+    TensorProto.FLOAT: 4,
+    TensorProto.DOUBLE: 8,
+    TensorProto.FLOAT16: 2,
+    TensorProto.BFLOAT16: 2,
+    TensorProto.INT8: 1,
+    TensorProto.UINT8: 1,
+    TensorProto.INT32: 4,
+    TensorProto.INT64: 8,
+    TensorProto.BOOL: 1,
+}
+_PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+
+# Ops whose cost is the per-node overhead only: they move no data (views) or work on shapes.
+VIEW_OPS = frozenset(
+    {
+        "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size", "Dropout",
+        "ConstantOfShape", "Range", "NonZero",
+    }
+)
+# Ops with no runtime cost at all (folded into initializers by every runtime).
+FREE_OPS = frozenset({"Constant"})
+# Element-wise / data-movement / normalization ops: priced per element of their largest tensor.
+ELEMENTWISE_OPS = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Erf", "Floor", "Ceil",
+        "Round", "Sign", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid",
+        "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "FastGelu", "BiasGelu", "Mish", "Where", "Equal", "Less",
+        "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "Min", "Max", "Sum", "Mean", "Cast",
+        "CastLike", "Softmax", "LogSoftmax", "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+        "BatchNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization", "MaxPool",
+        "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceSum", "ReduceMax",
+        "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare", "ArgMax", "ArgMin", "Transpose", "Concat", "Split",
+        "Slice", "Gather", "GatherElements", "GatherND", "ScatterND", "Pad", "Resize", "Upsample", "Expand", "Tile",
+        "DepthToSpace", "SpaceToDepth", "TopK", "CumSum", "Trilu", "OneHot", "IsNaN", "IsInf", "Mod",
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
+        "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+        "QLinearSoftmax",
+    }
+)
+_FUSABLE_ACTIVATIONS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "BatchNormalization"}
+)
+_CONV_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "FusedConv"})
+_GEMM_OPS = frozenset({"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "FusedMatMul"})
+_INT8_NATIVE = frozenset({"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat"})
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One op as the runtime runs it (after fusion), with the work it does."""
+
+    name: str
+    op_type: str
+    kind: str  # one of MAC_KINDS, "elementwise", "view", "fallback"
+    precision: str  # fp32 | fp16 | int8
+    macs: int
+    elements: int  # elements touched by non-MAC work (0 for MAC ops)
+    bytes_moved: int  # weights + input and output activations at their precisions
+    layer: str  # module path when the exporter recorded one, else the node name
+    fused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """Per-op costs of one ONNX file at one batch size, and the ops the model could not price."""
+
+    ops: tuple[OpCost, ...]
+    unpriced: Mapping[str, int] = field(default_factory=dict)  # op type -> count priced by the fallback
+    batch_size: int = 1
+
+    def features(self, precision_map: Mapping[str, str] | None = None) -> dict[str, float]:
+        return graph_features(self.ops, precision_map)
+
+
+def feature_names() -> list[str]:
+    """The cost model's features, in a fixed order (coefficients are stored by these names).
+
+    Node overheads are shared across precisions (one dispatch costs the same),
+    with extras for fp16 and int8 MAC nodes (casts, requantization); per-precision
+    node counts made the fit degenerate.
+    """
+    names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
+    names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
+    names += [f"melems_{p}" for p in PRECISIONS]
+    names += [f"mbytes_{p}" for p in PRECISIONS]
+    return names
+
+
+def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The features one op contributes (a graph's features are the sum plus ``call`` = 1).
+
+    ``precision_map`` says which precision the device really computes each one
+    in (e.g. fp16 -> fp32 on a CPU without fp16 arithmetic): the op's MACs and
+    bytes are priced there, and ``nodes_mac_<precision>`` still counts the
+    conversion the original precision costs.
+    """
+    p = op.precision
+    run = precision_map.get(p, p) if precision_map else p
+    if op.kind in MAC_KINDS:
+        scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
+        features = {"nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs / 1e9, f"mbytes_{run}": op.bytes_moved * scale / 1e6}
+        if p != "fp32":
+            features[f"nodes_mac_{p}"] = 1.0
+        return features
+    if op.kind == "view":
+        return {"nodes_view": 1.0}
+    return {"nodes": 1.0, f"melems_{run}": op.elements / 1e6}
+
+
+def graph_features(ops: tuple[OpCost, ...], precision_map: Mapping[str, str] | None = None) -> dict[str, float]:
+    features = dict.fromkeys(feature_names(), 0.0)
+    features["call"] = 1.0
+    for op in ops:
+        for name, value in op_features(op, precision_map).items():
+            features[name] += value
+    return features
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _numel(shape: tuple[int, ...] | None) -> int:
+    if shape is None:
+        return 0
+    return math.prod(shape)
+
+
+class _Graph:
+    """Index of one (shape-inferred) ONNX graph: producers, consumers, shapes and dtypes."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constants: set[str] = set(self.initializers)
+        self.shapes: dict[str, tuple[int, ...] | None] = {}
+        self.dtypes: dict[str, int] = {}
+        for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+            tensor = info.type.tensor_type
+            self.dtypes[info.name] = tensor.elem_type
+            if tensor.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+                self.shapes[info.name] = None if any(d is None for d in dims) else tuple(dims)
+        for name, tensor in self.initializers.items():
+            self.shapes[name] = tuple(tensor.dims)
+            self.dtypes[name] = tensor.data_type
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.graph_outputs = {o.name for o in graph.output}
+        for node in self.nodes:
+            for out in node.output:
+                self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+            if node.op_type == "Constant":
+                self.constants.update(node.output)
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        self.shapes[node.output[0]] = tuple(attr.t.dims)
+                        self.dtypes[node.output[0]] = attr.t.data_type
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return self.shapes.get(name)
+
+    def nbytes(self, name: str, precision: str | None = None) -> int:
+        if precision is not None:
+            return _numel(self.shape(name)) * _PRECISION_BYTES[precision]
+        return _numel(self.shape(name)) * _DTYPE_BYTES.get(self.dtypes.get(name, TensorProto.FLOAT), 4)
+
+    def is_constant(self, name: str) -> bool:
+        """An initializer, a Constant, or a DequantizeLinear/Cast of one (a quantized or fp16 weight)."""
+        if name in self.constants:
+            return True
+        node = self.producer.get(name)
+        return node is not None and node.op_type in ("DequantizeLinear", "Cast", "Transpose") and self.is_constant(node.input[0])
+
+    def single_consumer(self, name: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and name not in self.graph_outputs:
+            return users[0]
+        return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _layer_of(node: onnx.NodeProto) -> str:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s for s in _QUOTED.findall(prop.value) if s]  # a repr'd list of str
+            if len(scopes) >= 2:
+                return scopes[-2]
+    if node.name.startswith("/"):  # legacy exporter: /layer1/layer1.0/conv1/Conv
+        parts = [p for p in node.name.split("/") if p]
+        if len(parts) >= 2:
+            return parts[-2]
+    return node.name or node.op_type
+
+
+def _fix_input_shapes(model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    initializer_names = {t.name for t in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in initializer_names:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in shapes:
+            wanted = list(shapes[inp.name])
+            if len(wanted) != len(dims):
+                raise LatencyError(
+                    f"--shape {inp.name}={'x'.join(map(str, wanted))} has {len(wanted)} dimensions; the input has {len(dims)}"
+                )
+            for dim, value in zip(dims, wanted):
+                dim.Clear()
+                dim.dim_value = int(value)
+            continue
+        for index, dim in enumerate(dims):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                dim.Clear()
+                dim.dim_value = batch_size if index == 0 else 1
+    unknown = set(shapes) - {i.name for i in model.graph.input}
+    if unknown:
+        names = ", ".join(i.name for i in model.graph.input if i.name not in initializer_names)
+        raise LatencyError(f"--shape names input {sorted(unknown)[0]!r}, which the model lacks; its inputs: {names}")
+
+
+def _precision_of(g: _Graph, name: str) -> str:
+    return _DTYPE_PRECISION.get(g.dtypes.get(name, TensorProto.FLOAT), "fp32")
+
+
+def analyze_model(
+    model: onnx.ModelProto,
+    *,
+    batch_size: int = 1,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tool: str = "onnxruntime",
+) -> GraphCost:
+    """Fuse, classify and price every node of ``model`` (see the module docstring).
+
+    ``tool`` is the runtime whose fusions apply: ``onnxruntime`` keeps the
+    Q/DQ nodes it cannot fold and runs residual sums of int8 convs as QLinearAdd;
+    ``trtexec`` (TensorRT) folds every Q/DQ into the neighbouring kernels and
+    fuses conv + residual add + activation at any precision.
+    """
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    return _analyze_inplace(model_copy, batch_size=batch_size, shapes=shapes, tool=tool)
+
+
+def _strip_weights(model: onnx.ModelProto) -> None:
+    """Drop the bytes of large initializers: shape inference needs their dims, not their values."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+        if tensor.ByteSize() > 4096:
+            tensor.ClearField("raw_data")
+            for name in ("float_data", "int32_data", "int64_data", "double_data"):
+                tensor.ClearField(name)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        inferred = shape_inference.infer_shapes(model)
+        known = {v.name for v in inferred.graph.value_info} | {o.name for o in inferred.graph.output}
+        if any(out and out not in known for node in inferred.graph.node for out in node.output if node.op_type != "Constant"):
+            # shapes computed at run time (Shape -> Gather -> Concat -> Reshape): propagate values too
+            inferred = shape_inference.infer_shapes(model, data_prop=True)
+        return inferred
+    except Exception as exc:
+        raise LatencyError(f"ONNX shape inference failed ({type(exc).__name__}: {exc}); check the file with onnx.checker") from exc
+
+
+def _analyze_inplace(
+    model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None, tool: str = "onnxruntime"
+) -> GraphCost:
+    trt = tool == "trtexec"
+    graph_inputs = {i.name for i in model.graph.input}
+    _fix_input_shapes(model, batch_size=batch_size, shapes=shapes or {})
+    _strip_weights(model)
+    g = _Graph(_infer(model))
+
+    # Pass 1: which nodes run in int8 (all float data inputs from DequantizeLinear).
+    int8_nodes: set[int] = set()
+    for node in g.nodes:
+        if node.op_type in _INT8_NATIVE:
+            int8_nodes.add(id(node))
+            continue
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in VIEW_OPS | FREE_OPS:
+            continue
+        data_inputs = [i for i in node.input if i and not (i in g.constants)]
+        if node.op_type in _CONV_OPS | _GEMM_OPS:
+            data_inputs = [i for i in node.input[:2] if i]
+        if not data_inputs or not all(g.producer.get(i) is not None and g.producer[i].op_type == "DequantizeLinear" for i in data_inputs):
+            continue
+        if node.op_type in _CONV_OPS | _GEMM_OPS:
+            int8_nodes.add(id(node))  # QLinearConv / QGemm / MatMulIntegerToFloat
+            continue
+        users = g.consumers.get(node.output[0], []) if node.output else []
+        if users and all(u.op_type == "QuantizeLinear" for u in users):
+            int8_nodes.add(id(node))  # DQ -> op -> Q: onnxruntime runs the QLinear op (or drops the pair)
+
+    absorbed: set[int] = set()
+    for node in g.nodes:
+        if node.op_type in ("Relu", "Clip") and id(node) in int8_nodes:
+            # onnxruntime's ReluQuantFusion/ClipQuantFusion: the following Q's range does the clipping
+            absorbed.add(id(node))
+        if node.op_type == "DequantizeLinear":
+            users = g.consumers.get(node.output[0], [])
+            if g.is_constant(node.input[0]) or (users and all(id(u) in int8_nodes for u in users)):
+                absorbed.add(id(node))  # weights: folded; activations: read by the int8 op directly
+        elif node.op_type == "QuantizeLinear":
+            src = g.producer.get(node.input[0])
+            if src is not None and id(src) in int8_nodes:
+                absorbed.add(id(node))
+            elif g.is_constant(node.input[0]):
+                absorbed.add(id(node))  # weight quantization folded offline
+        if trt and node.op_type == "DequantizeLinear":
+            absorbed.add(id(node))  # TensorRT folds every DQ into the consuming kernel
+        elif trt and node.op_type == "QuantizeLinear" and node.input[0] not in graph_inputs:
+            absorbed.add(id(node))
+        elif node.op_type in ("Cast", "Transpose", "DequantizeLinear") and g.is_constant(node.input[0]):
+            absorbed.add(id(node))  # weight casts/transposes are constant-folded
+
+    # Pass 2: fusion of followers into Conv/Gemm/MatMul.
+    fused_into: dict[int, list[str]] = {}
+    for node in g.nodes:
+        if node.op_type not in _CONV_OPS | _GEMM_OPS or id(node) in absorbed:
+            continue
+        fused: list[str] = []
+        added = False
+        out = node.output[0]
+        while True:
+            nxt = g.single_consumer(out)
+            if trt and nxt is not None and nxt.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                out = nxt.output[0]  # look through Q/DQ: TensorRT fuses int8 conv + add + activation
+                continue
+            if nxt is None or id(nxt) in absorbed:
+                break  # an absorbed QuantizeLinear: QLinearConv requantizes its own output
+            if nxt.op_type in _FUSABLE_ACTIVATIONS:
+                pass
+            elif nxt.op_type == "Add" and not added:
+                other = [i for i in nxt.input if i != out]
+                if node.op_type == "MatMul" and not (other and g.is_constant(other[0])):
+                    break  # MatMul + activation Add is a real Add
+                added = True
+            else:
+                break
+            absorbed.add(id(nxt))
+            fused.append(nxt.op_type)
+            out = nxt.output[0]
+        fused_into[id(node)] = fused
+
+    ops: list[OpCost] = []
+    unpriced: Counter[str] = Counter()
+    for node in g.nodes:
+        if id(node) in absorbed or node.op_type in FREE_OPS:
+            continue
+        op_type = node.op_type
+        layer = _layer_of(node)
+        if op_type in VIEW_OPS:
+            if node.input and all(g.is_constant(i) for i in node.input if i):
+                continue  # a view of a weight is folded away
+            ops.append(OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer))
+            continue
+        precision = "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
+        if op_type in _CONV_OPS or op_type in _GEMM_OPS:
+            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ()))))
+            continue
+        tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
+        elements = max((_numel(g.shape(t)) for t in tensors), default=0)
+        kind = "elementwise"
+        if op_type not in ELEMENTWISE_OPS:
+            unpriced[op_type] += 1
+            kind = "fallback"
+        if op_type == "QuantizeLinear":
+            precision = "int8"
+        ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
+    return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
+
+
+def _weight_name(g: _Graph, name: str) -> str:
+    """Follow DequantizeLinear/Cast of a weight back to its initializer (for its element count)."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in ("DequantizeLinear", "Cast", "Transpose"):
+        name = node.input[0]
+        node = g.producer.get(name)
+    return name
+
+
+def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...]) -> OpCost:
+    op_type = node.op_type
+    inputs = list(node.input)
+    if op_type == "QLinearConv":
+        x_name, w_name = inputs[0], inputs[3]
+    elif op_type == "QLinearMatMul":
+        x_name, w_name = inputs[0], inputs[3]
+    else:
+        x_name, w_name = inputs[0], inputs[1]
+    out_name = node.output[0]
+    # The output that leaves the fused group is what is written.
+    x_shape, w_shape, y_shape = g.shape(x_name), g.shape(_weight_name(g, w_name)), g.shape(out_name)
+    if w_shape is None:
+        w_shape = g.shape(w_name)
+    kind = "gemm"
+    macs = 0
+    if op_type in _CONV_OPS:
+        group = int(_attr(node, "group", 1))
+        kind = "dwconv" if group > 1 else "conv"
+        if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
+            kernel = _numel(tuple(w_shape[2:]))
+            if op_type == "ConvTranspose" and x_shape is not None:
+                macs = _numel(x_shape) * w_shape[1] * kernel
+            else:
+                macs = _numel(y_shape) * w_shape[1] * kernel
+    else:
+        weight_const = g.is_constant(w_name)
+        kind = "gemm" if weight_const else "matmul"
+        if x_shape is not None and w_shape is not None and y_shape is not None and x_shape and w_shape:
+            if op_type == "Gemm":
+                k = x_shape[0] if _attr(node, "transA", 0) else x_shape[-1]
+            else:
+                k = x_shape[-1]
+            macs = _numel(y_shape) * k
+    act = precision
+    weight_bytes = _numel(w_shape) * _PRECISION_BYTES[act] if w_shape else 0
+    x_bytes = _numel(x_shape) * _PRECISION_BYTES[act] if x_shape else 0
+    y_bytes = _numel(y_shape) * _PRECISION_BYTES[act] if y_shape else 0
+    return OpCost(node.name, op_type, kind, precision, int(macs), 0, int(weight_bytes + x_bytes + y_bytes), layer, fused)
+
+
+# --------------------------------------------------------------------------- cached entry point
+
+_CACHE: "OrderedDict[tuple, GraphCost]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 256
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (the identity of a model for every cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def analyze(
+    onnx_path: Path,
+    *,
+    batch_size: int = 1,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tool: str = "onnxruntime",
+) -> GraphCost:
+    """``analyze_model`` on a file, memoized by the file's bytes, batch size and shapes."""
+    path = Path(onnx_path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LatencyError(f"cannot read ONNX file {path}: {exc.strerror or exc}") from exc
+    key = (hashlib.sha256(data).hexdigest(), batch_size, tuple(sorted((shapes or {}).items())), tool)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:
+        raise LatencyError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
+    result = _analyze_inplace(model, batch_size=batch_size, shapes=shapes, tool=tool)
+    with _CACHE_LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return result

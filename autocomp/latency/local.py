@@ -1,0 +1,116 @@
+"""The ``local`` backend: onnxruntime on this machine, timed in a separate process.
+
+A PyTorch forward in the same interpreter distorted the first onnxruntime
+timings by up to 2x (STACK.md), so every measurement runs ``bench_onnx.py`` in a
+fresh ``sys.executable``, with the profile's warm-up, run count, intra-op
+threads and execution provider, and reads back its one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from autocomp.errors import LatencyError
+from autocomp.latency.base import LatencyResult
+
+BENCH_SCRIPT = Path(__file__).with_name("bench_onnx.py")
+
+
+def batch_shapes(onnx_path: Path, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Input shapes that put ``batch_size`` on each input's symbolic first dimension (other symbols: 1)."""
+    fixed = {k: tuple(v) for k, v in (shapes or {}).items()}
+    if batch_size == 1:
+        return fixed
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in fixed or inp.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim]
+        if dims and dims[0] is None:
+            fixed[inp.name] = tuple([batch_size] + [d or 1 for d in dims[1:]])
+    return fixed
+
+
+class LocalBackend:
+    """Time an ONNX file with onnxruntime in a child process (``LatencyBackend``)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+        warmup: int | None = None,
+        runs: int | None = None,
+        timeout_s: float = 600.0,
+        python: str | None = None,
+        repeats: int = 1,
+    ) -> None:
+        """``repeats`` > 1 times the file in that many fresh processes and keeps the lowest median:
+        on a shared machine a burst of other work inflates one process's median, rarely all of them."""
+        self.shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+        self.warmup = warmup
+        self.runs = runs
+        self.timeout_s = timeout_s
+        self.python = python or sys.executable
+        self.repeats = max(1, int(repeats))
+
+    @property
+    def cache_key(self) -> str:
+        """What besides the file and the profile changes the result (for ``CachedBackend``)."""
+        return json.dumps([sorted(self.shapes.items()), self.warmup, self.runs, self.repeats])
+
+    def command(self, onnx_path: Path, profile) -> list[str]:
+        runtime = profile.runtime
+        cmd = [
+            self.python,
+            str(BENCH_SCRIPT),
+            str(onnx_path),
+            "--warmup", str(runtime.warmup if self.warmup is None else self.warmup),
+            "--runs", str(runtime.runs if self.runs is None else self.runs),
+            "--threads", str(runtime.threads),
+            "--provider", runtime.execution_provider,
+        ]
+        for name, dims in batch_shapes(onnx_path, batch_size=runtime.batch_size, shapes=self.shapes).items():
+            cmd += ["--shape", f"{name}={'x'.join(str(d) for d in dims)}"]
+        return cmd
+
+    def measure(self, onnx_path: Path, profile) -> LatencyResult:
+        results = [self._measure_once(onnx_path, profile) for _ in range(self.repeats)]
+        best = min(results, key=lambda r: r.median_ms)
+        return LatencyResult(best.median_ms, best.p90_ms, sum(r.runs for r in results) if self.repeats > 1 else best.runs, best.source)
+
+    def _measure_once(self, onnx_path: Path, profile) -> LatencyResult:
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise LatencyError(f"ONNX file {path} does not exist")
+        if profile.runtime.tool != "onnxruntime":
+            raise LatencyError(
+                f"device {profile.name!r} times with {profile.runtime.tool}, which the local backend cannot run; "
+                "use --backend estimate, or ssh with a board"
+            )
+        try:
+            done = subprocess.run(
+                self.command(path, profile), capture_output=True, text=True, timeout=self.timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise LatencyError(f"timing {path.name} took longer than {self.timeout_s:.0f} s; lower runtime.runs in the profile") from None
+        lines = [line for line in done.stdout.splitlines() if line.strip().startswith("{")]
+        try:
+            payload = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LatencyError(f"the timing process for {path.name} failed (exit {done.returncode}): {tail}") from None
+        if "error" in payload:
+            reason = " ".join(str(payload["error"]).split())  # one line, whatever onnxruntime said
+            raise LatencyError(f"onnxruntime could not time {path.name}: {reason}")
+        return LatencyResult(
+            median_ms=float(payload["median_ms"]), p90_ms=float(payload["p90_ms"]), runs=int(payload["runs"]), source="local"
+        )

@@ -1,0 +1,145 @@
+"""Benchmark: is the calibrated estimate within ±10% of the measured median on unseen variants?
+
+    python benchmarks/latency_predictor.py [--calib-variants 36] [--test-variants 12] [--runs 100] [--repeats 2]
+
+1. ``calibrate_device("local")`` -- exactly what ``autocomp calibrate --device local`` runs -- on
+   random CNNs ("zoo") and pruned/width-scaled ResNetDigits, in fp32/fp16/int8/mixed, at the
+   profile's calibration batch sizes. The calibration goes to a private config dir
+   (``<work-dir>/config``), never over the user's own.
+2. A test set the calibration never saw: new pruned ResNetDigits variants (seed 101; a calibration
+   architecture) and MobileNetDigits variants (seed 202; an architecture *not used for calibration*;
+   ``--test-seed`` moves both),
+   in the same four precisions, timed with the local backend in random order.
+3. Reports the share of test variants whose estimate is within ±10% of the measured median (overall
+   and per family/precision), the measurement's own repeatability on a subset (the noise floor on a
+   shared machine), and the estimate's cost for the built-in models. Writes ``<work-dir>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calib-variants", type=int, default=36, help="base models in the calibration set")
+    parser.add_argument("--test-variants", type=int, default=12, help="base models per test family")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="processes per measurement (lowest median kept)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep ONNX files and results here")
+    parser.add_argument("--test-seed", type=int, default=101, help="seed of the test set (MobileNet uses seed + 101)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("root").setLevel(logging.ERROR)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="autocomp-latency-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["AUTOCOMP_CONFIG_DIR"] = str(work / "config")
+    os.environ["AUTOCOMP_CACHE_DIR"] = str(work / "cache")
+
+    from autocomp.latency.calibrate import build_variants, calibrate_device
+    from autocomp.latency.estimate import estimate_ms
+    from autocomp.latency.local import LocalBackend
+    from autocomp.profiles import load_profile, with_overrides
+
+    started = time.time()
+    report = calibrate_device(
+        "local", variants=args.calib_variants, runs=args.runs, repeats=args.repeats, work_dir=work / "calib",
+        progress=lambda d, n: print(f"\rcalibration: measured {d}/{n}", end="", file=sys.stderr, flush=True),
+    )
+    print(file=sys.stderr)
+    profile = load_profile("local")
+    assert profile.is_calibrated and profile.path == report.path
+
+    shipped = load_profile("local", calibrated=False)
+    test = build_variants(work / "test", profile=shipped, count=args.test_variants, seed=args.test_seed, families=("resnet",))
+    test += build_variants(
+        work / "test", profile=shipped, count=args.test_variants, seed=args.test_seed + 101, families=("mobilenet",)
+    )
+    random.Random(7).shuffle(test)
+    backend = LocalBackend(runs=args.runs, repeats=args.repeats)
+    rows = []
+    for index, variant in enumerate(test):
+        at_batch = with_overrides(profile, batch_size=variant.batch_size)
+        measured = backend.measure(variant.path, at_batch).median_ms
+        estimated = estimate_ms(variant.path, at_batch).median_ms
+        rows.append(
+            {
+                "file": variant.path.name, "family": variant.family, "precision": variant.precision,
+                "batch_size": variant.batch_size, "measured_ms": measured, "estimated_ms": estimated,
+                "error_pct": (estimated / measured - 1.0) * 100.0,
+            }
+        )
+        print(f"\rtest set: measured {index + 1}/{len(test)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+    # Noise floor: the same files measured again, later.
+    recheck = rows[:: max(1, len(rows) // 16)]
+    noise = []
+    for row in recheck:
+        variant = next(v for v in test if v.path.name == row["file"])
+        again = backend.measure(variant.path, with_overrides(profile, batch_size=variant.batch_size)).median_ms
+        noise.append(abs(again / row["measured_ms"] - 1.0) * 100.0)
+
+    # Estimate cost for the built-in models (fresh file: first call; then repeated calls).
+    import torch
+
+    from autocomp.latency import graph
+    from autocomp.tasks.models import MobileNetDigits, ResNetDigits
+
+    cost = {}
+    for name, cls in (("ResNetDigits", ResNetDigits), ("MobileNetDigits", MobileNetDigits)):
+        path = work / f"{name}.onnx"
+        torch.onnx.export(cls().eval(), (torch.rand(1, 1, 32, 32),), str(path), dynamo=False, external_data=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+        estimate_ms(path, profile)
+        graph._CACHE.clear()
+        t0 = time.perf_counter()
+        estimate_ms(path, profile)
+        first_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        for _ in range(20):
+            estimate_ms(path, profile)
+        cost[name] = {"first_call_ms": round(first_ms, 2), "repeat_call_ms": round((time.perf_counter() - t0) * 50, 3)}
+
+    def share(selected):
+        return sum(abs(r["error_pct"]) <= 10.0 for r in selected) / max(1, len(selected))
+
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2] if values else float("nan")
+
+    summary = {
+        "command": "python benchmarks/latency_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "calibration": {"path": str(report.path), "samples": report.samples, "held_out": report.held_out,
+                        "held_out_within_10pct": report.within_10pct, "held_out_median_abs_error_pct": report.median_abs_error_pct},
+        "test_variants": len(rows),
+        "within_10pct": round(share(rows), 3),
+        "median_abs_error_pct": round(median([abs(r["error_pct"]) for r in rows]), 2),
+        "by_family": {f: round(share([r for r in rows if r["family"] == f]), 3) for f in ("resnet", "mobilenet")},
+        "by_precision": {p: round(share([r for r in rows if r["precision"] == p]), 3) for p in ("fp32", "fp16", "int8", "mixed")},
+        "measurement_noise": {"rechecked": len(noise), "median_abs_change_pct": round(median(noise), 2),
+                              "within_10pct": round(sum(n <= 10 for n in noise) / max(1, len(noise)), 3)},
+        "estimate_cost": cost,
+        "load_average": os.getloadavg(),
+        "wall_s": round(time.time() - started, 1),
+    }
+    (work / "results.json").write_text(json.dumps({"summary": summary, "rows": rows, "calibration_rows": report.rows}, indent=1))
+    for row in sorted(rows, key=lambda r: (r["family"], r["precision"], r["file"])):
+        print(f"{row['family']:10s} {row['precision']:6s} b{row['batch_size']} {row['file']:28s} "
+              f"measured {row['measured_ms']:8.3f} ms  estimate {row['estimated_ms']:8.3f} ms  {row['error_pct']:+6.1f}%")
+    print(json.dumps(summary, indent=1))
+    print(f"results: {work / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Calibration round trip: measure a small varied set, fit, write the profile, and it is in force."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from autocomp.cli import app
+from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality
+from autocomp.latency.estimate import coefficients_for, estimate_ms
+from autocomp.latency.graph import feature_names
+from autocomp.profiles import calibration_dir, load_profile
+
+
+def test_fit_recovers_known_coefficients():
+    names = feature_names()
+    truth = {n: 0.0 for n in names}
+    truth.update(call=0.05, nodes_mac=0.01, gmacs_conv_fp32=40.0, mbytes_fp32=0.2)
+    samples = []
+    for i in range(30):
+        f = dict.fromkeys(names, 0.0)
+        f.update(call=1.0, nodes_mac=5 + i % 7, gmacs_conv_fp32=0.002 * (1 + i), mbytes_fp32=0.3 * (1 + i % 5))
+        ms = sum(truth[n] * f[n] for n in names)
+        samples.append(Sample(Variant(path=None, family="x", base=str(i), precision="fp32", batch_size=1), ms, f))
+    prior = coefficients_for(load_profile("local", calibrated=False))
+    fitted, unfitted = fit_coefficients(samples, prior=prior, ridge=0.0)
+    assert "gmacs_dwconv_int8" in unfitted and fitted["gmacs_dwconv_int8"] == prior["gmacs_dwconv_int8"]
+    assert fit_quality(samples, fitted)["within_10pct"] == 1.0
+
+
+def test_calibrate_round_trip(tmp_path):
+    runner = CliRunner()
+    before = load_profile("local")
+    assert before.path.parent != calibration_dir()  # the shipped file, until a calibration exists
+    from autocomp.latency.calibrate import calibrate_device
+
+    report = calibrate_device(
+        "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v"
+    )
+    assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
+    assert report.samples + report.held_out == 12 and report.held_out >= 2
+    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12
+
+    after = load_profile("local")  # the calibration is now in force
+    assert after.is_calibrated and after.path == report.path
+    assert after.cost_model["kind"] == "linear" and after.calibration["backend"] == "local"
+    assert set(after.calibration["fit"]) >= {"median_abs_error_pct", "within_10pct", "n"}
+    assert after.fingerprint() != before.fingerprint()
+    onnx_file = next((tmp_path / "v").glob("*-fp32.onnx"))
+    assert estimate_ms(onnx_file, after).calibrated and estimate_ms(onnx_file, after).median_ms > 0
+
+    shown = runner.invoke(app, ["profiles", "show", "local"])
+    assert shown.exit_code == 0, shown.output
+    assert "your calibration" in shown.output and "held-out" in shown.output
+    data = json.loads(runner.invoke(app, ["profiles", "show", "local", "--json"]).output)
+    assert data["calibrated"] and data["user_calibration"] and data["in_force"] == str(report.path)
+    listed = json.loads(runner.invoke(app, ["profiles", "list", "--json"]).output)
+    assert {row["name"]: row["calibrated"] for row in listed}["local"] is True
+    assert load_profile("local", calibrated=False).path == before.path
+
+
+def test_calibrate_refuses_the_estimate_backend():
+    from autocomp.errors import LatencyError
+    from autocomp.latency.calibrate import calibrate_device
+
+    with pytest.raises(LatencyError, match="real backend"):
+        calibrate_device("local", backend="estimate", variants=8)

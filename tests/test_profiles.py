@@ -1,0 +1,140 @@
+"""Device profiles: shipped files load, validation names file/key/value, lookup order, boards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autocomp.errors import ConfigError
+from autocomp.profiles import (
+    DeviceProfile,
+    SshTarget,
+    list_profiles,
+    load_profile,
+    parse_board,
+    profile_to_dict,
+)
+
+REQUIRED = {"jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "local"}
+
+
+def test_shipped_profiles_load_and_state_sources():
+    assert REQUIRED <= set(list_profiles())
+    for name in REQUIRED:
+        profile = load_profile(name)
+        assert isinstance(profile, DeviceProfile) and profile.name == name
+        assert profile.path is not None and profile.path.name == f"{name}.yaml"
+        assert set(profile.precisions) == {"fp32", "fp16", "int8"}
+        assert all(spec.source.strip() for spec in profile.precisions.values())
+        assert profile.memory_bandwidth_source and profile.sparsity_source and profile.channel_multiple_source
+        assert profile.cost_model["source"]
+        assert not profile.unstructured_sparsity_speedup  # normally no, on every shipped device
+
+
+def test_hardware_facts_in_profiles():
+    nano, orin, pi4 = load_profile("jetson-nano"), load_profile("jetson-orin-nano"), load_profile("raspberry-pi-4")
+    assert not nano.precisions["int8"].accelerated and nano.precisions["int8"].runs_as == "fp16"
+    assert orin.precisions["int8"].accelerated and orin.structured_2to4_sparsity
+    assert not pi4.precisions["fp16"].accelerated and pi4.precisions["int8"].accelerated
+
+
+def _write(folder: Path, name: str, **changes) -> Path:
+    data = profile_to_dict(load_profile("raspberry-pi-4"))
+    data["name"] = name
+    data.update(changes)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    path = _write(tmp_path, "pi-typo", memory_bandwith_gbps=3.0)
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert str(path) in message and "'memory_bandwith_gbps'" in message and "memory_bandwidth_gbps" in message
+
+
+def test_bad_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="-4"):
+        load_profile(_write(tmp_path, "pi-bad", memory_bandwidth_gbps=-4))
+    data = profile_to_dict(load_profile("raspberry-pi-4"))
+    data["precisions"]["fp16"]["accelerated"] = "maybe"
+    path = tmp_path / "pi-bad2.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="precisions.fp16.accelerated.*'maybe'"):
+        load_profile(path)
+
+
+def test_unknown_precision_and_schema_version(tmp_path):
+    data = profile_to_dict(load_profile("raspberry-pi-4"))
+    data["precisions"]["int4"] = data["precisions"]["int8"]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="unknown precision 'int4'"):
+        load_profile(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="schema_version 9"):
+        load_profile(_write(tmp_path, "pi-v9", schema_version=9))
+
+
+def test_unknown_device_lists_known_ones():
+    with pytest.raises(ConfigError) as err:
+        load_profile("jetson-nanoo")
+    assert "jetson-nano" in str(err.value) and "raspberry-pi-4" in str(err.value)
+
+
+def test_profile_dir_env_and_calibration_precedence(tmp_path, monkeypatch):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    _write(extra, "my-board")
+    monkeypatch.setenv("AUTOCOMP_PROFILE_DIR", str(extra))
+    assert "my-board" in list_profiles()
+    assert load_profile("my-board").path == extra / "my-board.yaml"
+
+    from autocomp.profiles import calibration_dir
+
+    calibration_dir().mkdir(parents=True, exist_ok=True)
+    _write(calibration_dir(), "my-board", description="calibrated copy",
+           calibration={"date": "2026-11-23", "backend": "local"})
+    assert load_profile("my-board").description == "calibrated copy"
+    assert load_profile("my-board").is_calibrated
+    assert not load_profile("my-board", calibrated=False).is_calibrated
+
+
+def test_precision_the_device_cannot_run_is_rejected(tmp_path):
+    data = profile_to_dict(load_profile("raspberry-pi-4"))
+    del data["precisions"]["fp16"]
+    (tmp_path / "no16.yaml").write_text(yaml.safe_dump(data))
+    profile = load_profile(tmp_path / "no16.yaml")
+    assert profile.supported_bits == (32, 8)
+    profile.require_bits([32, 8])
+    with pytest.raises(ConfigError, match="16-bit is not supported"):
+        profile.require_bits([32, 16, 8])
+
+
+def test_fingerprint_changes_with_coefficients():
+    pi4 = load_profile("raspberry-pi-4")
+    from dataclasses import replace
+
+    other = replace(pi4, cost_model={**pi4.cost_model, "node_overhead_us": 99.0})
+    assert pi4.fingerprint() == load_profile("raspberry-pi-4").fingerprint()
+    assert pi4.fingerprint() != other.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("pi@raspberrypi.local", SshTarget(host="raspberrypi.local", user="pi")),
+        ("jetson@10.0.0.5:2222", SshTarget(host="10.0.0.5", user="jetson", port=2222)),
+        ("me@[::1]:22", SshTarget(host="::1", user="me", port=22)),
+    ],
+)
+def test_parse_board(text, expected):
+    assert parse_board(text) == expected
+
+
+@pytest.mark.parametrize("text", ["raspberrypi.local", "pi@", "pi@host:port", "pi@host:70000", "a b@host", ""])
+def test_parse_board_rejects(text):
+    with pytest.raises(ConfigError, match="user@host"):
+        parse_board(text)
