@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from autocomp.errors import ConfigError
+from autocomp.yamlio import check_keys, load_yaml
 
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
 
@@ -212,23 +213,7 @@ def load_profile(name_or_path: str | Path, *, calibrated: bool = True) -> Device
             raise ConfigError(f"device profile file {path} does not exist; give a device name or an existing .yaml file")
     else:
         path = profile_path(text, calibrated=calibrated)
-    return parse_profile(_read_yaml(path), path=path)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    from autocomp.yamlio import load_yaml
-
-    return load_yaml(path, what="device profile")
-
-
-def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
-    allowed = list(allowed)
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-    for key in required:
-        if key not in data:
-            raise ConfigError(f"{where}: missing required key {key!r}")
+    return parse_profile(load_yaml(path, what="device profile"), path=path)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -275,7 +260,7 @@ def _choice(value: Any, choices: Iterable[str], where: str) -> str:
 def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> DeviceProfile:
     """Validate one profile mapping (as read from YAML) and build the frozen ``DeviceProfile``."""
     where = f"device profile {path}" if path else "device profile"
-    _check_keys(data, _TOP_KEYS, where, required=[k for k, req in _TOP_KEYS.items() if req])
+    check_keys(data, allowed=_TOP_KEYS, where=where, required=[k for k, req in _TOP_KEYS.items() if req])
     version = data["schema_version"]
     if version != SCHEMA_VERSION:
         raise ConfigError(f"{where}: schema_version {version!r} is not supported; this autocomp reads {SCHEMA_VERSION}")
@@ -290,7 +275,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision {precision!r}; allowed keys: {', '.join(PRECISIONS)}")
         spec = _mapping(spec, at)
-        _check_keys(spec, _PRECISION_KEYS, at, required=("peak_gops", "accelerated", "source"))
+        check_keys(spec, allowed=_PRECISION_KEYS, where=at, required=("peak_gops", "accelerated", "source"))
         runs_as = spec.get("runs_as")
         if runs_as is not None:
             _choice(runs_as, PRECISIONS, f"{at}.runs_as")
@@ -307,7 +292,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
             raise ConfigError(f"{where}: precisions.{precision}.runs_as {spec.runs_as!r} is not a precision of this profile")
 
     raw_runtime = _mapping(data["runtime"], f"{where}: runtime")
-    _check_keys(raw_runtime, _RUNTIME_KEYS, f"{where}: runtime")
+    check_keys(raw_runtime, allowed=_RUNTIME_KEYS, where=f"{where}: runtime")
     default = RuntimeSettings()
     batches = raw_runtime.get("calibration_batch_sizes", list(default.calibration_batch_sizes))
     if not isinstance(batches, list) or not batches:
@@ -326,7 +311,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
     recipe = Int8Recipe()
     if data.get("int8_recipe") is not None:
         raw = _mapping(data["int8_recipe"], f"{where}: int8_recipe")
-        _check_keys(raw, _RECIPE_KEYS, f"{where}: int8_recipe")
+        check_keys(raw, allowed=_RECIPE_KEYS, where=f"{where}: int8_recipe")
         op_types = raw.get("op_types", list(recipe.op_types))
         if not isinstance(op_types, list) or not all(isinstance(o, str) for o in op_types):
             raise ConfigError(f"{where}: int8_recipe.op_types: expected a list of ONNX op types, got {op_types!r}")
@@ -341,7 +326,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
     ssh = None
     if data.get("ssh") is not None:
         raw = _mapping(data["ssh"], f"{where}: ssh")
-        _check_keys(raw, _SSH_KEYS, f"{where}: ssh", required=("host", "user"))
+        check_keys(raw, allowed=_SSH_KEYS, where=f"{where}: ssh", required=("host", "user"))
         ssh = SshTarget(
             host=_str(raw["host"], f"{where}: ssh.host"),
             user=_str(raw["user"], f"{where}: ssh.user"),
@@ -354,7 +339,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
     calibration = None
     if data.get("calibration") is not None:
         raw = _mapping(data["calibration"], f"{where}: calibration")
-        _check_keys(raw, _CALIBRATION_KEYS, f"{where}: calibration", required=("date", "backend"))
+        check_keys(raw, allowed=_CALIBRATION_KEYS, where=f"{where}: calibration", required=("date", "backend"))
         calibration = dict(raw)
 
     from autocomp.latency.estimate import validate_cost_model  # the estimator owns the coefficient schema

@@ -89,7 +89,11 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
             f"{onnx_src} scores {accuracy_now:.4f} now but {record['accuracy']:.4f} was recorded; the run folder was modified"
         )
     pt2_path = out_dir / "model.pt2"
-    torch.export.save(torch.export.export(model.eval(), task.example_inputs()), pt2_path)
+    # batch stays dynamic so the reloaded program takes any batch size, like the ONNX file;
+    # tracing at batch 2 because torch specializes a size-1 dimension to a constant
+    example = tuple(torch.cat([x, x]) for x in task.example_inputs())
+    batch = tuple({0: torch.export.Dim.AUTO} for _ in example)
+    torch.export.save(torch.export.export(model.eval(), example, dynamic_shapes=batch), pt2_path)
     plan_path = out_dir / "plan.json"
     plan_path.write_text(plan.to_json() + "\n")
     metrics_path = out_dir / "metrics.json"

@@ -179,7 +179,12 @@ def test_interrupted_search_keeps_finished_trials_and_resumes(tmp_path, space_fi
             except Exception:
                 return 0
 
-        _wait_for(lambda: finished() >= 2, timeout_s=240)
+        def progressed() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"search exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            return finished() >= 2
+
+        _wait_for(progressed, timeout_s=300)
         proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:

@@ -124,11 +124,12 @@ def _check_same_settings(study, settings: dict, name: str) -> None:
 
 
 def _store_settings(study, settings: dict, *, profile, task: str, floor: float, budget: float | None) -> None:
-    from autocomp.profiles import profile_summary
+    from autocomp.profiles import profile_to_dict
 
     study.set_user_attr("settings", settings)
     study.set_user_attr("device", profile.name)
-    study.set_user_attr("profile", profile_summary(profile))
+    # the board's address and key path stay out of study storage
+    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(profile).items() if k != "ssh"})
     study.set_user_attr("backend", settings["backend"])
     study.set_user_attr("task", task)
     study.set_user_attr("space", settings["space"])

@@ -41,8 +41,8 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"distill steps {self.steps!r} must be a positive integer")
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"distill steps {self.steps!r} must be a non-negative integer (0 skips fine-tuning)")
         if not self.temperature > 0:
             raise ConfigError(f"distill temperature {self.temperature!r} must be > 0; 4.0 is a common choice")
         if not 0.0 <= self.alpha <= 1.0:
@@ -111,10 +111,12 @@ def distill(
     ``on_step(step, loss, model)`` runs after each optimizer step (``step``
     counts from 1); it may evaluate ``model`` (switching it to eval is fine) and
     may raise to stop the run - the exception propagates unchanged. Returns
-    the fine-tuned student in eval mode. Raises CompressionError if the task
+    the fine-tuned student in eval mode (with ``steps == 0``, an untouched copy). Raises CompressionError if the task
     yields no batches or the loss stops being finite.
     """
     trained = clone_model(student)
+    if config.steps == 0:
+        return trained.eval()
     loss_fn = _loss_function(task, config)
     device = _device_of(trained)
     teacher_was_training = teacher.training

@@ -223,6 +223,36 @@ def to_int8(src: Path, dst: Path, *, recipe, input_shape: tuple[int, ...], exclu
     return dst
 
 
+def quantize_variant(src: Path, dst: Path, *, precision: str, recipe, input_shape: tuple[int, ...], rng: random.Random) -> Path:
+    """``src`` at ``precision`` through ``autocomp.compress.quantize.quantize_onnx`` -- what the search ships.
+
+    ``fp16``/``int8``: every layer at 16/8 bits (int8 only where the recipe
+    quantizes the op type, the rest fp32); ``mixed``: each layer drawn from
+    8/16/32 bits. int8 ranges come from random inputs of the right shape (the
+    values do not change the latency).
+    """
+    import onnx
+
+    from autocomp.compress.quantize import quantize_onnx
+    from autocomp.export import layer_nodes
+
+    model = onnx.load(str(src), load_external_data=False)
+    op_of = {n.name: n.op_type for n in model.graph.node}
+    layers = layer_nodes(model)
+    int8_ok = {layer for layer, nodes in layers.items() if all(op_of.get(n) in recipe.op_types for n in nodes)}
+    bits: dict[str, int] = {}
+    for layer in layers:
+        if precision == "fp16":
+            bits[layer] = 16
+        elif precision == "int8":
+            bits[layer] = 8 if layer in int8_ok else 32
+        else:
+            bits[layer] = rng.choice([8, 16, 32] if layer in int8_ok else [16, 32])
+    data_rng = np.random.default_rng(rng.randrange(1 << 30))
+    calibration = [(data_rng.standard_normal(input_shape).astype(np.float32),) for _ in range(4)] if 8 in bits.values() else []
+    return quantize_onnx(src, dst, bits, calibration=calibration, recipe=recipe)
+
+
 def build_variants(
     out_dir: Path,
     *,
@@ -233,7 +263,8 @@ def build_variants(
     precisions: Sequence[str] = ("fp32", "fp16", "int8", "mixed"),
     prune: bool = True,
 ) -> list[Variant]:
-    """``count`` base models from ``families`` (cycled), each exported in ``precisions``.
+    """``count`` base models from ``families`` (cycled), each exported in ``precisions``
+    (fp16/int8/mixed made by ``quantize_onnx``, as the search makes them: see ``quantize_variant``).
 
     Precisions the profile cannot run are skipped; each base model gets one of
     the profile's calibration batch sizes.
@@ -258,16 +289,13 @@ def build_variants(
         for precision in precisions:
             if precision == "fp32":
                 path = fp32
-            elif precision == "fp16":
-                if "fp16" not in runnable:
-                    continue
-                path = to_fp16(fp32, out_dir / f"{base}-fp16.onnx")
             else:
-                if "int8" not in runnable:
+                if precision == "fp16" and "fp16" not in runnable or precision != "fp16" and "int8" not in runnable:
                     continue
-                layers = _weight_layers(fp32)
-                exclude = rng.sample(layers, k=len(layers) // 2) if precision == "mixed" else []
-                path = to_int8(fp32, out_dir / f"{base}-{precision}.onnx", recipe=profile.int8_recipe, input_shape=int8_shape, exclude=exclude)
+                path = quantize_variant(
+                    fp32, out_dir / f"{base}-{precision}.onnx", precision=precision, recipe=profile.int8_recipe,
+                    input_shape=int8_shape, rng=rng,
+                )
             variants.append(Variant(path, family, base, precision, batch, description))
     return variants
 

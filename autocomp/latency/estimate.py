@@ -148,6 +148,7 @@ def datasheet_coefficients(profile) -> dict[str, float]:
         byte_ratio = _PRECISION_BYTES[run] / _PRECISION_BYTES[precision]
         coefficients[f"mbytes_{precision}"] = byte_ratio / bandwidth  # 1 MB at B GB/s = 1/B ms
         coefficients[f"melems_{precision}"] = 2 * _PRECISION_BYTES[run] / bandwidth  # read + write
+        coefficients[f"mouts_{precision}"] = 0.0  # per-output work beyond MACs and bytes: only a calibration sees it
     return coefficients
 
 

@@ -101,7 +101,7 @@ class OpCost:
     kind: str  # one of MAC_KINDS, "elementwise", "view", "fallback"
     precision: str  # fp32 | fp16 | int8
     macs: int
-    elements: int  # elements touched by non-MAC work (0 for MAC ops)
+    elements: int  # elements touched by non-MAC work; for MAC ops, the output elements
     bytes_moved: int  # weights + input and output activations at their precisions
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
@@ -124,12 +124,16 @@ def feature_names() -> list[str]:
 
     Node overheads are shared across precisions (one dispatch costs the same),
     with extras for fp16 and int8 MAC nodes (casts, requantization); per-precision
-    node counts made the fit degenerate.
+    node counts made the fit degenerate. ``mouts_<p>`` (millions of output
+    elements of MAC ops) prices the per-output-pixel work that MACs miss: a
+    stem conv with one input channel or a narrow (8-channel) layer does few
+    MACs per output, and small-batch MLAS kernels are far from peak there.
     """
     names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
     names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
     names += [f"melems_{p}" for p in PRECISIONS]
     names += [f"mbytes_{p}" for p in PRECISIONS]
+    names += [f"mouts_{p}" for p in PRECISIONS]
     return names
 
 
@@ -145,7 +149,10 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
     run = precision_map.get(p, p) if precision_map else p
     if op.kind in MAC_KINDS:
         scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
-        features = {"nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs / 1e9, f"mbytes_{run}": op.bytes_moved * scale / 1e6}
+        features = {
+            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs / 1e9,
+            f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements / 1e6,
+        }
         if p != "fp32":
             features[f"nodes_mac_{p}"] = 1.0
         return features
@@ -194,6 +201,7 @@ class _Graph:
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         self.graph_outputs = {o.name for o in graph.output}
+        self.model_inputs = [i for i in graph.input if i.name not in self.initializers]
         for node in self.nodes:
             for out in node.output:
                 self.producer[out] = node
@@ -353,6 +361,11 @@ def _analyze_inplace(
         users = g.consumers.get(node.output[0], []) if node.output else []
         if users and all(u.op_type == "QuantizeLinear" for u in users):
             int8_nodes.add(id(node))  # DQ -> op -> Q: onnxruntime runs the QLinear op (or drops the pair)
+        elif not trt and node.op_type == "Add" and len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            after = g.consumers.get(users[0].output[0], [])
+            if after and all(u.op_type == "QuantizeLinear" for u in after):
+                # DQ -> Add -> Relu -> Q: QLinearAdd, the Relu folded into the Q's range (QDQ fusion)
+                int8_nodes.update((id(node), id(users[0])))
 
     absorbed: set[int] = set()
     for node in g.nodes:
@@ -361,11 +374,15 @@ def _analyze_inplace(
             absorbed.add(id(node))
         if node.op_type == "DequantizeLinear":
             users = g.consumers.get(node.output[0], [])
-            if g.is_constant(node.input[0]) or (users and all(id(u) in int8_nodes for u in users)):
+            # A Clip between two Q/DQ pairs (ReLU6 after a conv) is dropped by onnxruntime, but the
+            # DQ -> Q around it stays (two scales): only trtexec folds those.
+            if g.is_constant(node.input[0]) or (
+                users and all(id(u) in int8_nodes and (trt or not _kept_pair(g, u)) for u in users)
+            ):
                 absorbed.add(id(node))  # weights: folded; activations: read by the int8 op directly
         elif node.op_type == "QuantizeLinear":
             src = g.producer.get(node.input[0])
-            if src is not None and id(src) in int8_nodes:
+            if src is not None and id(src) in int8_nodes and (trt or not _kept_pair(g, src)):
                 absorbed.add(id(node))
             elif g.is_constant(node.input[0]):
                 absorbed.add(id(node))  # weight quantization folded offline
@@ -375,6 +392,9 @@ def _analyze_inplace(
             absorbed.add(id(node))
         elif node.op_type in ("Cast", "Transpose", "DequantizeLinear") and g.is_constant(node.input[0]):
             absorbed.add(id(node))  # weight casts/transposes are constant-folded
+
+    def precision_of_node(node: onnx.NodeProto) -> str:
+        return "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
 
     # Pass 2: fusion of followers into Conv/Gemm/MatMul.
     fused_into: dict[int, list[str]] = {}
@@ -392,7 +412,8 @@ def _analyze_inplace(
             if nxt is None or id(nxt) in absorbed:
                 break  # an absorbed QuantizeLinear: QLinearConv requantizes its own output
             if nxt.op_type in _FUSABLE_ACTIVATIONS:
-                pass
+                if not trt and nxt.op_type != "Relu" and nxt.op_type != "BatchNormalization" and precision_of_node(node) == "fp16":
+                    break  # onnxruntime's CPU fp16 Conv fuses Relu only: a Clip runs alone, between layout reorders
             elif nxt.op_type == "Add" and not added:
                 other = [i for i in nxt.input if i != out]
                 if node.op_type == "MatMul" and not (other and g.is_constant(other[0])):
@@ -407,6 +428,8 @@ def _analyze_inplace(
 
     ops: list[OpCost] = []
     unpriced: Counter[str] = Counter()
+    if not trt:
+        ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into))
     for node in g.nodes:
         if id(node) in absorbed or node.op_type in FREE_OPS:
             continue
@@ -431,6 +454,92 @@ def _analyze_inplace(
             precision = "int8"
         ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
     return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
+
+
+def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
+    """A quantized Relu/Clip with its own DQ -> act -> Q: onnxruntime drops the activation (the Q's range
+    clips) but keeps the DQ -> Q pair, which requantizes between two scales. (Conv + Relu is fused by the
+    quantizer itself and has no pair in between.)"""
+    if node.op_type not in ("Relu", "Clip") or not node.input:
+        return False
+    src = g.producer.get(node.input[0])
+    return src is not None and src.op_type == "DequantizeLinear"
+
+
+# Ops that work on any memory layout: onnxruntime's transpose optimizer pushes layout transposes through them.
+_LAYOUT_AGNOSTIC = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "Add", "Sub", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+     "HardSwish", "Tanh", "Identity", "QLinearAdd", "QLinearMul"}
+)
+
+
+def _layout_ops(g: _Graph, int8_nodes: set[int], absorbed: set[int], fused_into: dict[int, list[str]]) -> list[OpCost]:
+    """The layout Transposes and Reorders onnxruntime's CPU provider inserts (priced as element-wise work).
+
+    * int8: QLinearConv runs channels-last (NhwcTransformer); the transpose
+      optimizer pushes the transposes through layout-agnostic ops (Q/DQ,
+      element-wise), so one Transpose is left on each tensor that crosses
+      between such an int8 region and a layout-sensitive op or a graph input/output.
+    * fp16: a Clip after an fp16 Conv is not fused; the Conv runs blocked (NCHWc),
+      so a ReorderOutput before the Clip and a ReorderInput after it run too.
+    """
+    ops: list[OpCost] = []
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def live(node: onnx.NodeProto) -> bool:
+        return not (node.input and all(g.is_constant(i) for i in node.input if i)) and node.op_type not in FREE_OPS
+
+    region = [
+        n for n in g.nodes
+        if live(n) and ((n.op_type in _CONV_OPS and id(n) in int8_nodes) or n.op_type in _LAYOUT_AGNOSTIC)
+        and not (n.op_type == "DequantizeLinear" and g.is_constant(n.input[0]))
+    ]
+    in_region = {id(n) for n in region}
+    for n in region:
+        parent[id(n)] = id(n)
+    for n in region:
+        for out in n.output:
+            for user in g.consumers.get(out, []):
+                if id(user) in in_region:
+                    a, b = find(id(n)), find(id(user))
+                    if a != b:
+                        parent[a] = b
+    nhwc_roots = {find(id(n)) for n in region if n.op_type in _CONV_OPS}
+    if nhwc_roots:
+        graph_inputs = {i.name for i in g.model_inputs}
+        for n in region:
+            if find(id(n)) not in nhwc_roots:
+                continue
+            for inp in n.input[:1] if n.op_type in _CONV_OPS else n.input:
+                if not inp or g.is_constant(inp):
+                    continue
+                src = g.producer.get(inp)
+                if (src is None and inp in graph_inputs) or (src is not None and id(src) not in in_region):
+                    ops.append(_elementwise(g, "Transpose", inp, n))
+            for out in n.output:
+                users = g.consumers.get(out, [])
+                if out in g.graph_outputs or any(id(u) not in in_region for u in users):
+                    ops.append(_elementwise(g, "Transpose", out, n))
+    for node in g.nodes:
+        if node.op_type in _CONV_OPS and id(node) not in absorbed and id(node) not in int8_nodes:
+            if _precision_of(g, node.input[0]) != "fp16":
+                continue
+            nxt = g.single_consumer(node.output[0])
+            if nxt is not None and nxt.op_type == "Clip" and "Clip" not in fused_into.get(id(node), []):
+                ops.append(_elementwise(g, "ReorderOutput", node.output[0], node))
+                ops.append(_elementwise(g, "ReorderInput", nxt.output[0], node))
+    return ops
+
+
+def _elementwise(g: _Graph, op_type: str, tensor: str, near: onnx.NodeProto) -> OpCost:
+    precision = _precision_of(g, tensor)
+    return OpCost(f"{near.name}/{op_type}:{tensor}", op_type, "elementwise", precision, 0, _numel(g.shape(tensor)), 0, _layer_of(near))
 
 
 def _weight_name(g: _Graph, name: str) -> str:
@@ -480,7 +589,7 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
     weight_bytes = _numel(w_shape) * _PRECISION_BYTES[act] if w_shape else 0
     x_bytes = _numel(x_shape) * _PRECISION_BYTES[act] if x_shape else 0
     y_bytes = _numel(y_shape) * _PRECISION_BYTES[act] if y_shape else 0
-    return OpCost(node.name, op_type, kind, precision, int(macs), 0, int(weight_bytes + x_bytes + y_bytes), layer, fused)
+    return OpCost(node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused)
 
 
 # --------------------------------------------------------------------------- cached entry point

@@ -4,6 +4,14 @@ A PyTorch forward in the same interpreter distorted the first onnxruntime
 timings by up to 2x (STACK.md), so every measurement runs ``bench_onnx.py`` in a
 fresh ``sys.executable``, with the profile's warm-up, run count, intra-op
 threads and execution provider, and reads back its one JSON line.
+
+Robust timing (measured on the shared 2-core hosts, 1 intra-op thread): a
+warm-up of 20 runs left the first process of a series up to 60% slow on
+0.1-0.3 ms models, and one burst of other work could inflate a whole median.
+So each process warms up for at least ``WARMUP_S`` seconds and splits its runs
+into ``BLOCKS`` blocks; the result's ``median_ms`` is the lowest block median
+(``robust_ms`` of bench_onnx), and with ``repeats`` > 1 the lowest over processes.
+With this, timing the same file twice agreed within 1-2% (was up to 60%).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from autocomp.errors import LatencyError
 from autocomp.latency.base import LatencyResult
 
 BENCH_SCRIPT = Path(__file__).with_name("bench_onnx.py")
+WARMUP_S = 0.25
+BLOCKS = 5
 
 
 def batch_shapes(onnx_path: Path, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
@@ -74,7 +84,9 @@ class LocalBackend:
             str(BENCH_SCRIPT),
             str(onnx_path),
             "--warmup", str(runtime.warmup if self.warmup is None else self.warmup),
+            "--warmup-s", str(WARMUP_S),
             "--runs", str(runtime.runs if self.runs is None else self.runs),
+            "--blocks", str(BLOCKS),
             "--threads", str(runtime.threads),
             "--provider", runtime.execution_provider,
         ]
@@ -112,5 +124,5 @@ class LocalBackend:
             reason = " ".join(str(payload["error"]).split())  # one line, whatever onnxruntime said
             raise LatencyError(f"onnxruntime could not time {path.name}: {reason}")
         return LatencyResult(
-            median_ms=float(payload["median_ms"]), p90_ms=float(payload["p90_ms"]), runs=int(payload["runs"]), source="local"
+            median_ms=float(payload.get("robust_ms", payload["median_ms"])), p90_ms=float(payload["p90_ms"]), runs=int(payload["runs"]), source="local"
         )

@@ -169,7 +169,7 @@ def test_empty_training_data_is_an_error(shapes_task):
 
 
 def test_config_is_validated():
-    for kwargs in ({"steps": 0}, {"alpha": 1.5}, {"temperature": 0.0}, {"lr": 0.0}):
+    for kwargs in ({"steps": -1}, {"alpha": 1.5}, {"temperature": 0.0}, {"lr": 0.0}):
         with pytest.raises(ConfigError):
             DistillConfig(**kwargs)
 
