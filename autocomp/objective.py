@@ -94,7 +94,10 @@ def _layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
 
 def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> LatencyResult:
     """Estimate the plan's latency before any fine-tuning (structure only; weights do not matter)."""
-    model = compress_model(ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple, order=ctx.space.pipeline)
+    model = compress_model(
+        ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple,
+        order=ctx.space.pipeline, student=ctx.space.student,
+    )
     artifact = build_artifact(
         ctx.task, model, plan, ctx.trial_dir(number) / "precheck", recipe=ctx.profile.int8_recipe, calibration_samples=8
     )
@@ -149,6 +152,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
         recipe=ctx.profile.int8_recipe,
         round_to=ctx.profile.channel_multiple,
         order=ctx.space.pipeline,
+        student=ctx.space.student,
         on_step=early_stop_rule(ctx),
     )
     torch.save(result.model.state_dict(), ctx.trial_dir(trial.number) / "model_state.pt")

@@ -51,6 +51,7 @@ def compress_model(
     finetune: DistillConfig,
     round_to: int = 8,
     order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    student: str = "pruned",
     on_step: OnStep | None = None,
 ) -> nn.Module:
     """The PyTorch stage of a plan: a new, fine-tuned model (the teacher is left untouched).
@@ -58,7 +59,8 @@ def compress_model(
     ``order`` decides whether the student is narrowed before the per-layer pruning
     (``distill, prune``: one distillation at the end) or after it (``prune, distill``:
     the pruned teacher is fine-tuned first, then narrowed and distilled again, each
-    with half the step budget). With ``finetune.steps == 0`` only the structure is
+    with half the step budget). ``student`` is how a narrower student starts
+    (see ``build_student``). With ``finetune.steps == 0`` only the structure is
     built, which is how an exported trial's architecture is rebuilt.
     """
     plan.validate(teacher)
@@ -74,7 +76,7 @@ def compress_model(
             model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
         model = prune_to_width(model, plan.width, example, round_to=round_to)
     else:
-        model = build_student(task, teacher, plan.width, round_to=round_to)
+        model = build_student(task, teacher, plan.width, round_to=round_to, init=student)
         if prune_ratios:
             model = prune_channels(model, prune_ratios, example, round_to=round_to)
     sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0}
@@ -135,10 +137,13 @@ def run_plan(
     recipe: Int8Recipe,
     round_to: int = 8,
     order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    student: str = "pruned",
     on_step: OnStep | None = None,
 ) -> PlanResult:
     """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file."""
-    model = compress_model(task, teacher, plan, finetune=finetune, round_to=round_to, order=order, on_step=on_step)
+    model = compress_model(
+        task, teacher, plan, finetune=finetune, round_to=round_to, order=order, student=student, on_step=on_step
+    )
     artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
     accuracy = evaluate_onnx(task, artifact.onnx_path)
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)

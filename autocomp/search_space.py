@@ -66,6 +66,7 @@ class SearchSpace:
     finetune: FinetuneSpec = FinetuneSpec()
     exclude: tuple[str, ...] = ()
     width: od.BaseDistribution | None = None
+    student: str = "pruned"  # how a narrower student starts: the teacher channel-pruned, or the task's fresh model
     prune: tuple[LayerRule, ...] = ()
     sparsity: tuple[LayerRule, ...] = ()
     bits: tuple[LayerRule, ...] = ()
@@ -143,6 +144,7 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None)
         finetune=_finetune(data.get("finetune") or {}, where=f"{where}: finetune"),
         exclude=_patterns(data.get("exclude", []), where=f"{where}: exclude"),
         width=_width(data["distill"], where=f"{where}: distill") if data.get("distill") else None,
+        student=_student(data.get("distill") or {}, where=f"{where}: distill.student"),
         prune=_rules(data.get("prune") or [], kind="ratio", where=f"{where}: prune"),
         sparsity=_rules(data.get("sparsity") or [], kind="ratio", where=f"{where}: sparsity"),
         bits=_rules(data.get("bits") or [], kind="choices", where=f"{where}: bits"),
@@ -213,12 +215,21 @@ def _rules(value: Any, *, kind: str, where: str) -> tuple[LayerRule, ...]:
 def _width(value: Any, *, where: str) -> od.BaseDistribution:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected 'width: {{type: categorical, choices: [0.5, 0.75, 1.0]}}'")
-    check_keys(value, allowed=("width",), where=where, required=("width",))
+    check_keys(value, allowed=("width", "student"), where=where, required=("width",))
     distribution = distribution_from_spec(value["width"], where=f"{where}.width")
     values = _extremes(distribution)
     if values is not None and not (0.0 < values[0] and values[1] <= 1.0):
         raise ConfigError(f"{where}.width: widths must lie in (0, 1], got {values[0]}..{values[1]}")
     return distribution
+
+
+def _student(value: Mapping[str, Any], *, where: str) -> str:
+    from autocomp.compress.distill import STUDENT_INITS
+
+    init = value.get("student", "pruned")
+    if init not in STUDENT_INITS:
+        raise ConfigError(f"{where}: {init!r} is not known; use pruned (start from the teacher) or fresh (the task's width factory)")
+    return init
 
 
 def _extremes(distribution: od.BaseDistribution) -> tuple[float, float] | None:

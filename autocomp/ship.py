@@ -70,9 +70,10 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
         record = {**picked.user_attrs, "accuracy": picked.values[0], "latency_ms": picked.values[1], "size_bytes": picked.values[2]}
         onnx_src = Path(picked.user_attrs["artifact"])
         profile = load_profile(settings["device"])
+        space = load_space(settings["space"])
         model = compress_model(
             task, teacher, plan, finetune=DistillConfig(steps=0), round_to=profile.channel_multiple,
-            order=load_space(settings["space"]).pipeline,
+            order=space.pipeline, student=space.student,
         )
         state_path = onnx_src.parent / "model_state.pt"
         if not state_path.is_file():
