@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -22,3 +23,16 @@ def config_dir() -> Path:
     path = Path(os.environ.get("AUTOCOMP_CONFIG_DIR") or platformdirs.user_config_dir("autocomp"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_dirs(folder: str, *, env: str) -> list[Path]:
+    """Folders holding shipped YAML data (``device_profiles``, ``search_spaces``), in search order.
+
+    ``env`` (os.pathsep-separated) first, then the repository root (an editable
+    install), then ``<prefix>/share/autocomp/<folder>`` (a wheel install, via
+    the data-files in pyproject.toml).
+    """
+    dirs = [Path(p) for p in os.environ.get(env, "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent / folder)
+    dirs.append(Path(sys.prefix) / "share" / "autocomp" / folder)
+    return dirs

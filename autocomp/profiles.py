@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -157,10 +156,9 @@ _CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "
 
 def builtin_profile_dirs() -> list[Path]:
     """Folders searched for shipped profiles, in order (see the module docstring)."""
-    dirs = [Path(p) for p in os.environ.get(PROFILE_DIR_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "device_profiles")
-    dirs.append(Path(sys.prefix) / "share" / "autocomp" / "device_profiles")
-    return dirs
+    from autocomp.paths import data_dirs
+
+    return data_dirs("device_profiles", env=PROFILE_DIR_ENV)
 
 
 def calibration_dir() -> Path:

@@ -11,7 +11,6 @@ named as ``CompressionPlan`` names them.
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ import optuna.distributions as od
 from torch import nn
 
 from autocomp.errors import ConfigError
+from autocomp.paths import data_dirs
 from autocomp.plan import BITS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
 from autocomp.yamlio import check_keys, load_yaml
 
@@ -31,13 +31,13 @@ _EARLY_STOP_KEYS = ("after_steps", "max_drop")
 _RULE_KEYS = ("layers", "ratio", "choices")
 
 
-def spaces_dir() -> Path:
-    """Where the shipped spaces live: ``AUTOCOMP_SPACE_DIR``, else the repo's ``search_spaces/``."""
-    env = os.environ.get("AUTOCOMP_SPACE_DIR")
-    if env:
-        return Path(env)
-    packaged = Path(__file__).parent / "data" / "search_spaces"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
+def space_files() -> dict[str, Path]:
+    """Shipped spaces by name: ``AUTOCOMP_SPACE_DIR`` first, then the repo's or the install's ``search_spaces/``."""
+    found: dict[str, Path] = {}
+    for folder in data_dirs("search_spaces", env="AUTOCOMP_SPACE_DIR"):
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
+            found.setdefault(path.stem, path)
+    return found
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,15 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def list_spaces() -> list[str]:
-    return sorted(path.stem for path in spaces_dir().glob("*.yaml"))
+    return sorted(space_files())
 
 
 def load_space(name_or_path: str) -> SearchSpace:
     """Load a shipped space by name or a user's YAML file by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = spaces_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
+        path = space_files().get(name_or_path)
+        if path is None:
             raise ConfigError(
                 f"unknown search space {name_or_path!r}; known spaces: {', '.join(list_spaces())} (or pass a path to a .yaml file)"
             )

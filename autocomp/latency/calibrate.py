@@ -314,7 +314,7 @@ def measure_variants(
     variants: Sequence[Variant], *, profile, backend, progress: Callable[[int, int], None] | None = None
 ) -> list[Sample]:
     """Time every variant at its batch size and compute its cost-model features."""
-    from autocomp.latency.estimate import precision_map
+    from autocomp.latency.estimate import fp16_as_fp32, precision_map
     from autocomp.profiles import with_overrides
 
     precisions = precision_map(profile)
@@ -322,7 +322,9 @@ def measure_variants(
     for index, variant in enumerate(variants):
         at_batch = with_overrides(profile, batch_size=variant.batch_size)
         result = backend.measure(variant.path, at_batch)
-        features = analyze(variant.path, batch_size=variant.batch_size, tool=profile.runtime.tool).features(precisions)
+        features = analyze(
+            variant.path, batch_size=variant.batch_size, tool=profile.runtime.tool, fp16_as_fp32=fp16_as_fp32(profile)
+        ).features(precisions)
         samples.append(Sample(variant, result.median_ms, features))
         if progress is not None:
             progress(index + 1, len(variants))

@@ -165,8 +165,16 @@ def coefficients_for(profile) -> dict[str, float]:
 # --------------------------------------------------------------------------- estimating
 
 
+def fp16_as_fp32(profile) -> bool:
+    """onnxruntime on a device without fp16 arithmetic: fp16 layers run as fp32, their Casts are removed."""
+    return profile.runtime.tool == "onnxruntime" and _run_precision(profile, "fp16") == "fp32"
+
+
 def _graph(onnx_path: Path, profile, shapes) -> GraphCost:
-    return analyze(Path(onnx_path), batch_size=profile.runtime.batch_size, shapes=shapes, tool=profile.runtime.tool)
+    return analyze(
+        Path(onnx_path), batch_size=profile.runtime.batch_size, shapes=shapes, tool=profile.runtime.tool,
+        fp16_as_fp32=fp16_as_fp32(profile),
+    )
 
 
 def estimate_graph(graph: GraphCost, coefficients: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:

@@ -296,8 +296,15 @@ def analyze_model(
     batch_size: int = 1,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     tool: str = "onnxruntime",
+    fp16_as_fp32: bool = False,
 ) -> GraphCost:
     """Fuse, classify and price every node of ``model`` (see the module docstring).
+
+    ``fp16_as_fp32``: the runtime has no fp16 kernels (onnxruntime's CPU
+    provider): it casts fp16 ops back to fp32 and removes the resulting
+    fp32 -> fp16 -> fp32 Cast pairs, so the float Casts between layers cost
+    nothing and fp16 layers fuse as fp32 ones do (measured: a per-layer fp16
+    file from ``quantize_onnx`` runs the fp32 graph, Casts gone).
 
     ``tool`` is the runtime whose fusions apply: ``onnxruntime`` keeps the
     Q/DQ nodes it cannot fold and runs residual sums of int8 convs as QLinearAdd;
@@ -306,7 +313,7 @@ def analyze_model(
     """
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
-    return _analyze_inplace(model_copy, batch_size=batch_size, shapes=shapes, tool=tool)
+    return _analyze_inplace(model_copy, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32)
 
 
 def _strip_weights(model: onnx.ModelProto) -> None:
@@ -334,13 +341,17 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _analyze_inplace(
-    model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None, tool: str = "onnxruntime"
+    model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None, tool: str = "onnxruntime",
+    fp16_as_fp32: bool = False,
 ) -> GraphCost:
     trt = tool == "trtexec"
     graph_inputs = {i.name for i in model.graph.input}
     _fix_input_shapes(model, batch_size=batch_size, shapes=shapes or {})
     _strip_weights(model)
-    g = _Graph(_infer(model))
+    inferred = _infer(model)
+    if fp16_as_fp32 and not trt:
+        _drop_float_casts(inferred)
+    g = _Graph(inferred)
 
     # Pass 1: which nodes run in int8 (all float data inputs from DequantizeLinear).
     int8_nodes: set[int] = set()
@@ -454,6 +465,32 @@ def _analyze_inplace(
             precision = "int8"
         ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
     return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
+
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
+def _drop_float_casts(model: onnx.ModelProto) -> None:
+    """Remove Casts between fp32 and fp16 of activations (not of graph outputs): the runtime computes in fp32."""
+    graph = model.graph
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] not in outputs:
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            src = rename.get(node.input[0], node.input[0])
+            if to in _FLOATS and dtypes.get(src) in _FLOATS:
+                rename[node.output[0]] = src
+                continue
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
@@ -614,14 +651,15 @@ def analyze(
     batch_size: int = 1,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     tool: str = "onnxruntime",
+    fp16_as_fp32: bool = False,
 ) -> GraphCost:
-    """``analyze_model`` on a file, memoized by the file's bytes, batch size and shapes."""
+    """``analyze_model`` on a file, memoized by the file's bytes, batch size, shapes and options."""
     path = Path(onnx_path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise LatencyError(f"cannot read ONNX file {path}: {exc.strerror or exc}") from exc
-    key = (hashlib.sha256(data).hexdigest(), batch_size, tuple(sorted((shapes or {}).items())), tool)
+    key = (hashlib.sha256(data).hexdigest(), batch_size, tuple(sorted((shapes or {}).items())), tool, fp16_as_fp32)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -630,7 +668,7 @@ def analyze(
         model = onnx.load_from_string(data)
     except Exception as exc:
         raise LatencyError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
-    result = _analyze_inplace(model, batch_size=batch_size, shapes=shapes, tool=tool)
+    result = _analyze_inplace(model, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32)
     with _CACHE_LOCK:
         _CACHE[key] = result
         while len(_CACHE) > _CACHE_SIZE:
