@@ -72,10 +72,17 @@ class SearchSpace:
     bits: tuple[LayerRule, ...] = ()
     path: Path | None = None
 
-    def distributions(self, model: nn.Module, *, supported_bits: tuple[int, ...]) -> dict[str, od.BaseDistribution]:
+    def distributions(
+        self, model: nn.Module, *, supported_bits: tuple[int, ...], example_inputs: tuple | None = None
+    ) -> dict[str, od.BaseDistribution]:
         """One distribution per plan parameter for this model's layers, checked against the device.
 
         The first matching rule wins for a layer; excluded layers never get a parameter.
+        With ``example_inputs``, structured pruning gets one parameter per group of
+        layers that share output channels (a residual stream is one decision, named
+        after its first layer), and groups that contain an excluded layer or feed the
+        model's outputs get none: independent ratios on coupled layers would only be
+        collapsed to their largest by the pruner.
         """
         every = compressible_layers(model)
         # <first>/<last> name the input layer and the classifier of any model, whatever its module names
@@ -85,9 +92,11 @@ class SearchSpace:
         result: dict[str, od.BaseDistribution] = {}
         if self.width is not None:
             result[WIDTH] = self.width
+        prunable = layers if example_inputs is None else _group_leaders(model, example_inputs, layers, excluded=set(every) - set(layers))
         for prefix, rules in ((PRUNE, self.prune), (SPARSITY, self.sparsity), (BITS, self.bits)):
+            candidates = prunable if prefix == PRUNE else layers
             for rule in rules:
-                matched = [layer for layer in layers if _matches(layer, rule.patterns) and prefix + layer not in result]
+                matched = [layer for layer in candidates if _matches(layer, rule.patterns) and prefix + layer not in result]
                 if not matched:
                     raise ConfigError(
                         f"search space {self.name!r}: {prefix.rstrip('/')} patterns {list(rule.patterns)} match no "
@@ -104,6 +113,14 @@ class SearchSpace:
                     f"(it runs {', '.join(map(str, supported_bits))}-bit); remove {unsupported[0]} from the bits choices"
                 )
         return result
+
+
+def _group_leaders(model: nn.Module, example_inputs: tuple, layers: list[str], *, excluded: set[str]) -> list[str]:
+    """The first layer of each prunable coupled group that touches no excluded layer."""
+    from autocomp.compress.prune import coupled_groups
+
+    allowed = set(layers)
+    return [group[0] for group in coupled_groups(model, tuple(example_inputs)) if set(group) <= allowed]
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

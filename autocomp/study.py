@@ -189,7 +189,9 @@ def run_search(
     """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones)."""
     from autocomp.profiles import DeviceProfile  # noqa: F401  (type context only)
 
-    distributions = ctx.space.distributions(ctx.teacher, supported_bits=ctx.profile.supported_bits)
+    distributions = ctx.space.distributions(
+        ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs()
+    )
     if not distributions:
         raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
     close_orphans(study)

@@ -70,3 +70,14 @@ def test_unknown_space_and_malformed_yaml(tmp_path):
     bad.write_text("schema_version: 1\nprune: [\n")
     with pytest.raises(ConfigError, match="is not valid YAML at line"):
         load_space(str(bad))
+
+
+def test_coupled_layers_get_one_pruning_decision_and_excluded_streams_none():
+    import torch
+
+    model = TinyResNet()
+    dists = load_space("prune").distributions(model, supported_bits=ALL_BITS, example_inputs=(torch.zeros(1, 1, 16, 16),))
+    prune = sorted(name for name in dists if name.startswith("prune/"))
+    # block1_conv2 shares the stem's channels (the stem is excluded); block2_conv2 and
+    # block2_short share the second stream: one decision, named after its first layer
+    assert prune == ["prune/block1_conv1", "prune/block2_conv1", "prune/block2_conv2"]

@@ -67,7 +67,8 @@ def search(
     _check_same_settings(study, settings, name)
     with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
         teacher = loaded_task.build_model()
-    search_space.distributions(teacher, supported_bits=profile.supported_bits)  # validate before any long work
+    # validate before any long work
+    search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
     ctx = SearchContext(
         task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
         estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,

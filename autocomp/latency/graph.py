@@ -423,7 +423,7 @@ def _analyze_inplace(
             if nxt is None or id(nxt) in absorbed:
                 break  # an absorbed QuantizeLinear: QLinearConv requantizes its own output
             if nxt.op_type in _FUSABLE_ACTIVATIONS:
-                if not trt and nxt.op_type != "Relu" and nxt.op_type != "BatchNormalization" and precision_of_node(node) == "fp16":
+                if not trt and not fp16_as_fp32 and nxt.op_type not in ("Relu", "BatchNormalization") and precision_of_node(node) == "fp16":
                     break  # onnxruntime's CPU fp16 Conv fuses Relu only: a Clip runs alone, between layout reorders
             elif nxt.op_type == "Add" and not added:
                 other = [i for i in nxt.input if i != out]
@@ -440,7 +440,7 @@ def _analyze_inplace(
     ops: list[OpCost] = []
     unpriced: Counter[str] = Counter()
     if not trt:
-        ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into))
+        ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into, fp16_reorders=not fp16_as_fp32))
     for node in g.nodes:
         if id(node) in absorbed or node.op_type in FREE_OPS:
             continue
@@ -510,7 +510,9 @@ _LAYOUT_AGNOSTIC = frozenset(
 )
 
 
-def _layout_ops(g: _Graph, int8_nodes: set[int], absorbed: set[int], fused_into: dict[int, list[str]]) -> list[OpCost]:
+def _layout_ops(
+    g: _Graph, int8_nodes: set[int], absorbed: set[int], fused_into: dict[int, list[str]], *, fp16_reorders: bool = True
+) -> list[OpCost]:
     """The layout Transposes and Reorders onnxruntime's CPU provider inserts (priced as element-wise work).
 
     * int8: QLinearConv runs channels-last (NhwcTransformer); the transpose
@@ -564,7 +566,7 @@ def _layout_ops(g: _Graph, int8_nodes: set[int], absorbed: set[int], fused_into:
                 if out in g.graph_outputs or any(id(u) not in in_region for u in users):
                     ops.append(_elementwise(g, "Transpose", out, n))
     for node in g.nodes:
-        if node.op_type in _CONV_OPS and id(node) not in absorbed and id(node) not in int8_nodes:
+        if fp16_reorders and node.op_type in _CONV_OPS and id(node) not in absorbed and id(node) not in int8_nodes:
             if _precision_of(g, node.input[0]) != "fp16":
                 continue
             nxt = g.single_consumer(node.output[0])
