@@ -103,17 +103,14 @@ def search(
 
 
 def _with_board(profile, *, board: str | None, key: Path | None):
-    if board is None:
-        if key is not None:
-            raise ConfigError("--key is only used with --board user@host[:port]")
+    """The profile with its board replaced by --board/--key (the profile's python and known_hosts stay)."""
+    if board is None and key is None:
         return profile
     from dataclasses import replace
 
-    from autocomp.profiles import parse_board
+    from autocomp.cli.board_cmd import resolve_target
 
-    target = parse_board(board)
-    if key is not None:
-        target = replace(target, key=str(key.expanduser()))
+    target, _ = resolve_target(device=profile.name, board=board, key=key, known_hosts=None)
     return replace(profile, ssh=target)
 
 
