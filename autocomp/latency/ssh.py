@@ -865,5 +865,7 @@ class SshBackend:
                     "at a python that has it; `autocomp board check` lists what is missing"
                 )
             raise LatencyError(f"{label}: bench_onnx.py failed: {error}")
-        result = LatencyResult(float(report["median_ms"]), float(report["p90_ms"]), int(report["runs"]), source)
+        # the same statistic as the local backend: the lowest block median when the script reports it
+        median_ms = float(report.get("robust_ms", report["median_ms"]))
+        result = LatencyResult(median_ms, float(report["p90_ms"]), int(report["runs"]), source)
         return {"_result": result, "onnxruntime": report.get("onnxruntime"), "providers": report.get("providers")}
