@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, ConfigError
-from autocomp.objective import DIRECTIONS, OBJECTIVES, SearchContext, TrialStopped, layer_rows, run_trial
+from autocomp.objective import DIRECTIONS, SearchContext, TrialStopped, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
 
@@ -187,8 +187,6 @@ def run_search(
     on_trial_end: TrialCallback | None = None,
 ) -> SearchOutcome:
     """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones)."""
-    from autocomp.profiles import DeviceProfile  # noqa: F401  (type context only)
-
     distributions = ctx.space.distributions(
         ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs()
     )

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +47,7 @@ def search(
     from autocomp.objective import SearchContext
     from autocomp.profiles import load_profile
     from autocomp.search_space import load_space
-    from autocomp.study import default_storage, make_sampler, open_study, parse_accuracy_floor, record_baseline, run_search
+    from autocomp.study import default_storage, make_sampler, open_study, parse_accuracy_floor, record_baseline
     from autocomp.tasks import load_task, task_name
 
     profile = _with_board(load_profile(device), board=board, key=key)

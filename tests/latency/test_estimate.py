@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import onnx
@@ -118,24 +117,22 @@ def test_estimate_layers_cover_the_convolutions(resnet):
     assert 0.5 * total < sum(layers.values()) <= total
 
 
-def test_estimate_is_fast_for_a_builtin_model(tmp_path):
+def test_graph_analysis_is_memoized_by_file_content(tmp_path):
+    """Repeat estimates of one file reuse its analysis (the cost per call is a benchmark figure:
+    benchmarks/latency_predictor.py reports it; tests never assert wall-clock times)."""
+    import shutil
+
     import torch
 
+    from autocomp.latency import graph
     from autocomp.tasks.models import ResNetDigits
     from onnx_variants import export
 
     path = export(ResNetDigits(), (torch.rand(1, 1, 32, 32),), tmp_path / "resnet_digits.onnx", names=["x"])
     profile = load_profile("local")
-    estimate_ms(path, profile)  # imports and first-call costs
-    from autocomp.latency import graph
-
     graph._CACHE.clear()
-    start = time.perf_counter()
-    estimate_ms(path, profile)
-    first_ms = (time.perf_counter() - start) * 1000
-    start = time.perf_counter()
-    for _ in range(10):
-        estimate_ms(path, profile)
-    repeat_ms = (time.perf_counter() - start) * 100
-    assert repeat_ms < 10.0
-    assert first_ms < 100.0  # under 10 ms on an idle machine; generous on a shared one
+    first = estimate_ms(path, profile)
+    assert len(graph._CACHE) == 1
+    copy = shutil.copyfile(path, tmp_path / "same_bytes.onnx")
+    assert estimate_ms(copy, profile) == first  # same bytes, same analysis
+    assert len(graph._CACHE) == 1
