@@ -226,35 +226,14 @@ def _run_exporter(
 ) -> None:
     try:
         with _quiet():
+            common = {"input_names": input_names, "output_names": output_names}
             if dynamo:
-                dynamic_shapes = (
-                    tuple({0: torch.export.Dim.AUTO} for _ in example_inputs) if dynamic_batch else None
-                )
-                torch.onnx.export(
-                    model,
-                    example_inputs,
-                    str(path),
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes=dynamic_shapes,
-                    opset_version=18,
-                    verbose=False,
-                )
+                batch = tuple({0: torch.export.Dim.AUTO} for _ in example_inputs) if dynamic_batch else None
+                extra = {"dynamo": True, "external_data": False, "dynamic_shapes": batch, "opset_version": 18, "verbose": False}
             else:
                 axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
-                torch.onnx.export(
-                    model,
-                    example_inputs,
-                    str(path),
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_axes=axes,
-                    opset_version=_OPSET,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
+                extra = {"dynamo": False, "dynamic_axes": axes, "opset_version": _OPSET, "do_constant_folding": True}
+            torch.onnx.export(model, example_inputs, str(path), **common, **extra)
     except ExportError:
         raise
     except Exception as exc:  # any exporter failure becomes one line for the user

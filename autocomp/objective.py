@@ -54,8 +54,7 @@ class SearchContext:
 
     @property
     def finetune(self) -> DistillConfig:
-        spec = self.space.finetune
-        return DistillConfig(steps=spec.steps, temperature=spec.temperature, alpha=spec.alpha, lr=spec.lr, seed=self.seed)
+        return replace(self.space.finetune.distill, seed=self.seed)
 
     def trial_dir(self, number: int) -> Path:
         return self.out_dir / "trials" / f"{number:04d}"
@@ -112,7 +111,7 @@ def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> 
 def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], None] | None:
     """Stop a trial whose accuracy, after the first fine-tuning steps, is hopelessly below the floor."""
     spec = ctx.space.finetune
-    if ctx.accuracy_floor is None or spec.early_stop_after_steps <= 0 or spec.early_stop_after_steps >= spec.steps:
+    if ctx.accuracy_floor is None or spec.early_stop_after_steps <= 0 or spec.early_stop_after_steps >= spec.distill.steps:
         return None
 
     def on_step(step: int, loss: float, model: nn.Module) -> None:

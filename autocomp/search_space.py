@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import optuna.distributions as od
 from torch import nn
 
+from autocomp.compress.distill import STUDENT_INITS, DistillConfig
 from autocomp.errors import ConfigError
 from autocomp.paths import data_dirs
 from autocomp.plan import BITS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
@@ -42,10 +43,9 @@ def space_files() -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    steps: int = 60
-    temperature: float = 4.0
-    alpha: float = 0.7
-    lr: float = 1e-3
+    """The per-trial fine-tuning budget: distillation settings plus our early-stopping rule."""
+
+    distill: DistillConfig = DistillConfig(steps=60)
     early_stop_after_steps: int = 20  # evaluate once after this many steps ...
     early_stop_max_drop: float = 0.5  # ... and stop if accuracy is this far below the floor (hopeless)
 
@@ -174,11 +174,14 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
     early = data.get("early_stop") or {}
     check_keys(early, allowed=_EARLY_STOP_KEYS, where=f"{where}.early_stop")
     defaults = FinetuneSpec()
+    base = defaults.distill
     spec = FinetuneSpec(
-        steps=_number(data.get("steps", defaults.steps), where=f"{where}.steps", low=0, integer=True),
-        temperature=_number(data.get("temperature", defaults.temperature), where=f"{where}.temperature", low=0.1),
-        alpha=_number(data.get("alpha", defaults.alpha), where=f"{where}.alpha", low=0.0, high=1.0),
-        lr=_number(data.get("lr", defaults.lr), where=f"{where}.lr", low=1e-8, high=1.0),
+        distill=DistillConfig(
+            steps=_number(data.get("steps", base.steps), where=f"{where}.steps", low=0, integer=True),
+            temperature=_number(data.get("temperature", base.temperature), where=f"{where}.temperature", low=0.1),
+            alpha=_number(data.get("alpha", base.alpha), where=f"{where}.alpha", low=0.0, high=1.0),
+            lr=_number(data.get("lr", base.lr), where=f"{where}.lr", low=1e-8, high=1.0),
+        ),
         early_stop_after_steps=_number(
             early.get("after_steps", defaults.early_stop_after_steps), where=f"{where}.early_stop.after_steps", low=0, integer=True
         ),
@@ -241,8 +244,6 @@ def _width(value: Any, *, where: str) -> od.BaseDistribution:
 
 
 def _student(value: Mapping[str, Any], *, where: str) -> str:
-    from autocomp.compress.distill import STUDENT_INITS
-
     init = value.get("student", "pruned")
     if init not in STUDENT_INITS:
         raise ConfigError(f"{where}: {init!r} is not known; use pruned (start from the teacher) or fresh (the task's width factory)")
