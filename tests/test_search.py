@@ -172,11 +172,14 @@ def test_interrupted_search_keeps_finished_trials_and_resumes(tmp_path, space_fi
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         def finished() -> int:
-            if not (out / "study.db").exists():
-                return 0
+            # read-only: opening the storage through Optuna while the child creates it would
+            # race it to the schema migration
+            import sqlite3
+
             try:
-                return sum(t.state.is_finished() for t in open_study(out).trials)
-            except Exception:
+                with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True) as db:
+                    return db.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')").fetchone()[0]
+            except sqlite3.Error:
                 return 0
 
         def progressed() -> bool:
