@@ -8,6 +8,7 @@ per-layer rows) so the report and ``autocomp export`` need nothing else.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,7 +80,7 @@ def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, la
     ]
 
 
-def _layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
+def layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
     try:
         from autocomp.latency.estimate import estimate_layers
     except ImportError:
@@ -103,9 +104,7 @@ def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> 
     try:
         return ctx.estimator.measure(artifact.onnx_path, ctx.profile)
     finally:
-        for path in artifact.onnx_path.parent.iterdir():
-            path.unlink()
-        artifact.onnx_path.parent.rmdir()
+        shutil.rmtree(artifact.onnx_path.parent)
 
 
 def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], None] | None:
@@ -160,7 +159,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
         trial.set_user_attr(key, value)
     trial.set_user_attr("latency_source", latency.source)
     trial.set_user_attr("latency_p90_ms", latency.p90_ms)
-    trial.set_user_attr("layers", layer_rows(plan, ctx.teacher, result.artifact, _layer_estimates(ctx, result.artifact.onnx_path)))
+    trial.set_user_attr("layers", layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)))
     trial.set_user_attr("seconds", time.perf_counter() - started)
     set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
     return [result.accuracy, latency.median_ms, float(result.artifact.stats.size_bytes)]

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, ConfigError
-from autocomp.objective import DIRECTIONS, SearchContext, TrialStopped, layer_rows, run_trial
+from autocomp.objective import DIRECTIONS, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
 
@@ -103,8 +103,6 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
     """Evaluate the uncompressed model once per study (export, ONNX accuracy, latency) and store it."""
     if "baseline" in study.user_attrs:
         return study.user_attrs["baseline"]
-    from autocomp.objective import _layer_estimates
-
     plan = CompressionPlan()
     result = run_plan(
         ctx.task, ctx.teacher, plan, ctx.out_dir / "baseline", finetune=ctx.finetune, recipe=ctx.profile.int8_recipe
@@ -115,7 +113,7 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         "latency_source": latency.source,
-        "layers": layer_rows(plan, ctx.teacher, result.artifact, _layer_estimates(ctx, result.artifact.onnx_path)),
+        "layers": layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
     }
     study.set_user_attr("baseline", baseline)
     return baseline
