@@ -10,8 +10,10 @@ PyTorch model), so accuracy and latency are measured on what the device runs.
   directory, without graph optimization so that node names (and with them the
   layer mapping) survive; when it fails the raw graph is quantized instead.
 * fp16: ``convert_float_to_float16`` with every node blocked except the 16-bit
-  layers' nodes, graph inputs/outputs kept fp32 (Casts are inserted around the
-  fp16 nodes).
+  layers' nodes and the glue ops (activations, residual adds, pooling, views)
+  fed by them, graph inputs/outputs kept fp32. Casts sit only where an fp16
+  region meets an fp32 one: a Cast around every conv would cost a Nano's
+  TensorRT two reformat layers per conv and undo the fp16 gain.
 
 int8 runs first (calibration needs the fp32 graph), then fp16, so one plan may
 mix both.
@@ -250,7 +252,7 @@ def _to_fp16(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
     for index, node in enumerate(model.graph.node):
         if not node.name:  # node_block_list works by name
             node.name = f"autocomp_node_{index}"
-    keep = set(nodes)
+    keep = _fp16_region(model.graph, set(nodes))
     block = [node.name for node in model.graph.node if node.name not in keep]
     try:
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
@@ -261,6 +263,37 @@ def _to_fp16(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
     _drop_fp16_round_trips(converted.graph)
     _topological_sort(converted.graph)  # the converter appends its input Casts after their consumers
     return converted
+
+
+# Ops with fp16 kernels on every runtime we target that never need fp32 range:
+# they join the fp16 region of the layers feeding them.
+_FP16_GLUE = frozenset(
+    {
+        "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sub", "Mul",
+        "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Flatten", "Reshape",
+        "Identity", "Transpose",
+    }
+)
+
+
+def _fp16_region(graph: onnx.GraphProto, layer_nodes: set[str]) -> set[str]:
+    """The 16-bit layers' nodes plus the glue ops downstream of them (in graph order).
+
+    A glue op joins when any float input comes from the region, so a residual
+    add of an fp16 branch and an fp32 stream turns the stream fp16 once (one
+    Cast) instead of casting every block back and forth.
+    """
+    initializers = {init.name for init in graph.initializer}
+    region = set(layer_nodes)
+    region_outputs = {out for node in graph.node if node.name in region for out in node.output}
+    for node in _topological_order(graph):
+        if node.name in region or node.op_type not in _FP16_GLUE:
+            continue
+        activations = [x for x in node.input if x and x not in initializers]
+        if any(x in region_outputs for x in activations):
+            region.add(node.name)
+            region_outputs.update(node.output)
+    return region
 
 
 def _drop_fp16_round_trips(graph: onnx.GraphProto) -> None:
@@ -323,6 +356,12 @@ def _drop_fp16_round_trips(graph: onnx.GraphProto) -> None:
 
 def _topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so each comes after its producers (stable: keeps the original order where it can)."""
+    ordered = _topological_order(graph)
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     available = {i.name for i in graph.input} | {init.name for init in graph.initializer} | {""}
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
@@ -339,5 +378,4 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
                 f"fp16 conversion left a graph with a cycle or a dangling input at node {remaining[0].name}"
             )
         pending = remaining
-    del graph.node[:]
-    graph.node.extend(ordered)
+    return ordered

@@ -32,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from autocomp.errors import LatencyError
+from autocomp.export import MODULE_KEY
 
 MAC_KINDS = ("conv", "dwconv", "gemm", "matmul")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -248,15 +249,22 @@ _QUOTED = re.compile(r"'([^']*)'")
 
 
 def _layer_of(node: onnx.NodeProto) -> str:
+    """The module path of a node: our export stamp, else the exporter's name scopes, else the node name."""
+    for prop in node.metadata_props:
+        if prop.key == MODULE_KEY:
+            return prop.value
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             scopes = [s for s in _QUOTED.findall(prop.value) if s]  # a repr'd list of str
             if len(scopes) >= 2:
                 return scopes[-2]
-    if node.name.startswith("/"):  # legacy exporter: /layer1/layer1.0/conv1/Conv
-        parts = [p for p in node.name.split("/") if p]
-        if len(parts) >= 2:
-            return parts[-2]
+    if node.name.startswith("/"):  # legacy exporter: /layer1/layer1.0/conv1/Conv -> layer1.0.conv1
+        path = ""
+        for part in [p for p in node.name.split("/") if p][:-1]:
+            # a scope is either a full path (layer1.0) or an attribute name under the last one (conv1)
+            path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+        if path:
+            return path
     return node.name or node.op_type
 
 

@@ -78,6 +78,21 @@ def test_int8_and_fp16_land_exactly_on_the_planned_layers(shapes_task, cnn, tmp_
     assert evaluate_onnx(shapes_task, dst) >= evaluate_onnx(shapes_task, src) - 0.05
 
 
+def test_fp16_body_is_one_region_with_casts_only_at_its_borders(shapes_task, cnn, tmp_path):
+    """fp16 everywhere but the first and last layer (the default space): the residual adds and
+    activations between fp16 convs run in fp16 too, so the graph casts once in and once out.
+    A Cast around every conv costs a TensorRT board two reformat layers per conv."""
+    src, calibration = cnn
+    inner = [layer for layer in layer_nodes(src) if layer not in ("stem.0", "fc")]
+    dst = quantize_onnx(src, tmp_path / "body16.onnx", dict.fromkeys(inner, 16), calibration=calibration)
+    graph = onnx.load(str(dst)).graph
+    assert [node.op_type for node in graph.node].count("Cast") == 2
+    typed = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    adds = [node for node in graph.node if node.op_type == "Add"]
+    assert len(adds) == 2 and all(typed.get(node.output[0]) == onnx.TensorProto.FLOAT16 for node in adds)
+    assert evaluate_onnx(shapes_task, dst) >= evaluate_onnx(shapes_task, src) - 0.02
+
+
 def test_all_int8_cnn_is_smaller_keeps_accuracy_and_counts_the_same_params(shapes_task, cnn, tmp_path):
     src, calibration = cnn
     everything = {layer: 8 for layer in layer_nodes(src)}

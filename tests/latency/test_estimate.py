@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from autocomp.errors import LatencyError
@@ -108,6 +109,41 @@ def test_orderings_follow_the_profile_not_a_constant(resnet):
     fast = replace(nano, precisions={**nano.precisions, "int8": spec})
     backend = get_backend("estimate", profile=fast)
     assert backend.measure(resnet["int8"], fast).median_ms < backend.measure(resnet["fp16"], fast).median_ms
+
+
+@pytest.fixture(scope="module")
+def body(shapes_task, tmp_path_factory):
+    """The search's layout: first and last layer fp32, the body fp32, fp16 or int8 (our export and quantizer)."""
+    from autocomp.compress.quantize import quantize_onnx
+    from autocomp.export import export_onnx, layer_nodes
+    from autocomp.runtime import calibration_inputs
+    from tiny_models import TinyResNet
+
+    folder = tmp_path_factory.mktemp("body")
+    torch.manual_seed(0)
+    fp32 = export_onnx(TinyResNet(width=4.0).eval(), shapes_task.example_inputs(), folder / "fp32.onnx")
+    inner = [layer for layer in layer_nodes(fp32) if layer not in ("stem.0", "fc")]
+    calibration = calibration_inputs(shapes_task, max_samples=32)
+    files = {"fp32": fp32}
+    for bits, precision in ((16, "fp16"), (8, "int8")):
+        files[precision] = quantize_onnx(fp32, folder / f"{precision}.onnx", dict.fromkeys(inner, bits), calibration=calibration)
+    return files
+
+
+def test_devices_rank_a_quantized_body_differently(body):
+    """The plans a search compares: the Nano gains from fp16 and not from int8, the Pi 4 the reverse."""
+    nano = {p: _ms(body[p], "jetson-nano") for p in body}
+    pi4 = {p: _ms(body[p], "raspberry-pi-4") for p in body}
+    assert nano["fp16"] < nano["int8"] < nano["fp32"], nano
+    assert pi4["int8"] < pi4["fp32"] <= pi4["fp16"], pi4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_estimate_layers_are_keyed_by_module_path(body, precision):
+    from autocomp.export import layer_nodes
+
+    layers = estimate_layers(body[precision], load_profile("jetson-nano"))
+    assert set(layer_nodes(body["fp32"])) <= set(layers), sorted(layers)
 
 
 def test_estimate_layers_cover_the_convolutions(resnet):
