@@ -120,12 +120,25 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
 
 
 def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Uniform plans a user would try by hand, queued first so the sampler starts from them."""
+    """The uniform plans a user would try by hand, queued first so the sampler starts from them.
+
+    One per reduced precision the device supports: the narrowest student, no
+    pruning or sparsity, every searchable layer at that precision. They are
+    the baselines the per-layer search must beat, and they put the device's
+    strength (fp16 on a Nano, int8 on a Pi) on the front from the start, so a
+    20-trial search does not have to find it by chance among 3^14 bit plans.
+    """
     bit_params = [name for name in distributions if name.startswith("bits/")]
+    gentlest = {}
+    for name, dist in distributions.items():
+        if name == "distill/width":
+            gentlest[name] = min(dist.choices)
+        elif name.startswith(("prune/", "sparsity/")):
+            gentlest[name] = dist.low
     anchors = []
-    for bits in (8, 16):
+    for bits in (16, 8):
         if bit_params and bits in supported_bits and all(bits in distributions[n].choices for n in bit_params):
-            anchors.append({name: bits for name in bit_params})
+            anchors.append({**gentlest, **{name: bits for name in bit_params}})
     return anchors
 
 

@@ -78,6 +78,11 @@ def test_search_resume_and_export_round_trip(tmp_path, space_file):
     study = open_study(out)
     first = {t.number: (t.params, t.values) for t in study.trials}
     assert len(first) == 3
+    # the search starts from the hand-made baseline: narrowest student, no pruning, every layer int8
+    anchor = study.trials[0].params
+    assert anchor["distill/width"] == 0.5
+    assert {v for k, v in anchor.items() if k.startswith("prune/")} == {0.0}
+    assert {v for k, v in anchor.items() if k.startswith("bits/")} == {8}
     baseline = study.user_attrs["baseline"]
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         for key in ("plan", "latency_source", "size_bytes", "params", "onnx_sha256", "artifact", "layers"):
