@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,6 +117,7 @@ class PlanResult:
     accuracy: float
     artifact: Artifact
     model: nn.Module
+    timings_s: dict[str, float] = field(default_factory=dict)  # finetune, export (incl. quantize), evaluate
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -141,10 +143,19 @@ def run_plan(
     on_step: OnStep | None = None,
 ) -> PlanResult:
     """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file."""
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        previous, clock[0] = clock[0], time.perf_counter()
+        return clock[0] - previous
+
     model = compress_model(
         task, teacher, plan, finetune=finetune, round_to=round_to, order=order, student=student, on_step=on_step
     )
+    timings = {"finetune": lap()}
     artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
+    timings["export"] = lap()
     accuracy = evaluate_onnx(task, artifact.onnx_path)
+    timings["evaluate"] = lap()
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
-    return PlanResult(plan, accuracy, artifact, model)
+    return PlanResult(plan, accuracy, artifact, model, timings)

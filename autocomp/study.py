@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, ConfigError
-from autocomp.objective import DIRECTIONS, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
+from autocomp.objective import DIRECTIONS, OBJECTIVES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
 
@@ -117,6 +117,30 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
     }
     study.set_user_attr("baseline", baseline)
     return baseline
+
+
+def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str, Any], min_accuracy: str) -> tuple[SearchContext, dict[str, Any]]:
+    """What every search does before its first trial: the baseline (once), the accuracy
+    floor taken from it, and the settings the report and ``export`` read back.
+
+    Returns the context with its floor, and the baseline's record.
+    """
+    from autocomp.profiles import profile_to_dict
+    from autocomp.tasks import task_name
+
+    baseline = record_baseline(ctx, study)
+    floor = parse_accuracy_floor(min_accuracy, baseline_accuracy=baseline["accuracy"])
+    study.set_user_attr("settings", settings)
+    study.set_user_attr("device", ctx.profile.name)
+    # the key path stays out of study storage (which board timed a trial is in its latency source)
+    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(ctx.profile).items() if k != "ssh"})
+    study.set_user_attr("backend", settings["backend"])
+    study.set_user_attr("task", task_name(ctx.task))
+    study.set_user_attr("space", settings["space"])
+    study.set_user_attr("objectives", list(OBJECTIVES))
+    study.set_user_attr("accuracy_floor", floor)
+    study.set_user_attr("latency_budget_ms", ctx.latency_budget_ms)
+    return replace(ctx, accuracy_floor=floor), baseline
 
 
 def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ...]) -> list[dict[str, Any]]:

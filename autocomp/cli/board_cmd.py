@@ -20,22 +20,29 @@ board_app = typer.Typer(
 )
 app.add_typer(board_app, name="board")
 
+# The board options, the same on every command that can reach a board.
+BOARD_OPTION = typer.Option(None, "--board", help="user@host[:port] of the board (overrides the profile's ssh: host).")
+KEY_OPTION = typer.Option(None, "--key", help="Private key file for the board (its path is used, never its contents).")
+KNOWN_HOSTS_OPTION = typer.Option(
+    None, "--known-hosts", help="known_hosts file that verifies the board's host key (default ~/.ssh/known_hosts)."
+)
+
 
 def resolve_target(
     *,
-    device: str | None,
+    profile,
     board: str | None,
     key: Path | None,
     known_hosts: Path | None,
     python: str | None = None,
 ):
-    """The SshTarget (and the profile, if one was named) from ``--device`` and the overriding options.
+    """The SshTarget from ``profile`` (a DeviceProfile or None) and the overriding options.
 
     Shared with the measure/search/calibrate commands so ``--board``/``--key`` mean the same everywhere.
     """
     from autocomp import profiles
 
-    profile = profiles.load_profile(device) if device else None
+    device = profile.name if profile is not None else None
     if board:
         parsed = profiles.parse_board(board)
         if profile is not None and profile.ssh is not None:  # a new address; the profile's key and python stay
@@ -58,7 +65,14 @@ def resolve_target(
         overrides["known_hosts"] = str(known_hosts)
     if python is not None:
         overrides["python"] = python
-    return dataclasses.replace(target, **overrides), profile
+    return dataclasses.replace(target, **overrides)
+
+
+def with_board(profile, *, board: str | None, key: Path | None, known_hosts: Path | None):
+    """``profile`` with its ssh: board replaced by --board/--key/--known-hosts (unchanged when none is given)."""
+    if board is None and key is None and known_hosts is None:
+        return profile
+    return dataclasses.replace(profile, ssh=resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts))
 
 
 def _size(n: int | None) -> str:
@@ -68,11 +82,9 @@ def _size(n: int | None) -> str:
 @board_app.command("check")
 def check(
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile whose ssh: section and runtime to use."),
-    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port]; overrides the profile's ssh: host."),
-    key: Optional[Path] = typer.Option(None, "--key", help="Private key file (its path is used, never its contents)."),
-    known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="known_hosts file to verify the board's host key (default ~/.ssh/known_hosts)."
-    ),
+    board: Optional[str] = BOARD_OPTION,
+    key: Optional[Path] = KEY_OPTION,
+    known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = typer.Option(None, "--python", help="The board's python (default: the profile's, or python3)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     connect_timeout_s: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for the connection."),
@@ -83,7 +95,10 @@ def check(
     """
     from autocomp.latency.ssh import check_board
 
-    target, profile = resolve_target(device=device, board=board, key=key, known_hosts=known_hosts, python=python)
+    from autocomp.profiles import load_profile
+
+    profile = load_profile(device) if device else None
+    target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
     info = check_board(target, runtime=profile.runtime if profile else None, connect_timeout_s=connect_timeout_s)
     if as_json:
         console.print_json(json.dumps(info.to_dict()))

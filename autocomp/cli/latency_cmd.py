@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from autocomp.cli.app import app, console
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, with_board
 from autocomp.errors import ConfigError
 
 profiles_app = typer.Typer(name="profiles", help="Device profiles: what each device rewards and how it is timed.", no_args_is_help=True)
@@ -36,7 +37,9 @@ def measure(
     model: Path = typer.Argument(..., help="An ONNX file (fp32, fp16 or QDQ int8; one or several inputs)."),
     device: str = typer.Option(..., "--device", "-d", help="Device profile name (see `autocomp profiles list`)."),
     backend: str = typer.Option("estimate", "--backend", "-b", help="estimate | local | ssh"),
-    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port] for --backend ssh."),
+    board: Optional[str] = BOARD_OPTION,
+    key: Optional[Path] = KEY_OPTION,
+    known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="NAME=DxDxD for an input with symbolic dimensions (repeatable)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the profile's batch size."),
     runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs (local backend; default from the profile)."),
@@ -49,11 +52,11 @@ def measure(
 
     if not model.is_file():
         raise ConfigError(f"ONNX file {model} does not exist")
-    profile = load_profile(device)
+    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts)
     if batch_size is not None:
         profile = with_overrides(profile, batch_size=batch_size)
     options = {"runs": runs} if runs is not None and backend == "local" else {}
-    latency = get_backend(backend, profile=profile, cache=not no_cache, shapes=parse_shapes(shape), board=board, **options)
+    latency = get_backend(backend, profile=profile, cache=not no_cache, shapes=parse_shapes(shape), **options)
     result = latency.measure(model, profile)
     data = result.to_dict()
     data.update(device=profile.name, calibrated=profile.is_calibrated, batch_size=profile.runtime.batch_size)
@@ -77,7 +80,9 @@ def measure(
 def calibrate(
     device: str = typer.Option("local", "--device", "-d", help="Device profile to calibrate."),
     backend: str = typer.Option("local", "--backend", "-b", help="local | ssh: where the variants are timed."),
-    board: Optional[str] = typer.Option(None, "--board", help="user@host[:port] for --backend ssh."),
+    board: Optional[str] = BOARD_OPTION,
+    key: Optional[Path] = KEY_OPTION,
+    known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
     runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant (default from the profile)."),
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
@@ -94,8 +99,11 @@ def calibrate(
         if done == 1 or done == total or done % 10 == 0:
             err_console.print(f"measured {done}/{total}", highlight=False)
 
+    from autocomp.profiles import load_profile
+
+    board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts).ssh
     report = calibrate_device(
-        device, backend=backend, board=board, variants=variants, runs=runs, held_out=held_out, seed=seed,
+        device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
         work_dir=work_dir, progress=progress, repeats=repeats,
     )
     if as_json:

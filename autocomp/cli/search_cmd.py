@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from autocomp.cli.app import app, console
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, with_board
 from autocomp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ def search(
     study_name: Optional[str] = typer.Option(None, help="Study name (default: <task>-<device>)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: reports/<study-name>/)."),
     backend: str = typer.Option("estimate", help="Latency backend: estimate, local or ssh."),
-    board: Optional[str] = typer.Option(None, help="With --backend ssh: user@host[:port] (else the profile's ssh section)."),
-    key: Optional[Path] = typer.Option(None, help="With --board: private key file."),
+    board: Optional[str] = BOARD_OPTION,
+    key: Optional[Path] = KEY_OPTION,
+    known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     jobs: int = typer.Option(1, min=1, help="Trials run in parallel (threads)."),
 ) -> None:
     """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report."""
@@ -47,10 +49,10 @@ def search(
     from autocomp.objective import SearchContext
     from autocomp.profiles import load_profile
     from autocomp.search_space import load_space
-    from autocomp.study import default_storage, make_sampler, open_study, parse_accuracy_floor, record_baseline
+    from autocomp.study import default_storage, make_sampler, open_study, prepare_study
     from autocomp.tasks import load_task, task_name
 
-    profile = _with_board(load_profile(device), board=board, key=key)
+    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts)
     search_space = load_space(space)
     loaded_task = load_task(task)
     name = study_name or _study_name(task, device)
@@ -71,10 +73,8 @@ def search(
         estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
     )
     with console.status("evaluating the uncompressed baseline"):
-        baseline = record_baseline(ctx, study)
-    floor = parse_accuracy_floor(min_accuracy, baseline_accuracy=baseline["accuracy"])
-    ctx = SearchContext(**{**ctx.__dict__, "accuracy_floor": floor})
-    _store_settings(study, settings, profile=profile, task=task_name(loaded_task), floor=floor, budget=latency_budget_ms)
+        ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=min_accuracy)
+    floor = ctx.accuracy_floor
     console.print(
         f"baseline: accuracy [bold]{100 * baseline['accuracy']:.2f}%[/], latency {baseline['latency_ms']:.3f} ms "
         f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%",
@@ -99,38 +99,11 @@ def search(
     console.print(f"report: {report_path}", highlight=False)
 
 
-def _with_board(profile, *, board: str | None, key: Path | None):
-    """The profile with its board replaced by --board/--key (the profile's python and known_hosts stay)."""
-    if board is None and key is None:
-        return profile
-    from dataclasses import replace
-
-    from autocomp.cli.board_cmd import resolve_target
-
-    target, _ = resolve_target(device=profile.name, board=board, key=key, known_hosts=None)
-    return replace(profile, ssh=target)
-
-
 def _check_same_settings(study, settings: dict, name: str) -> None:
     stored = study.user_attrs.get("settings")
     if stored and any(stored.get(k) != settings[k] for k in _SETTINGS):
         diff = ", ".join(f"{k}={stored.get(k)!r}" for k in _SETTINGS if stored.get(k) != settings[k])
         raise ConfigError(f"study {name!r} was created with {diff}; use another --study-name (or --out) for a new search")
-
-
-def _store_settings(study, settings: dict, *, profile, task: str, floor: float, budget: float | None) -> None:
-    from autocomp.profiles import profile_to_dict
-
-    study.set_user_attr("settings", settings)
-    study.set_user_attr("device", profile.name)
-    # the board's address and key path stay out of study storage
-    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(profile).items() if k != "ssh"})
-    study.set_user_attr("backend", settings["backend"])
-    study.set_user_attr("task", task)
-    study.set_user_attr("space", settings["space"])
-    study.set_user_attr("objectives", ["accuracy", "latency_ms", "size_bytes"])
-    study.set_user_attr("accuracy_floor", floor)
-    study.set_user_attr("latency_budget_ms", budget)
 
 
 def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: int):

@@ -24,14 +24,13 @@ def get_backend(
     profile,
     cache: bool = True,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
-    board: str | None = None,
     **options: Any,
 ) -> LatencyBackend:
     """The backend called ``name`` for ``profile``; ``cache=False`` always measures afresh.
 
     ``shapes`` fixes symbolic input dimensions (default: batch from the profile,
-    1 elsewhere). ``board`` (``user@host[:port]``) selects the board for ``ssh``;
-    without it the profile's ``ssh`` section is used. The estimate is not
+    1 elsewhere). ``ssh`` times on the profile's ``ssh`` board (the CLI's
+    --board/--key/--known-hosts replace it first). The estimate is not
     cached on disk: it is cheaper than reading a cache entry.
     """
     if name == "estimate":
@@ -43,9 +42,7 @@ def get_backend(
 
         backend: Any = LocalBackend(shapes=shapes, **options)
     elif name == "ssh":
-        from autocomp.profiles import parse_board
-
-        target = parse_board(board) if board else profile.ssh
+        target = profile.ssh
         if target is None:
             raise ConfigError(
                 f"the ssh backend needs a board: pass --board USER@HOST[:PORT] or add an ssh: section to profile {profile.name!r}"

@@ -15,6 +15,7 @@ takes precedence over the shipped file from then on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -444,7 +445,7 @@ def calibrate_device(
     device: str,
     *,
     backend: str = "local",
-    board: str | None = None,
+    board=None,
     variants: int = 48,
     runs: int | None = None,
     held_out: float = 0.25,
@@ -457,7 +458,10 @@ def calibrate_device(
     prune: bool = True,
     repeats: int = 1,
 ) -> CalibrationReport:
-    """Build, time and fit; write the calibrated profile (default: the user's calibration dir)."""
+    """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
+
+    ``board`` (an ``SshTarget``) replaces the profile's ssh: board for ``backend="ssh"``.
+    """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
     from autocomp.profiles import calibration_dir, load_profile
@@ -465,12 +469,14 @@ def calibrate_device(
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
     base = load_profile(device, calibrated=False)
+    if board is not None:
+        base = dataclasses.replace(base, ssh=board)
     options: dict[str, Any] = {}
     if backend == "local":
         options["repeats"] = repeats
         if runs is not None:
             options["runs"] = runs
-    timer = get_backend(backend, profile=base, cache=False, board=board, **options)
+    timer = get_backend(backend, profile=base, cache=False, **options)
     with tempfile.TemporaryDirectory(prefix="autocomp-calibrate-") as tmp:
         folder = Path(work_dir) if work_dir else Path(tmp)
         built = build_variants(
@@ -486,7 +492,7 @@ def calibrate_device(
 
     calibration = {
         "date": _dt.date.today().isoformat(),
-        "backend": backend if backend != "ssh" else f"ssh:{board or (base.ssh.host if base.ssh else '?')}",
+        "backend": backend if backend != "ssh" else f"ssh:{base.ssh.host if base.ssh else '?'}",
         "base_profile": str(base.path),
         "samples": len(train),
         "held_out": len(test),

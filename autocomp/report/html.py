@@ -94,7 +94,7 @@ SORT_JS = """
 """
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
@@ -113,17 +113,17 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
 
 
-def _table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[str, Any]]]], *, table_id: str,
+def table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[str, Any]]]], *, table_id: str,
            sortable: bool = False) -> str:
     """Rows are (css class, [(display html, sort value)]); headers are (label, numeric)."""
-    head = "".join(f'<th class="{"num" if num else ""}" scope="col">{_e(label)}</th>' for label, num in headers)
+    head = "".join(f'<th class="{"num" if num else ""}" scope="col">{esc(label)}</th>' for label, num in headers)
     body = []
     for css, cells in rows:
         tds = []
         for (label, num), (shown, sort_value) in zip(headers, cells):
-            attr = "" if sort_value is None or _isnan(sort_value) else f' data-v="{_e(sort_value)}"'
+            attr = "" if sort_value is None or _isnan(sort_value) else f' data-v="{esc(sort_value)}"'
             tds.append(f'<td class="{"num" if num else ""}"{attr}>{shown}</td>')
-        body.append(f'<tr class="{_e(css)}">{"".join(tds)}</tr>')
+        body.append(f'<tr class="{esc(css)}">{"".join(tds)}</tr>')
     cls = ' class="sortable"' if sortable else ""
     return f'<table id="{table_id}"{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -147,7 +147,7 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
         feasible = "" if r.feasible is None else ("yes" if r.feasible else "no")
         rows.append((" ".join(css), [
             (f"{r.trial}{' ★' if r.chosen else ''}", r.trial),
-            (_e(r.state), r.state),
+            (esc(r.state), r.state),
             (_fmt(r.accuracy_pct, ".2f"), r.accuracy_pct),
             (_fmt(r.latency_ms), r.latency_ms),
             (_fmt(r.latency_p90_ms), r.latency_p90_ms),
@@ -155,15 +155,15 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
             (_fmt(r.params, ","), r.params),
             (feasible, feasible),
             ("yes" if r.pareto else "", "yes" if r.pareto else ""),
-            (_e(r.violations), r.violations),
+            (esc(r.violations), r.violations),
             (_fmt(r.width, "g"), r.width),
             (_fmt(r.mean_prune, ".2f"), r.mean_prune),
-            (_e(r.precisions), r.precisions),
-            (_e(r.latency_source), r.latency_source),
+            (esc(r.precisions), r.precisions),
+            (esc(r.latency_source), r.latency_source),
             (_fmt(r.seconds, ".1f"), r.seconds),
-            (_e(r.fail_reason), r.fail_reason),
+            (esc(r.fail_reason), r.fail_reason),
         ]))
-    return _table(headers, rows, table_id="trials", sortable=True)
+    return table(headers, rows, table_id="trials", sortable=True)
 
 
 def _layers_table_html(layers: pd.DataFrame) -> str:
@@ -178,7 +178,7 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
     rows = []
     for r in layers.itertuples(index=False):
         rows.append(("", [
-            (f"<code>{_e(r.layer)}</code>", r.layer),
+            (f"<code>{esc(r.layer)}</code>", r.layer),
             (arrow(r.baseline_channels, r.channels, "g"), r.channels),
             (_fmt(r.prune_ratio * 100, ".0f", "%"), r.prune_ratio),
             (_fmt(r.sparsity_ratio * 100, ".0f", "%"), r.sparsity_ratio),
@@ -186,16 +186,16 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
             (arrow(r.baseline_latency_ms, r.est_latency_ms, ".3g"), r.est_latency_ms),
             (_fmt(r.speedup, ".2f", "×"), r.speedup),
         ]))
-    return _table(headers, rows, table_id="layers", sortable=True)
+    return table(headers, rows, table_id="layers", sortable=True)
 
 
 def _header(meta: data.StudyMeta) -> str:
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(meta.state_counts.items())) or "no trials"
     items = [("task", meta.task), ("device", meta.device), ("search space", meta.space), ("latency backend", meta.backend)]
-    facts = " · ".join(f"{label} <b>{_e(value)}</b>" for label, value in items if value)
+    facts = " · ".join(f"{label} <b>{esc(value)}</b>" for label, value in items if value)
     return (
-        f'<header><h1>autocomp report: <span id="study-name">{_e(meta.study_name)}</span></h1>'
-        f'<p class="meta">{facts}</p><p class="meta">trials: {_e(counts)}</p>'
+        f'<header><h1>autocomp report: <span id="study-name">{esc(meta.study_name)}</span></h1>'
+        f'<p class="meta">{facts}</p><p class="meta">trials: {esc(counts)}</p>'
         '<nav><a href="#summary">summary</a><a href="#pareto">Pareto front</a><a href="#plan">chosen plan</a>'
         '<a href="#history">history</a><a href="#importance">importances</a><a href="#trials-section">all trials</a></nav>'
         "</header>"
@@ -203,16 +203,16 @@ def _header(meta: data.StudyMeta) -> str:
 
 
 def _provenance_html(prov: dict[str, Any], meta: data.StudyMeta) -> str:
-    sources = ", ".join(f"<code>{_e(k)}</code> ×{v}" for k, v in prov["sources"].items()) or "none recorded"
+    sources = ", ".join(f"<code>{esc(k)}</code> ×{v}" for k, v in prov["sources"].items()) or "none recorded"
     kind = prov["kind"]
     tag = {"estimated": '<span class="tag est">ESTIMATED</span>', "measured": '<span class="tag meas">MEASURED</span>',
            "mixed": '<span class="tag est">MIXED</span>'}.get(kind, '<span class="tag est">UNKNOWN</span>')
     explain = {
-        "estimated": f"latencies come from the cost model of the <b>{_e(meta.device)}</b> profile, not from running the model on the device",
+        "estimated": f"latencies come from the cost model of the <b>{esc(meta.device)}</b> profile, not from running the model on the device",
         "measured": "latencies were measured by running the exported ONNX file",
         "mixed": "some latencies were estimated by the cost model and some measured: compare them with care",
     }.get(kind, "the study does not record where its latencies come from")
-    base = f"; baseline: <code>{_e(prov['baseline_source'])}</code>" if prov.get("baseline_source") else ""
+    base = f"; baseline: <code>{esc(prov['baseline_source'])}</code>" if prov.get("baseline_source") else ""
     return f'<p class="note info" id="latency-provenance">{tag} {explain}. Sources: {sources}{base}.</p>'
 
 
@@ -220,12 +220,12 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
     parts = ['<section id="summary"><h2>summary</h2>']
     if summary is None:
         parts.append('<p class="note">No trial was chosen: no complete trial satisfied the selection rule'
-                     + (f" (<i>{_e(meta.chosen_rule)}</i>)" if meta.chosen_rule else "") + ".</p>")
+                     + (f" (<i>{esc(meta.chosen_rule)}</i>)" if meta.chosen_rule else "") + ".</p>")
     else:
         delta = summary["accuracy_delta_pts"]
         cls = "bad" if not _isnan(delta) and delta < 0 else "good"
         cards = [
-            ("chosen trial", f"#{summary['trial']}", _e(meta.chosen_rule or "")),
+            ("chosen trial", f"#{summary['trial']}", esc(meta.chosen_rule or "")),
             ("accuracy", _fmt(summary["accuracy_pct"], ".2f", "%"),
              f'baseline {_fmt(summary["baseline_accuracy_pct"], ".2f", "%")} '
              f'<span class="delta {cls}">({_fmt(delta, "+.2f")} pts)</span>'),
@@ -243,7 +243,7 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
     if meta.latency_budget_ms is not None:
         constraints.append(f"latency ≤ {meta.latency_budget_ms:g} ms")
     if constraints:
-        parts.append(f'<p class="meta">constraints: {_e(" and ".join(constraints))} (trials violating one are infeasible)</p>')
+        parts.append(f'<p class="meta">constraints: {esc(" and ".join(constraints))} (trials violating one are infeasible)</p>')
     parts.append(_provenance_html(prov, meta))
     parts.append("</section>")
     return "".join(parts)
@@ -252,15 +252,15 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
 def _device_html(meta: data.StudyMeta, layers: pd.DataFrame) -> str:
     facts = data.device_facts(meta)
     reasons = data.device_reasons(meta, layers)
-    title = f'device: <code>{_e(meta.device)}</code>' if meta.device else "device"
+    title = f'device: <code>{esc(meta.device)}</code>' if meta.device else "device"
     out = [f'<div id="device"><h3>{title}</h3>']
     if facts:
-        out.append('<table class="facts">' + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in facts) + "</table>")
+        out.append('<table class="facts">' + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in facts) + "</table>")
     else:
         out.append('<p class="note">The study does not record the device profile.</p>')
     if reasons:
         out.append('<h3>why this plan on this device</h3><ul class="why" id="device-reasons">'
-                   + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
+                   + "".join(f"<li>{esc(r)}</li>" for r in reasons) + "</ul>")
     out.append("</div>")
     return "".join(out)
 
@@ -272,7 +272,7 @@ def _importance_html(result: data.Importances) -> str:
         out.append('<p class="meta">PED-ANOVA over complete trials: which parameters matter for reaching good values '
                    "of each objective (accuracy negated, so high accuracy counts as good).</p>")
     for note in result.notes:
-        out.append(f'<p class="note importance-note">{_e(note)}</p>')
+        out.append(f'<p class="note importance-note">{esc(note)}</p>')
     out.append("</section>")
     return "".join(out)
 
@@ -328,10 +328,15 @@ def render(study: optuna.Study) -> str:
         "grey rows are infeasible; red rows failed or were stopped early.</p>"
         f'<div class="scroll">{_trials_table_html(trials)}</div></section>'
     )
-    plotly_js = f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>' if has_figures else ""
+    return page(f"autocomp report: {meta.study_name}", "".join(body), with_plotly=has_figures)
+
+
+def page(title: str, body_html: str, *, with_plotly: bool) -> str:
+    """A self-contained page: plotly.js inlined once (works offline), the report's style and sortable tables."""
+    plotly_js = f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>' if with_plotly else ""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>autocomp report: {_e(meta.study_name)}</title><style>{CSS}</style>{plotly_js}</head>"
-        f'<body><main>{"".join(body)}</main><script>{SORT_JS}</script></body></html>'
+        f"<title>{esc(title)}</title><style>{CSS}</style>{plotly_js}</head>"
+        f'<body><main>{body_html}</main><script>{SORT_JS}</script></body></html>'
     )

@@ -418,3 +418,47 @@ def test_fingerprint_matches_openssh(sshd):
         ["ssh-keygen", "-lf", str(sshd.host_key.with_suffix(".pub"))], capture_output=True, text=True, check=True
     ).stdout.split()[1]
     assert fingerprint(key) == expected
+
+
+# ---------------------------------------------------------------------------------------- search
+
+
+def test_search_times_every_trial_on_the_board(board, tmp_path):
+    """`autocomp search --backend ssh`: each trial is timed on the board, the report says so.
+
+    The profile names a board that does not exist; --board/--key/--known-hosts point the
+    search at the loopback one, as a user overrides a profile's board for one run."""
+    import yaml
+    from optuna.trial import TrialState
+
+    from autocomp.profiles import load_profile, profile_to_dict
+    from test_search import SPACE, cli, open_study
+
+    data = profile_to_dict(load_profile("local"))
+    data.update(name="loopback-board", ssh={"host": "board.invalid", "user": "nobody", "python": sys.executable})
+    data["runtime"].update(warmup=3, runs=20)
+    profile_file = tmp_path / "loopback-board.yaml"
+    profile_file.write_text(yaml.safe_dump(data))
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "run"
+    tests = Path(__file__).resolve().parents[1]
+    code, stdout, stderr = cli(
+        "search", "--device", str(profile_file), "--backend", "ssh", "--board", f"{board.user}@127.0.0.1:{board.port}",
+        "--key", str(board.client_key), "--known-hosts", str(board.known_hosts),
+        "--task", f"{tests / 'search_tasks.py'}:shapes", "--space", str(space), "--trials", "2",
+        "--out", str(out), "--study-name", "t", "--seed", "1",
+    )  # fmt: skip
+    assert code == 0, stderr
+    study = open_study(out)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done, [t.user_attrs.get("fail_reason") for t in study.trials]
+    sources = {t.user_attrs["latency_source"] for t in done} | {study.user_attrs["baseline"]["latency_source"]}
+    label = f"ssh:{board.user}@127.0.0.1:{board.port}"  # which board timed it is part of the provenance
+    assert sources == {label}, sources
+    assert all(t.user_attrs["latency_runs"] == 20 for t in done)
+    report = (out / "report.html").read_text()
+    assert label in report and "latencies were measured by running the exported ONNX file" in report
+    # the board's address and key path stay out of the study storage
+    stored = json.dumps({**study.user_attrs, **{str(t.number): t.user_attrs for t in study.trials}})
+    assert str(board.client_key) not in stored and "board.invalid" not in stored

@@ -1,0 +1,268 @@
+"""``autocomp bench``: the samplers and the hand-made uniform plans, side by side in one run.
+
+Every method gets the same task, space, device, fine-tuning budget and trial
+budget. Each (sampler, seed) is an ordinary study in one SQLite file, so a
+killed benchmark resumes where it stopped. Compared by
+
+* hypervolume of the feasible front, in the unit box between a perfect model
+  and the reference point (accuracy at the floor, the baseline's latency, the
+  baseline's size): each objective is scaled so that 1 is the reference;
+* the best latency reached at or above the floor (the configuration
+  ``search`` would choose);
+* for the chosen models, latency measured with onnxruntime on this machine,
+  all files timed in interleaved rounds in the same run, so load hits every
+  method alike;
+* the tool's own overhead per trial: wall time minus fine-tuning, evaluation
+  and latency measurement (export and quantization count as overhead).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocomp.objective import SearchContext
+from autocomp.study import (
+    DEFAULT_SAMPLER,
+    choose_trial,
+    finished_trials,
+    is_feasible,
+    make_sampler,
+    open_study,
+    prepare_study,
+    run_search,
+)
+
+UNIFORM = "uniform"
+UNIFORM_PRUNE_RATIOS = (0.0, 0.25, 0.5, 0.75)
+
+
+@dataclass
+class MethodRun:
+    """One study of the benchmark: a sampler at one seed, or the uniform grid."""
+
+    method: str
+    seed: int | None
+    study: optuna.Study
+    baseline: dict[str, Any]
+    floor: float
+    wall_s: float = 0.0  # this invocation's search time
+    new_trials: frozenset[int] = frozenset()  # trials finished by this invocation (a resumed run skips the rest)
+    measured_ms: float | None = None
+
+    @property
+    def chosen(self) -> FrozenTrial | None:
+        return choose_trial(self.study)[0]
+
+    def feasible(self) -> list[FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+
+
+def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floor: float) -> float:
+    """Fraction of the unit box dominated by ``trials`` (feasible ones; see the module doc)."""
+    from optuna._hypervolume import compute_hypervolume  # Optuna's WFG algorithm; no public API for it yet
+
+    span = max(1e-12, 1.0 - floor)
+    points = []
+    for t in trials:
+        accuracy, latency_ms, size_bytes = t.values
+        point = ((1.0 - accuracy) / span, latency_ms / baseline["latency_ms"], size_bytes / baseline["size_bytes"])
+        if all(v < 1.0 for v in point):
+            points.append(point)
+    if not points:
+        return 0.0
+    return float(compute_hypervolume(np.asarray(points), np.ones(3)))
+
+
+def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int]) -> list[dict[str, Any]]:
+    """What a user tries by hand: one pruning ratio for every layer, times one precision for the whole model.
+
+    Full width (the student width is itself a uniform pruning), ratios clipped to
+    the space's range, precisions only where every searchable layer can take them.
+    """
+    bit_dists = [dist for name, dist in distributions.items() if name.startswith("bits/")]
+    precisions = [b for b in (32, 16, 8) if b in supported_bits and all(b in dist.choices for dist in bit_dists)]
+    plans: list[dict[str, Any]] = []
+    for ratio in UNIFORM_PRUNE_RATIOS:
+        for bits in precisions:
+            if ratio == 0.0 and bits == 32:
+                continue  # that is the baseline
+            params: dict[str, Any] = {}
+            for name, dist in distributions.items():
+                if name == "distill/width":
+                    params[name] = max(dist.choices)
+                elif name.startswith("prune/"):
+                    params[name] = min(max(ratio, dist.low), dist.high)
+                elif name.startswith("sparsity/"):
+                    params[name] = dist.low
+                elif name.startswith("bits/"):
+                    params[name] = bits
+            if params not in plans:  # ratios clipped to the space's range can repeat
+                plans.append(params)
+    return plans
+
+
+def run_bench(
+    ctx: SearchContext,
+    *,
+    storage: str,
+    samplers: Sequence[str],
+    seeds: Sequence[int],
+    trials: int,
+    settings: dict[str, Any],
+    min_accuracy: str = "-1",
+    uniform: bool = True,
+    on_trial_end: Callable[[str, FrozenTrial], None] | None = None,
+) -> list[MethodRun]:
+    """Run (or resume) every study of the benchmark; returns them in a fixed order.
+
+    The baseline is evaluated once and shared: every study compares against the same file.
+    """
+    runs: list[MethodRun] = []
+
+    def prepare(study: optuna.Study, run_ctx: SearchContext, method: str) -> tuple[SearchContext, dict[str, Any]]:
+        if runs and "baseline" not in study.user_attrs:
+            study.set_user_attr("baseline", runs[0].baseline)
+        return prepare_study(run_ctx, study, settings={**settings, "sampler": method}, min_accuracy=min_accuracy)
+
+    for sampler in samplers:
+        for seed in seeds:
+            name = f"{sampler}-seed{seed}"
+            study = open_study(storage=storage, study_name=name, sampler=make_sampler(sampler, seed=seed))
+            run_ctx, baseline = prepare(study, replace(ctx, seed=seed, out_dir=ctx.out_dir / "runs" / name), sampler)
+            runs.append(_timed_search(run_ctx, study, sampler, seed, baseline, n_trials=trials, on_trial_end=_tagged(name, on_trial_end)))
+    if uniform:
+        study = open_study(storage=storage, study_name=UNIFORM, sampler=make_sampler("random", seed=0))
+        run_ctx, baseline = prepare(study, replace(ctx, out_dir=ctx.out_dir / "runs" / UNIFORM), UNIFORM)
+        distributions = run_ctx.space.distributions(
+            run_ctx.teacher, supported_bits=run_ctx.profile.supported_bits, example_inputs=run_ctx.task.example_inputs()
+        )
+        plans = uniform_plans(distributions, supported_bits=run_ctx.profile.supported_bits)
+        if not study.get_trials(deepcopy=False):
+            for params in plans:  # queued, so run_search evaluates exactly these (and resumes them)
+                study.enqueue_trial(params)
+        runs.append(_timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(plans), on_trial_end=_tagged(UNIFORM, on_trial_end)))
+    return runs
+
+
+def _timed_search(ctx: SearchContext, study: optuna.Study, method: str, seed: int | None, baseline: dict[str, Any], *, n_trials: int, on_trial_end) -> MethodRun:
+    before = {t.number for t in finished_trials(study)}
+    started = time.perf_counter()
+    run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end)
+    wall_s = time.perf_counter() - started
+    new = frozenset(t.number for t in finished_trials(study)) - before
+    return MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
+
+
+def _tagged(name: str, callback: Callable[[str, FrozenTrial], None] | None):
+    if callback is None:
+        return None
+    return lambda study, trial: callback(name, trial)
+
+
+def measure_chosen(runs: Sequence[MethodRun], *, backend, profile, rounds: int = 3) -> float | None:
+    """Time the baseline and every run's chosen model in interleaved rounds; keep each file's lowest median.
+
+    Returns the baseline's latency and sets ``measured_ms`` on each run.
+    """
+    if not runs:
+        return None
+    files: dict[str, Path] = {"baseline": Path(runs[0].baseline["artifact"])}
+    for run in runs:
+        chosen = run.chosen
+        if chosen is not None:
+            files[f"{run.method}-{run.seed}"] = Path(chosen.user_attrs["artifact"])
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for key, path in files.items():
+            median_ms = backend.measure(path, profile).median_ms
+            best[key] = min(best.get(key, math.inf), median_ms)
+    for run in runs:
+        run.measured_ms = best.get(f"{run.method}-{run.seed}")
+    return best["baseline"]
+
+
+def overhead(runs: Sequence[MethodRun]) -> dict[str, float]:
+    """Where the time of the runs' trials went, in seconds summed over the runs that searched here.
+
+    ``other`` is the wall time no trial phase accounts for: the sampler, the
+    storage, the early-stopped trials' bookkeeping, per-layer estimates.
+    """
+    totals = dict.fromkeys(("finetune", "export", "evaluate", "latency"), 0.0)
+    wall = 0.0
+    for run in runs:
+        if not run.new_trials:
+            continue
+        wall += run.wall_s
+        for t in run.study.get_trials(deepcopy=False):
+            if t.number not in run.new_trials:
+                continue
+            for phase, seconds in (t.user_attrs.get("timings_s") or {}).items():
+                totals[phase] = totals.get(phase, 0.0) + seconds
+    totals["other"] = max(0.0, wall - sum(totals.values()))
+    totals["wall"] = wall
+    return totals
+
+
+def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None) -> list[dict[str, Any]]:
+    """One CSV row per run."""
+    rows = []
+    for run in runs:
+        chosen = run.chosen
+        base = run.baseline
+        rows.append(
+            {
+                "method": run.method,
+                "seed": "" if run.seed is None else run.seed,
+                "trials": len([t for t in run.study.get_trials(deepcopy=False) if t.state.is_finished()]),
+                "feasible": len(run.feasible()),
+                "hypervolume": hypervolume(run.feasible(), baseline=base, floor=run.floor),
+                "chosen_trial": "" if chosen is None else chosen.number,
+                "chosen_accuracy": "" if chosen is None else chosen.values[0],
+                "chosen_latency_ms": "" if chosen is None else chosen.values[1],
+                "chosen_size_bytes": "" if chosen is None else int(chosen.values[2]),
+                "latency_source": "" if chosen is None else chosen.user_attrs.get("latency_source", ""),
+                "baseline_accuracy": base["accuracy"],
+                "baseline_latency_ms": base["latency_ms"],
+                "baseline_size_bytes": base["size_bytes"],
+                "measured_ms": "" if run.measured_ms is None else run.measured_ms,
+                "baseline_measured_ms": "" if baseline_measured_ms is None else baseline_measured_ms,
+                "wall_s": round(run.wall_s, 2),
+            }
+        )
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], *, default_sampler: str = DEFAULT_SAMPLER) -> dict[str, Any]:
+    """Per method: median hypervolume and best latency over seeds; the issue's targets, met or not."""
+    methods: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = methods.setdefault(row["method"], {"hypervolume": [], "latency_ms": [], "measured_ms": [], "accuracy": []})
+        entry["hypervolume"].append(row["hypervolume"])
+        if row["chosen_latency_ms"] != "":
+            entry["latency_ms"].append(row["chosen_latency_ms"])
+            entry["accuracy"].append(row["chosen_accuracy"])
+        if row["measured_ms"] != "":
+            entry["measured_ms"].append(row["measured_ms"])
+    table = {
+        method: {key: (statistics.median(values) if values else None) for key, values in entry.items()}
+        | {"runs": len(entry["hypervolume"])}
+        for method, entry in methods.items()
+    }
+    samplers = [m for m in table if m != UNIFORM]
+    best_sampler = max(samplers, key=lambda m: table[m]["hypervolume"], default=None)
+    return {"methods": table, "best_sampler": best_sampler, "default_sampler": default_sampler}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
