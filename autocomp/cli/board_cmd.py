@@ -26,6 +26,7 @@ KEY_OPTION = typer.Option(None, "--key", help="Private key file for the board (i
 KNOWN_HOSTS_OPTION = typer.Option(
     None, "--known-hosts", help="known_hosts file that verifies the board's host key (default ~/.ssh/known_hosts)."
 )
+PYTHON_OPTION = typer.Option(None, "--python", help="The board's python (default: the profile's ssh: python, or python3).")
 
 
 def resolve_target(
@@ -68,11 +69,12 @@ def resolve_target(
     return dataclasses.replace(target, **overrides)
 
 
-def with_board(profile, *, board: str | None, key: Path | None, known_hosts: Path | None):
-    """``profile`` with its ssh: board replaced by --board/--key/--known-hosts (unchanged when none is given)."""
-    if board is None and key is None and known_hosts is None:
+def with_board(profile, *, board: str | None, key: Path | None, known_hosts: Path | None, python: str | None):
+    """``profile`` with its ssh: board replaced by --board/--key/--known-hosts/--python (unchanged when none is given)."""
+    if board is None and key is None and known_hosts is None and python is None:
         return profile
-    return dataclasses.replace(profile, ssh=resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts))
+    target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
+    return dataclasses.replace(profile, ssh=target)
 
 
 def _size(n: int | None) -> str:
@@ -85,7 +87,7 @@ def check(
     board: Optional[str] = BOARD_OPTION,
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
-    python: Optional[str] = typer.Option(None, "--python", help="The board's python (default: the profile's, or python3)."),
+    python: Optional[str] = PYTHON_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     connect_timeout_s: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for the connection."),
 ) -> None:

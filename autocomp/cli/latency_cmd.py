@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from autocomp.cli.app import app, console
-from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, with_board
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 
 profiles_app = typer.Typer(name="profiles", help="Device profiles: what each device rewards and how it is timed.", no_args_is_help=True)
@@ -40,6 +40,7 @@ def measure(
     board: Optional[str] = BOARD_OPTION,
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
+    python: Optional[str] = PYTHON_OPTION,
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="NAME=DxDxD for an input with symbolic dimensions (repeatable)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the profile's batch size."),
     runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs (local backend; default from the profile)."),
@@ -52,7 +53,7 @@ def measure(
 
     if not model.is_file():
         raise ConfigError(f"ONNX file {model} does not exist")
-    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts)
+    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
     if batch_size is not None:
         profile = with_overrides(profile, batch_size=batch_size)
     options = {"runs": runs} if runs is not None and backend == "local" else {}
@@ -83,6 +84,7 @@ def calibrate(
     board: Optional[str] = BOARD_OPTION,
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
+    python: Optional[str] = PYTHON_OPTION,
     variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
     runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant (default from the profile)."),
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
@@ -101,7 +103,7 @@ def calibrate(
 
     from autocomp.profiles import load_profile
 
-    board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts).ssh
+    board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
     report = calibrate_device(
         device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
         work_dir=work_dir, progress=progress, repeats=repeats,

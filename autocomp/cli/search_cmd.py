@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from autocomp.cli.app import app, console
-from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, with_board
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def search(
     board: Optional[str] = BOARD_OPTION,
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
+    python: Optional[str] = PYTHON_OPTION,
     jobs: int = typer.Option(1, min=1, help="Trials run in parallel (threads)."),
 ) -> None:
     """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report."""
@@ -52,7 +53,7 @@ def search(
     from autocomp.study import default_storage, make_sampler, open_study, prepare_study
     from autocomp.tasks import load_task, task_name
 
-    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts)
+    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
     search_space = load_space(space)
     loaded_task = load_task(task)
     name = study_name or _study_name(task, device)

@@ -460,7 +460,8 @@ def calibrate_device(
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
-    ``board`` (an ``SshTarget``) replaces the profile's ssh: board for ``backend="ssh"``.
+    ``board`` (an ``SshTarget``) replaces the profile's ssh: board for ``backend="ssh"``; the
+    calibrated profile keeps the shipped ssh: section (a one-off --board is not remembered).
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
@@ -468,9 +469,8 @@ def calibrate_device(
 
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
-    base = load_profile(device, calibrated=False)
-    if board is not None:
-        base = dataclasses.replace(base, ssh=board)
+    shipped = load_profile(device, calibrated=False)
+    base = shipped if board is None else dataclasses.replace(shipped, ssh=board)
     options: dict[str, Any] = {}
     if backend == "local":
         options["repeats"] = repeats
@@ -500,8 +500,8 @@ def calibrate_device(
         "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed})",
         "onnxruntime": onnxruntime.__version__,
     }
-    profile = calibrated_profile(base, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
-    path = write_profile(profile, output or calibration_dir() / f"{device}.yaml")
+    profile = calibrated_profile(shipped, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
+    path = write_profile(profile, output or calibration_dir() / f"{base.name}.yaml")
     rows = [
         {
             "file": s.variant.path.name, "family": s.variant.family, "precision": s.variant.precision,

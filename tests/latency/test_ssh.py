@@ -462,3 +462,31 @@ def test_search_times_every_trial_on_the_board(board, tmp_path):
     # the board's address and key path stay out of the study storage
     stored = json.dumps({**study.user_attrs, **{str(t.number): t.user_attrs for t in study.trials}})
     assert str(board.client_key) not in stored and "board.invalid" not in stored
+
+
+def test_measure_cli_over_ssh_with_board_options(board, tiny_onnx):
+    """`autocomp measure --backend ssh` on a shipped profile, the board given on the command line."""
+    from test_search import cli
+
+    code, stdout, stderr = cli(
+        "measure", str(tiny_onnx), "--device", "raspberry-pi-4", "--backend", "ssh", "--no-cache", "--json",
+        "--board", f"{board.user}@127.0.0.1:{board.port}", "--key", str(board.client_key),
+        "--known-hosts", str(board.known_hosts), "--python", sys.executable,
+    )  # fmt: skip
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["source"] == f"ssh:{board.user}@127.0.0.1:{board.port}" and data["median_ms"] > 0
+    assert data["runs"] == 100  # the Pi profile's timing settings, applied on the board
+
+
+def test_calibrate_over_ssh_puts_the_board_fit_in_force(board):
+    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.profiles import load_profile
+
+    report = calibrate_device(
+        "raspberry-pi-4", backend="ssh", board=board.target(), variants=3, runs=10, precisions=("fp32",), prune=False,
+    )  # fmt: skip
+    assert report.samples + report.held_out == 3  # 3 models, fp32 only
+    profile = load_profile("raspberry-pi-4")
+    assert profile.is_calibrated and profile.calibration["backend"] == "ssh:127.0.0.1"
+    assert str(board.client_key) not in report.path.read_text()  # which board, yes; its key path, no
