@@ -245,7 +245,8 @@ def run_search(
 
     def worker() -> None:
         while claim():
-            trial = study.ask(distributions)
+            with lock:  # two threads asking at once can both pop the same queued trial
+                trial = study.ask(distributions)
             if on_trial_start:
                 on_trial_start(trial.number)
             frozen = _evaluate(ctx, study, trial, interrupted)

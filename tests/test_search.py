@@ -123,6 +123,19 @@ def test_search_resume_and_export_round_trip(tmp_path, space_file):
     assert json.loads((tmp_path / "base" / "metrics.json").read_text())["speedup"] == 1.0
 
 
+@pytest.mark.parametrize("sampler, jobs", [("nsga2", 2), ("gp", 1)])
+def test_other_samplers_and_parallel_trials_complete(tmp_path, space_file, sampler, jobs):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space_file, trials=4, extra=("--sampler", sampler, "--jobs", str(jobs))))
+    assert code == 0, stderr
+    study = open_study(out)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials), [t.user_attrs.get("fail_reason") for t in study.trials]
+    # each trial wrote its own artifact, even when two ran at once
+    assert len({t.user_attrs["artifact"] for t in study.trials}) == 4
+    assert "chosen: trial" in stdout
+
+
 def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, space_file):
     out = tmp_path / "run"
     code, stdout, stderr = cli(*search_args(out, space_file, trials=4, task="flaky"))
