@@ -141,18 +141,23 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
                 f"{ctx.latency_budget_ms:g} ms budget"
             )
     torch.manual_seed(ctx.seed + trial.number)
-    result = run_plan(
-        ctx.task,
-        ctx.teacher,
-        plan,
-        ctx.trial_dir(trial.number),
-        finetune=ctx.finetune,
-        recipe=ctx.profile.int8_recipe,
-        round_to=ctx.profile.channel_multiple,
-        order=ctx.space.pipeline,
-        student=ctx.space.student,
-        on_step=early_stop_rule(ctx),
-    )
+    fine_tuning = time.perf_counter()
+    try:
+        result = run_plan(
+            ctx.task,
+            ctx.teacher,
+            plan,
+            ctx.trial_dir(trial.number),
+            finetune=ctx.finetune,
+            recipe=ctx.profile.int8_recipe,
+            round_to=ctx.profile.channel_multiple,
+            order=ctx.space.pipeline,
+            student=ctx.space.student,
+            on_step=early_stop_rule(ctx),
+        )
+    except TrialStopped:  # stopped during fine-tuning: that time is still fine-tuning, not overhead
+        trial.set_user_attr("timings_s", {"finetune": time.perf_counter() - fine_tuning})
+        raise
     torch.save(result.model.state_dict(), ctx.trial_dir(trial.number) / "model_state.pt")
     measuring = time.perf_counter()
     latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)

@@ -88,6 +88,7 @@ def test_search_resume_and_export_round_trip(tmp_path, space_file):
         for key in ("plan", "latency_source", "size_bytes", "params", "onnx_sha256", "artifact", "layers"):
             assert key in trial.user_attrs, key
         assert trial.user_attrs["latency_source"] == "estimate:local"
+        assert set(trial.user_attrs["timings_s"]) == {"finetune", "export", "evaluate", "latency"}
 
     # the same command with a larger budget resumes: finished trials kept, numbering continues
     code, _, stderr = cli(*search_args(out, space_file, trials=5))
@@ -134,6 +135,26 @@ def test_other_samplers_and_parallel_trials_complete(tmp_path, space_file, sampl
     # each trial wrote its own artifact, even when two ran at once
     assert len({t.user_attrs["artifact"] for t in study.trials}) == 4
     assert "chosen: trial" in stdout
+
+
+def test_hopeless_trials_are_stopped_early_with_the_reason(tmp_path):
+    """Our rule (Optuna cannot prune multi-objective trials): a learning rate that wrecks the student
+    leaves it far below the floor after 2 steps, and the trial stops there instead of finishing."""
+    space = tmp_path / "wreck.yaml"
+    space.write_text(
+        "schema_version: 1\n"
+        "finetune: {steps: 40, lr: 1.0, early_stop: {after_steps: 2, max_drop: 0.3}}\n"
+        "distill: {width: {type: categorical, choices: [0.5]}}\n"
+    )
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space, trials=2))
+    assert code == 0, stderr
+    study = open_study(out)
+    for trial in study.trials:
+        assert trial.state == TrialState.PRUNED
+        assert trial.user_attrs["fail_reason"].startswith("stopped after 2 fine-tuning steps: accuracy")
+        assert trial.user_attrs["timings_s"]["finetune"] > 0  # its time is fine-tuning, not the tool's overhead
+    assert "pruned: stopped after 2 fine-tuning steps" in stdout.replace("\n", " ")
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, space_file):

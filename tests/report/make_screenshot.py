@@ -1,8 +1,10 @@
 """Render the example report in headless Chromium and save ``reports/example-report.png``.
 
     python tests/report/make_screenshot.py [--out reports/example-report.png] [--keep-html PATH]
+    python tests/report/make_screenshot.py --report reports/digits-jetson-nano/report.html
 
-The report is built from the synthetic study in ``study_factory.py`` and opened exactly
+With ``--report`` an existing report (a real search's) is screenshotted; otherwise the
+report is built from the synthetic study in ``study_factory.py``. Either is opened exactly
 the way the Chromium test opens it (same flags, network closed), so the screenshot shows
 what the test checked. The HTML (about 5 MB) is written to a temp dir and not kept unless
 asked: it is not committed.
@@ -78,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "example-report.png")
     parser.add_argument("--keep-html", type=Path, default=None, help="also write the report HTML here")
+    parser.add_argument("--report", type=Path, default=None, help="screenshot this existing report.html instead")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        screenshot(args.report, args.out)
+        print(f"wrote {args.out}")
+        return 0
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO))
