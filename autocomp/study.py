@@ -288,8 +288,11 @@ def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, inte
         return study.tell(trial, state=TrialState.PRUNED)
     except KeyboardInterrupt:
         interrupted.set()
-        trial.set_user_attr("fail_reason", "interrupted by the user")
-        study.tell(trial, state=TrialState.FAIL)
+        try:
+            trial.set_user_attr("fail_reason", "interrupted by the user")
+            study.tell(trial, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # Ctrl-C landed just after the trial was told: it stays finished, with its result
         raise
     except Exception as exc:  # any trial failure is recorded with its reason; the search goes on
         reason = str(exc).splitlines()[0] if isinstance(exc, AutocompError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
