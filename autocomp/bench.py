@@ -120,11 +120,12 @@ def run_bench(
     trials: int,
     settings: dict[str, Any],
     min_accuracy: str = "-1",
-    uniform: bool = True,
+    uniform: Sequence[dict[str, Any]] = (),
     on_trial_end: Callable[[str, FrozenTrial], None] | None = None,
 ) -> list[MethodRun]:
     """Run (or resume) every study of the benchmark; returns them in a fixed order.
 
+    ``uniform``: the hand-made plans (``uniform_plans``) evaluated as one more study.
     The baseline is evaluated once and shared: every study compares against the same file.
     """
     runs: list[MethodRun] = []
@@ -143,14 +144,10 @@ def run_bench(
     if uniform:
         study = open_study(storage=storage, study_name=UNIFORM, sampler=make_sampler("random", seed=0))
         run_ctx, baseline = prepare(study, replace(ctx, out_dir=ctx.out_dir / "runs" / UNIFORM), UNIFORM)
-        distributions = run_ctx.space.distributions(
-            run_ctx.teacher, supported_bits=run_ctx.profile.supported_bits, example_inputs=run_ctx.task.example_inputs()
-        )
-        plans = uniform_plans(distributions, supported_bits=run_ctx.profile.supported_bits)
         if not study.get_trials(deepcopy=False):
-            for params in plans:  # queued, so run_search evaluates exactly these (and resumes them)
+            for params in uniform:  # queued, so run_search evaluates exactly these (and resumes them)
                 study.enqueue_trial(params)
-        runs.append(_timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(plans), on_trial_end=_tagged(UNIFORM, on_trial_end)))
+        runs.append(_timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(uniform), on_trial_end=_tagged(UNIFORM, on_trial_end)))
     return runs
 
 
@@ -219,13 +216,14 @@ def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None
     for run in runs:
         chosen = run.chosen
         base = run.baseline
+        feasible = run.feasible()
         rows.append(
             {
                 "method": run.method,
                 "seed": "" if run.seed is None else run.seed,
-                "trials": len([t for t in run.study.get_trials(deepcopy=False) if t.state.is_finished()]),
-                "feasible": len(run.feasible()),
-                "hypervolume": hypervolume(run.feasible(), baseline=base, floor=run.floor),
+                "trials": len(finished_trials(run.study)),
+                "feasible": len(feasible),
+                "hypervolume": hypervolume(feasible, baseline=base, floor=run.floor),
                 "chosen_trial": "" if chosen is None else chosen.number,
                 "chosen_accuracy": "" if chosen is None else chosen.values[0],
                 "chosen_latency_ms": "" if chosen is None else chosen.values[1],

@@ -143,19 +143,14 @@ def run_plan(
     on_step: OnStep | None = None,
 ) -> PlanResult:
     """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file."""
-    clock = [time.perf_counter()]
-
-    def lap() -> float:
-        previous, clock[0] = clock[0], time.perf_counter()
-        return clock[0] - previous
-
+    started = time.perf_counter()
     model = compress_model(
         task, teacher, plan, finetune=finetune, round_to=round_to, order=order, student=student, on_step=on_step
     )
-    timings = {"finetune": lap()}
+    compressed = time.perf_counter()
     artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
-    timings["export"] = lap()
+    exported = time.perf_counter()
     accuracy = evaluate_onnx(task, artifact.onnx_path)
-    timings["evaluate"] = lap()
+    timings = {"finetune": compressed - started, "export": exported - compressed, "evaluate": time.perf_counter() - exported}
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
     return PlanResult(plan, accuracy, artifact, model, timings)

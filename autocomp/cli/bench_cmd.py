@@ -53,7 +53,7 @@ def bench(
     with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
         teacher = loaded_task.build_model()
     distributions = search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
-    n_uniform = len(uniform_plans(distributions, supported_bits=profile.supported_bits)) if uniform else 0
+    plans = uniform_plans(distributions, supported_bits=profile.supported_bits) if uniform else []
     ctx = SearchContext(
         task=loaded_task, teacher=teacher, space=search_space, profile=profile,
         backend=get_backend(backend, profile=profile), estimator=get_backend("estimate", profile=profile),
@@ -62,14 +62,14 @@ def bench(
     settings = {"task": task, "device": device, "space": space, "backend": backend}
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task("bench", total=len(names) * seeds * trials + n_uniform)
+        bar = progress.add_task("bench", total=len(names) * seeds * trials + len(plans))
 
         def on_end(name: str, trial) -> None:
             progress.update(bar, advance=1, description=f"{name}: trial {trial.number} {trial.state.name.lower()}")
 
         runs = run_bench(
             ctx, storage=f"sqlite:///{out_dir / 'bench.db'}", samplers=names, seeds=range(seeds),
-            trials=trials, settings=settings, min_accuracy=min_accuracy, uniform=uniform, on_trial_end=on_end,
+            trials=trials, settings=settings, min_accuracy=min_accuracy, uniform=plans, on_trial_end=on_end,
         )
     baseline_ms = None
     if measure:

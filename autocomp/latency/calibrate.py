@@ -169,61 +169,6 @@ def _export(model, input_shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-def _weight_layers(onnx_path: Path) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-
-
-def to_fp16(src: Path, dst: Path) -> Path:
-    """Every float tensor of the graph in fp16 (inputs and outputs too), as a converter for devices would."""
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    for i, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
-            half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
-            graph.initializer[i].CopyFrom(half)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.FLOAT16
-    for value in list(graph.input) + list(graph.output):
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    del graph.value_info[:]
-    onnx.save(model, str(dst))
-    return dst
-
-
-def to_int8(src: Path, dst: Path, *, recipe, input_shape: tuple[int, ...], exclude: Sequence[str] = ()) -> Path:
-    """Static QDQ int8 with the profile's recipe (``exclude``: node names kept fp32)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(0)
-            self.items = iter([{"x": rng.standard_normal(input_shape).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-    with tempfile.TemporaryDirectory() as tmp:  # the quantizer leaves augmented models behind
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
-            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-            activation_type=types[recipe.activation_type], weight_type=types[recipe.weight_type],
-            nodes_to_exclude=list(exclude), calibration_cache_path=Path(tmp) / "calibration.cache",
-        )
-    return dst
-
-
 def quantize_variant(src: Path, dst: Path, *, precision: str, recipe, input_shape: tuple[int, ...], rng: random.Random) -> Path:
     """``src`` at ``precision`` through ``autocomp.compress.quantize.quantize_onnx`` -- what the search ships.
 
@@ -520,6 +465,6 @@ def calibrate_device(
 
 __all__ = [
     "CalibrationReport", "Sample", "Variant", "build_variants", "calibrate_device", "calibrated_profile",
-    "fit_coefficients", "fit_quality", "measure_variants", "predict_ms", "split_by_base", "to_fp16", "to_int8",
+    "fit_coefficients", "fit_quality", "measure_variants", "predict_ms", "split_by_base",
     "write_profile",
 ]
