@@ -61,6 +61,9 @@ class RuntimeSettings:
     warmup: int = 20
     runs: int = 100
     calibration_batch_sizes: tuple[int, ...] = (1,)  # batch sizes `autocomp calibrate` measures
+    # onnxruntime on x86: MLAS runs aligned fp32 convs in the blocked NCHWc layout with this channel
+    # block (8 with AVX2, 16 with AVX-512) and reorders tensors at its borders; 0: no NCHWc (ARM, GPUs)
+    nchwc_block: int = 0
     source: str = ""  # why these settings (e.g. "board default: 4 cores")
 
 
@@ -148,7 +151,9 @@ _TOP_KEYS = {
     "ssh": False,
 }
 _PRECISION_KEYS = ("peak_gops", "accelerated", "source", "runs_as")
-_RUNTIME_KEYS = ("tool", "execution_provider", "threads", "batch_size", "warmup", "runs", "calibration_batch_sizes", "source")
+_RUNTIME_KEYS = (
+    "tool", "execution_provider", "threads", "batch_size", "warmup", "runs", "calibration_batch_sizes", "nchwc_block", "source",
+)
 _RECIPE_KEYS = ("activation_type", "weight_type", "per_channel", "reduce_range", "op_types")
 _SSH_KEYS = ("host", "user", "port", "key", "python", "known_hosts")
 _CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime")
@@ -248,10 +253,10 @@ def _int(value: Any, where: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _choice(value: Any, choices: Iterable[str], where: str) -> str:
+def _choice(value: Any, choices: Iterable[Any], where: str) -> Any:
     choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    if isinstance(value, bool) or value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
     return value
 
 
@@ -303,6 +308,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         warmup=_int(raw_runtime.get("warmup", default.warmup), f"{where}: runtime.warmup"),
         runs=_int(raw_runtime.get("runs", default.runs), f"{where}: runtime.runs", minimum=1),
         calibration_batch_sizes=tuple(_int(b, f"{where}: runtime.calibration_batch_sizes", minimum=1) for b in batches),
+        nchwc_block=_choice(raw_runtime.get("nchwc_block", default.nchwc_block), (0, 8, 16), f"{where}: runtime.nchwc_block"),
         source=_str(raw_runtime.get("source", ""), f"{where}: runtime.source", empty=True),
     )
 

@@ -43,7 +43,7 @@ def measure(
     python: Optional[str] = PYTHON_OPTION,
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="NAME=DxDxD for an input with symbolic dimensions (repeatable)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the profile's batch size."),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs (local backend; default from the profile)."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs at least (local backend times for 1 s or more; default from the profile)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Measure again even if a cached result exists."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the LatencyResult fields."),
 ) -> None:
@@ -86,10 +86,10 @@ def calibrate(
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
     variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant (default from the profile)."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant at least (default from the profile)."),
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
     seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
-    repeats: int = typer.Option(1, "--repeats", min=1, help="Time each variant in this many processes, keep the lowest median (busy machines)."),
+    passes: int = typer.Option(2, "--passes", min=1, help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the fit summary as one JSON object."),
 ) -> None:
@@ -106,7 +106,7 @@ def calibrate(
     board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
     report = calibrate_device(
         device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
-        work_dir=work_dir, progress=progress, repeats=repeats,
+        work_dir=work_dir, progress=progress, passes=passes,
     )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))

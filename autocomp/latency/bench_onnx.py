@@ -5,15 +5,22 @@ that no PyTorch state distorts the timings) and on a board (the SSH backend
 copies it there). It must therefore stay compatible with Python 3.6 (JetPack 4)
 and use only the standard library, numpy and onnxruntime.
 
-    python bench_onnx.py MODEL.onnx [--warmup N] [--warmup-s S] [--runs N] [--blocks B]
+    python bench_onnx.py MODEL.onnx [--warmup N] [--warmup-s S] [--runs N] [--blocks B] [--min-time-s S]
                          [--threads N] [--provider NAME] [--shape NAME=1x3x32x32 ...]
 
 Output: {"median_ms", "p90_ms", "runs", "onnxruntime", "providers", "min_ms",
 "block_medians_ms", "robust_ms"}; on error, {"error": "..."} and exit code 1.
 
-``median_ms``/``p90_ms`` are over all timed runs. ``robust_ms`` is the lowest of
-the medians of ``--blocks`` consecutive blocks of runs: a burst of other work on
-a shared machine inflates one block, rarely all of them. ``--warmup-s`` keeps
+``median_ms``/``p90_ms`` are over all timed runs. ``robust_ms`` is the lowest
+of the medians of consecutive blocks of runs (``--blocks`` blocks of ``--runs``,
+and more blocks of that size until ``--min-time-s`` has passed): the machine's
+speed when nothing else competes for it. On the shared 2-core hosts one
+thread's speed flips between two states for tenths of a second to seconds at a
+time (every kernel 1.5-1.8x slower, seen with onnxruntime's profiler), so a
+30 ms measurement is entirely fast or entirely slow; one spread over a second
+or two nearly always sees a fast stretch. (16 files timed 4 times with 2 s
+windows: 92% of pairs within 10% with the lowest block, 83% with the 10th
+percentile, 49% with the median.) ``--warmup-s`` keeps
 warming up until that much time has passed (at least ``--warmup`` runs): on the
 shared 2-core hosts 20 runs of a 0.1 ms model (2 ms) left the first process of
 a series up to 60% slow; 0.25 s brought repeat-to-repeat changes to 1-2%.
@@ -79,6 +86,7 @@ def main(argv=None):
     parser.add_argument("--warmup-s", type=float, default=0.0, help="keep warming up for at least this many seconds")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--blocks", type=int, default=1, help="split the runs into this many blocks (robust_ms)")
+    parser.add_argument("--min-time-s", type=float, default=0.0, help="keep timing blocks until this many seconds have passed")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0 lets onnxruntime choose")
     parser.add_argument("--provider", default="CPUExecutionProvider")
     parser.add_argument("--shape", action="append", help="NAME=DxDxD for an input with symbolic dimensions")
@@ -107,14 +115,17 @@ def main(argv=None):
         per_block = [args.runs // blocks + (1 if b < args.runs % blocks else 0) for b in range(blocks)]
         times_ms = []
         block_medians = []
-        for count in per_block:
+        timing_started = time.perf_counter()
+        index = 0
+        while index < len(per_block) or time.perf_counter() - timing_started < args.min_time_s:
             block = []
-            for _ in range(count):
+            for _ in range(per_block[index % len(per_block)]):
                 start = time.perf_counter()
                 session.run(None, feeds)
                 block.append((time.perf_counter() - start) * 1000.0)
             times_ms.extend(block)
             block_medians.append(_percentile(sorted(block), 0.5))
+            index += 1
         times_ms.sort()
         result = {
             "median_ms": _percentile(times_ms, 0.5),

@@ -170,10 +170,12 @@ def fp16_as_fp32(profile) -> bool:
     return profile.runtime.tool == "onnxruntime" and _run_precision(profile, "fp16") == "fp32"
 
 
-def _graph(onnx_path: Path, profile, shapes) -> GraphCost:
+def analyze_for(onnx_path: Path, profile, shapes: Mapping[str, tuple[int, ...]] | None = None) -> GraphCost:
+    """The graph of ``onnx_path`` as ``profile``'s runtime runs it, at the profile's batch size."""
+    runtime = profile.runtime
     return analyze(
-        Path(onnx_path), batch_size=profile.runtime.batch_size, shapes=shapes, tool=profile.runtime.tool,
-        fp16_as_fp32=fp16_as_fp32(profile),
+        Path(onnx_path), batch_size=runtime.batch_size, shapes=shapes, tool=runtime.tool,
+        fp16_as_fp32=fp16_as_fp32(profile), nchwc_block=runtime.nchwc_block,
     )
 
 
@@ -189,7 +191,7 @@ def _op_ms(op, coefficients: Mapping[str, float], precisions: Mapping[str, str] 
 
 def estimate_ms(onnx_path: Path, profile, *, shapes: Mapping[str, tuple[int, ...]] | None = None) -> EstimateResult:
     """Estimate one file on one profile (``EstimateBackend.measure`` with input shapes)."""
-    graph = _graph(onnx_path, profile, shapes)
+    graph = analyze_for(onnx_path, profile, shapes)
     coefficients = coefficients_for(profile)
     precisions = precision_map(profile)
     total_ms = estimate_graph(graph, coefficients, precisions)
@@ -221,7 +223,7 @@ def estimate_layers(onnx_path: Path, profile) -> dict[str, float]:
     The per-call overhead is not attributed to any layer, so the values sum to
     a little less than ``estimate_ms``.
     """
-    graph = _graph(onnx_path, profile, None)
+    graph = analyze_for(onnx_path, profile)
     coefficients = coefficients_for(profile)
     precisions = precision_map(profile)
     layers: dict[str, float] = {}

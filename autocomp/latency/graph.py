@@ -219,6 +219,17 @@ class _Graph:
     def shape(self, name: str) -> tuple[int, ...] | None:
         return self.shapes.get(name)
 
+    def constant_value(self, name: str) -> bytes | str:
+        """The bytes of a small constant (through a Cast of it), for spotting equal constants; else its name."""
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Cast":
+            name = node.input[0]
+            node = self.producer.get(name)
+        tensor = self.initializers.get(name)
+        if node is not None and node.op_type == "Constant":
+            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+        return tensor.SerializeToString() if tensor is not None and tensor.ByteSize() <= 64 else name
+
     def nbytes(self, name: str, precision: str | None = None) -> int:
         if precision is not None:
             return _numel(self.shape(name)) * _PRECISION_BYTES[precision]
@@ -305,6 +316,7 @@ def analyze_model(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     tool: str = "onnxruntime",
     fp16_as_fp32: bool = False,
+    nchwc_block: int = 0,
 ) -> GraphCost:
     """Fuse, classify and price every node of ``model`` (see the module docstring).
 
@@ -318,10 +330,17 @@ def analyze_model(
     Q/DQ nodes it cannot fold and runs residual sums of int8 convs as QLinearAdd;
     ``trtexec`` (TensorRT) folds every Q/DQ into the neighbouring kernels and
     fuses conv + residual add + activation at any precision.
+
+    ``nchwc_block`` > 0 (onnxruntime on x86): aligned fp32 convs and the pools,
+    sums and ReLUs fed by them run in MLAS's blocked NCHWc layout, and a
+    ReorderInput/ReorderOutput kernel converts each tensor that crosses the
+    border of such a region (see ``_InsertedKernels``).
     """
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
-    return _analyze_inplace(model_copy, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32)
+    return _analyze_inplace(
+        model_copy, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32, nchwc_block=nchwc_block
+    )
 
 
 def _strip_weights(model: onnx.ModelProto) -> None:
@@ -350,15 +369,14 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _analyze_inplace(
     model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None, tool: str = "onnxruntime",
-    fp16_as_fp32: bool = False,
+    fp16_as_fp32: bool = False, nchwc_block: int = 0,
 ) -> GraphCost:
     trt = tool == "trtexec"
     graph_inputs = {i.name for i in model.graph.input}
     _fix_input_shapes(model, batch_size=batch_size, shapes=shapes or {})
     _strip_weights(model)
     inferred = _infer(model)
-    if fp16_as_fp32 and not trt:
-        _drop_float_casts(inferred)
+    barriers = _drop_float_casts(inferred) if fp16_as_fp32 and not trt else {}
     g = _Graph(inferred)
 
     # Pass 1: which nodes run in int8 (all float data inputs from DequantizeLinear).
@@ -415,11 +433,16 @@ def _analyze_inplace(
     def precision_of_node(node: onnx.NodeProto) -> str:
         return "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
 
-    # Pass 2: fusion of followers into Conv/Gemm/MatMul.
+    # Pass 2, in graph order: fusion of followers into Conv/Gemm/MatMul, and the NCHWc layout.
+    inserted = _InsertedKernels(g, nchwc_block if not trt else 0, fp16_as_fp32=fp16_as_fp32, barriers=barriers)
     fused_into: dict[int, list[str]] = {}
     for node in g.nodes:
-        if node.op_type not in _CONV_OPS | _GEMM_OPS or id(node) in absorbed:
+        if id(node) in absorbed:
             continue
+        if node.op_type not in _CONV_OPS | _GEMM_OPS:
+            inserted.visit(node)
+            continue
+        blocked = inserted.takes(node, precision_of_node(node))
         fused: list[str] = []
         added = False
         out = node.output[0]
@@ -433,10 +456,14 @@ def _analyze_inplace(
             if nxt.op_type in _FUSABLE_ACTIVATIONS:
                 if not trt and not fp16_as_fp32 and nxt.op_type not in ("Relu", "BatchNormalization") and precision_of_node(node) == "fp16":
                     break  # onnxruntime's CPU fp16 Conv fuses Relu only: a Clip runs alone, between layout reorders
+                if fp16_as_fp32 and not trt and _fp16_bounds(g, nxt):
+                    break  # its fp16 bounds are Cast at run time, so onnxruntime cannot fuse the Clip
             elif nxt.op_type == "Add" and not added:
                 other = [i for i in nxt.input if i != out]
                 if node.op_type == "MatMul" and not (other and g.is_constant(other[0])):
                     break  # MatMul + activation Add is a real Add
+                if blocked and not all(inserted.blocked(i, nxt) for i in other):
+                    break  # an NCHWc conv sums only a blocked tensor into its output
                 added = True
             else:
                 break
@@ -444,11 +471,14 @@ def _analyze_inplace(
             fused.append(nxt.op_type)
             out = nxt.output[0]
         fused_into[id(node)] = fused
+        inserted.visit(node, output=out, blocked=blocked)
+    inserted.finish()
 
     ops: list[OpCost] = []
     unpriced: Counter[str] = Counter()
     if not trt:
         ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into, fp16_reorders=not fp16_as_fp32))
+    ops.extend(inserted.ops)
     for node in g.nodes:
         if id(node) in absorbed or node.op_type in FREE_OPS:
             continue
@@ -478,27 +508,37 @@ def _analyze_inplace(
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
-def _drop_float_casts(model: onnx.ModelProto) -> None:
-    """Remove Casts between fp32 and fp16 of activations (not of graph outputs): the runtime computes in fp32."""
+def _drop_float_casts(model: onnx.ModelProto) -> dict[tuple[str, str], str]:
+    """Remove Casts between fp32 and fp16 of activations (not of graph outputs): the runtime computes in fp32.
+
+    Returns the edges that crossed a removed Cast, (consumer's first output, tensor it now reads) -> the
+    Cast's output: onnxruntime removes the Casts only after its layout pass has put reorders around them.
+    """
     graph = model.graph
     dtypes = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
     outputs = {o.name for o in graph.output}
+    # Casts of constants stay: onnxruntime folds them to fp16 constants, which it Casts back per run where needed
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     rename: dict[str, str] = {}
+    barriers: dict[tuple[str, str], str] = {}
     kept = []
     for node in graph.node:
         if node.op_type == "Cast" and node.output[0] not in outputs:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             src = rename.get(node.input[0], node.input[0])
-            if to in _FLOATS and dtypes.get(src) in _FLOATS:
+            if to in _FLOATS and dtypes.get(src) in _FLOATS and src not in constants:
                 rename[node.output[0]] = src
                 continue
         for index, name in enumerate(node.input):
             if name in rename:
                 node.input[index] = rename[name]
+                if node.output:
+                    barriers[(node.output[0], rename[name])] = name
         kept.append(node)
     if len(kept) != len(graph.node):
         del graph.node[:]
         graph.node.extend(kept)
+    return barriers
 
 
 def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
@@ -511,11 +551,116 @@ def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
     return src is not None and src.op_type == "DequantizeLinear"
 
 
+def _fp16_bounds(g: _Graph, node: onnx.NodeProto) -> list[str]:
+    """The fp16 min/max inputs of a Clip (onnxruntime on a CPU without fp16 kernels Casts them per run)."""
+    if node.op_type != "Clip":
+        return []
+    return [i for i in node.input[1:] if i and g.dtypes.get(i) == TensorProto.FLOAT16]
+
+
+# Ops that onnxruntime's NchwcTransformer runs blocked when their data inputs are blocked.
+_NCHWC_FOLLOWERS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Add", "Sum"})
+
+
+class _InsertedKernels:
+    """The kernels onnxruntime's CPU provider adds to a graph: NCHWc reorders and Casts of fp16 constants.
+
+    Which tensors stay in MLAS's blocked NCHWc layout was read off onnxruntime
+    1.32's optimized graphs on x86 (AVX2, block 8; see ``autocomp.latency.kernels``): an fp32
+    Conv with constant weights runs blocked (its output channels padded to the
+    block) when its input channels are a multiple of the block, or fewer than
+    one block (it then reads plain NCHW, like a stem); a depthwise Conv when its
+    channels are a multiple of the block.
+    Pools, ReLUs and sums of blocked tensors stay blocked; every other consumer
+    of a blocked tensor needs one ReorderOutput (per tensor), and a blocked conv
+    fed a plain tensor one ReorderInput. With ``block`` 0 there is no NCHWc.
+    Without fp16 kernels (``fp16_as_fp32``) each distinct fp16 constant an op
+    reads (a Clip's bounds) is Cast to fp32 on every run.
+    """
+
+    def __init__(self, g: _Graph, block: int, *, fp16_as_fp32: bool, barriers: Mapping[tuple[str, str], str]) -> None:
+        self.g = g
+        self.block = block
+        self.fp16_as_fp32 = fp16_as_fp32
+        self.barriers = barriers  # edges that crossed a removed fp16 <-> fp32 Cast: plain, like the Cast was
+        self._blocked: set[str] = set()
+        self._reordered: set[tuple[str, str]] = set()
+        self._casts: set[str] = set()
+        self.ops: list[OpCost] = []
+
+    def blocked(self, tensor: str, reader: onnx.NodeProto | None = None) -> bool:
+        """Is ``tensor`` blocked as ``reader`` reads it (not through a removed Cast)?"""
+        return tensor in self._blocked and (reader is None or (reader.output[0], tensor) not in self.barriers)
+
+    def takes(self, node: onnx.NodeProto, precision: str) -> bool:
+        """Does the NchwcTransformer rewrite this Conv?"""
+        g = self.g
+        if not self.block or node.op_type != "Conv" or len(node.input) < 2 or not g.is_constant(node.input[1]):
+            return False
+        if precision != "fp32" and not (precision == "fp16" and self.fp16_as_fp32):
+            return False
+        w = g.shape(_weight_name(g, node.input[1]))
+        if w is None or len(w) != 4:
+            return False
+        group = int(_attr(node, "group", 1))
+        out_channels, in_channels = w[0], w[1] * group
+        if group == 1:  # output channels are padded to the block
+            return in_channels < self.block or in_channels % self.block == 0
+        return group == in_channels == out_channels and out_channels % self.block == 0
+
+    def _reorder(self, op_type: str, tensor: str, near: onnx.NodeProto) -> None:
+        if (op_type, tensor) not in self._reordered:
+            self._reordered.add((op_type, tensor))
+            self.ops.append(_elementwise(self.g, op_type, tensor, near))
+
+    def visit(self, node: onnx.NodeProto, *, output: str | None = None, blocked: bool = False) -> None:
+        """Account for one op (a Conv/Gemm with the tensor its fused group writes)."""
+        g = self.g
+        if self.fp16_as_fp32:
+            for bound in _fp16_bounds(g, node):
+                # onnxruntime's inserted Cast of an fp16 constant runs per call, once per distinct value
+                value = g.constant_value(bound)
+                if value not in self._casts:
+                    self._casts.add(value)
+                    self.ops.append(OpCost(f"{node.name}/Cast:{bound}", "Cast", "elementwise", "fp32", 0, 1, 0, _layer_of(node)))
+        if not self.block:
+            return
+        data = [i for i in node.input if i and not g.is_constant(i)]
+        if blocked:
+            x = node.input[0]
+            w = g.shape(_weight_name(g, node.input[1])) or (0, 0)
+            if w[1] * int(_attr(node, "group", 1)) < self.block:  # a stem-like conv reads plain NCHW
+                if x in self._blocked:
+                    self._reorder("ReorderOutput", x, node)
+            elif not self.blocked(x, node):
+                if x in self._blocked:  # blocked, but a Cast sat in between: out and back in
+                    self._reorder("ReorderOutput", x, node)
+                self._reorder("ReorderInput", self.barriers.get((node.output[0], x), x), node)
+            self._blocked.add(output or node.output[0])
+            return
+        if node.op_type in _NCHWC_FOLLOWERS and data and all(self.blocked(i, node) for i in data):
+            shape = g.shape(node.output[0])
+            if shape is not None and len(shape) == 4 and shape[1] % self.block == 0:
+                self._blocked.add(node.output[0])
+                return
+        for tensor in data:
+            if tensor in self._blocked:
+                self._reorder("ReorderOutput", tensor, node)
+
+    def finish(self) -> None:
+        for output in self.g.graph_outputs:
+            if output in self._blocked:
+                self._reorder("ReorderOutput", output, self.g.producer[output])
+
+
 # Ops that work on any memory layout: onnxruntime's transpose optimizer pushes layout transposes through them.
 _LAYOUT_AGNOSTIC = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "Add", "Sub", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
      "HardSwish", "Tanh", "Identity", "QLinearAdd", "QLinearMul"}
 )
+
+
+_BINARY = frozenset({"Add", "Sub", "Mul"})
 
 
 def _layout_ops(
@@ -546,6 +691,8 @@ def _layout_ops(
         n for n in g.nodes
         if live(n) and ((n.op_type in _CONV_OPS and id(n) in int8_nodes) or n.op_type in _LAYOUT_AGNOSTIC)
         and not (n.op_type == "DequantizeLinear" and g.is_constant(n.input[0]))
+        # a float sum of two int8 branches gets a Transpose on each input rather than one after it
+        and not (n.op_type in _BINARY and id(n) not in int8_nodes)
     ]
     in_region = {id(n) for n in region}
     for n in region:
@@ -662,6 +809,7 @@ def analyze(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     tool: str = "onnxruntime",
     fp16_as_fp32: bool = False,
+    nchwc_block: int = 0,
 ) -> GraphCost:
     """``analyze_model`` on a file, memoized by the file's bytes, batch size, shapes and options."""
     path = Path(onnx_path)
@@ -669,7 +817,7 @@ def analyze(
         data = path.read_bytes()
     except OSError as exc:
         raise LatencyError(f"cannot read ONNX file {path}: {exc.strerror or exc}") from exc
-    key = (hashlib.sha256(data).hexdigest(), batch_size, tuple(sorted((shapes or {}).items())), tool, fp16_as_fp32)
+    key = (hashlib.sha256(data).hexdigest(), batch_size, tuple(sorted((shapes or {}).items())), tool, fp16_as_fp32, nchwc_block)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -678,7 +826,9 @@ def analyze(
         model = onnx.load_from_string(data)
     except Exception as exc:
         raise LatencyError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
-    result = _analyze_inplace(model, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32)
+    result = _analyze_inplace(
+        model, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32, nchwc_block=nchwc_block
+    )
     with _CACHE_LOCK:
         _CACHE[key] = result
         while len(_CACHE) > _CACHE_SIZE:

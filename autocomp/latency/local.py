@@ -7,11 +7,14 @@ threads and execution provider, and reads back its one JSON line.
 
 Robust timing (measured on the shared 2-core hosts, 1 intra-op thread): a
 warm-up of 20 runs left the first process of a series up to 60% slow on
-0.1-0.3 ms models, and one burst of other work could inflate a whole median.
-So each process warms up for at least ``WARMUP_S`` seconds and splits its runs
-into ``BLOCKS`` blocks; the result's ``median_ms`` is the lowest block median
-(``robust_ms`` of bench_onnx), and with ``repeats`` > 1 the lowest over processes.
-With this, timing the same file twice agreed within 1-2% (was up to 60%).
+0.1-0.3 ms models, and the host's speed flips between a fast and a 1.5-1.8x
+slower state for tenths of a second to seconds at a time. So each process warms
+up for at least ``WARMUP_S`` seconds, then times blocks of runs for at least
+``TIMED_S`` seconds; the result's ``median_ms`` is the lowest block median
+(``robust_ms`` of bench_onnx), and with ``repeats`` > 1 the lowest over
+processes. Timing the same file twice this way still disagrees by more than
+10% for roughly one file in ten on a busy host (the slow state can outlast the
+window); ``autocomp calibrate`` therefore times its set in several passes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from autocomp.latency.base import LatencyResult
 BENCH_SCRIPT = Path(__file__).with_name("bench_onnx.py")
 WARMUP_S = 0.25
 BLOCKS = 5
+TIMED_S = 1.0  # time blocks for at least this long (see bench_onnx.py: the host's speed flips for seconds)
 
 
 def batch_shapes(onnx_path: Path, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
@@ -62,6 +66,7 @@ class LocalBackend:
         timeout_s: float = 600.0,
         python: str | None = None,
         repeats: int = 1,
+        timed_s: float = TIMED_S,
     ) -> None:
         """``repeats`` > 1 times the file in that many fresh processes and keeps the lowest median:
         on a shared machine a burst of other work inflates one process's median, rarely all of them."""
@@ -71,11 +76,12 @@ class LocalBackend:
         self.timeout_s = timeout_s
         self.python = python or sys.executable
         self.repeats = max(1, int(repeats))
+        self.timed_s = timed_s
 
     @property
     def cache_key(self) -> str:
         """What besides the file and the profile changes the result (for ``CachedBackend``)."""
-        return json.dumps([sorted(self.shapes.items()), self.warmup, self.runs, self.repeats])
+        return json.dumps([sorted(self.shapes.items()), self.warmup, self.runs, self.repeats, self.timed_s])
 
     def command(self, onnx_path: Path, profile) -> list[str]:
         runtime = profile.runtime
@@ -87,6 +93,7 @@ class LocalBackend:
             "--warmup-s", str(WARMUP_S),
             "--runs", str(runtime.runs if self.runs is None else self.runs),
             "--blocks", str(BLOCKS),
+            "--min-time-s", str(self.timed_s),
             "--threads", str(runtime.threads),
             "--provider", runtime.execution_provider,
         ]

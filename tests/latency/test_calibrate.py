@@ -37,7 +37,8 @@ def test_calibrate_round_trip(tmp_path):
     from autocomp.latency.calibrate import calibrate_device
 
     report = calibrate_device(
-        "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v"
+        "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
+        passes=1, timed_s=0.0,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     assert report.samples + report.held_out == 12 and report.held_out >= 2

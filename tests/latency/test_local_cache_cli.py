@@ -35,8 +35,8 @@ def _quick(profile, **runtime):
 
 def test_local_backend_times_in_a_subprocess(files):
     profile = _quick(load_profile("local"))
-    result = LocalBackend().measure(files["fp32"], profile)
-    assert result.source == "local" and result.runs == 15
+    result = LocalBackend(timed_s=0.0).measure(files["fp32"], profile)
+    assert result.source == "local" and result.runs == 15  # the profile's run count, no timing window
     assert 0.001 < result.median_ms <= result.p90_ms < 1000
 
 
@@ -111,7 +111,7 @@ def test_measure_cli_json_estimate_and_local(files):
                               "--shape", "ids=1x8", "--shape", "mask=1x8", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert {"median_ms", "p90_ms", "runs", "source"} <= set(data) and data["runs"] == 10 and data["source"] == "local"
+    assert {"median_ms", "p90_ms", "runs", "source"} <= set(data) and data["runs"] >= 10 and data["source"] == "local"
 
 
 def test_measure_cli_errors_name_the_problem(files):
