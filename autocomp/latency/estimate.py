@@ -83,7 +83,10 @@ def validate_cost_model(data: Mapping[str, Any], *, where: str = "cost_model") -
                 raise ConfigError(f"{where}.coefficients.{name}: expected a number >= 0 (ms per unit), got {value!r}")
         missing = [n for n in names if n not in coefficients]
         if missing:
-            raise ConfigError(f"{where}.coefficients: missing feature {missing[0]!r} (every feature needs a coefficient)")
+            raise ConfigError(
+                f"{where}.coefficients: missing feature {missing[0]!r} (every feature needs a coefficient; a calibration "
+                "older than this version lacks it: run `autocomp calibrate` again)"
+            )
         if not isinstance(data.get("source"), str) or not data["source"].strip():
             raise ConfigError(f"{where}.source: say where the coefficients come from (e.g. 'calibration 2026-11-23 local')")
         return {
@@ -149,6 +152,8 @@ def datasheet_coefficients(profile) -> dict[str, float]:
         coefficients[f"mbytes_{precision}"] = byte_ratio / bandwidth  # 1 MB at B GB/s = 1/B ms
         coefficients[f"melems_{precision}"] = 2 * _PRECISION_BYTES[run] / bandwidth  # read + write
         coefficients[f"mouts_{precision}"] = 0.0  # per-output work beyond MACs and bytes: only a calibration sees it
+    # fp16 element-wise work in a scalar loop (onnxruntime's CPU Clip): assumed 4x the fp32 vector rate
+    coefficients["melems_scalar"] = 4 * coefficients["melems_fp32"]
     return coefficients
 
 

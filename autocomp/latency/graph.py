@@ -19,6 +19,7 @@ which is the batch size, unless ``shapes`` names an input explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -99,13 +100,15 @@ class OpCost:
 
     name: str
     op_type: str
-    kind: str  # one of MAC_KINDS, "elementwise", "view", "fallback"
+    kind: str  # one of MAC_KINDS, "elementwise", "scalar" (no vector code: fp16 on a CPU without it), "view", "fallback"
     precision: str  # fp32 | fp16 | int8
     macs: int
     elements: int  # elements touched by non-MAC work; for MAC ops, the output elements
     bytes_moved: int  # weights + input and output activations at their precisions
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
+    channels: tuple[int, int] = (0, 0)  # MAC ops: (input, output) channels (features for a Gemm)
+    padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads output channels to its block
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def feature_names() -> list[str]:
     """
     names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
     names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
-    names += [f"melems_{p}" for p in PRECISIONS]
+    names += [f"melems_{p}" for p in PRECISIONS] + ["melems_scalar"]
     names += [f"mbytes_{p}" for p in PRECISIONS]
     names += [f"mouts_{p}" for p in PRECISIONS]
     return names
@@ -151,14 +154,16 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
     if op.kind in MAC_KINDS:
         scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
         features = {
-            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs / 1e9,
-            f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements / 1e6,
+            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs * op.padding / 1e9,
+            f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements * op.padding / 1e6,
         }
         if p != "fp32":
             features[f"nodes_mac_{p}"] = 1.0
         return features
     if op.kind == "view":
         return {"nodes_view": 1.0}
+    if op.kind == "scalar":
+        return {"nodes": 1.0, "melems_scalar": op.elements / 1e6}
     return {"nodes": 1.0, f"melems_{run}": op.elements / 1e6}
 
 
@@ -436,6 +441,7 @@ def _analyze_inplace(
     # Pass 2, in graph order: fusion of followers into Conv/Gemm/MatMul, and the NCHWc layout.
     inserted = _InsertedKernels(g, nchwc_block if not trt else 0, fp16_as_fp32=fp16_as_fp32, barriers=barriers)
     fused_into: dict[int, list[str]] = {}
+    blocked_convs: set[int] = set()
     for node in g.nodes:
         if id(node) in absorbed:
             continue
@@ -443,6 +449,8 @@ def _analyze_inplace(
             inserted.visit(node)
             continue
         blocked = inserted.takes(node, precision_of_node(node))
+        if blocked:
+            blocked_convs.add(id(node))
         fused: list[str] = []
         added = False
         out = node.output[0]
@@ -491,11 +499,18 @@ def _analyze_inplace(
             continue
         precision = "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
         if op_type in _CONV_OPS or op_type in _GEMM_OPS:
-            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ()))))
+            op = _mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())))
+            # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
+            # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
+            strip = nchwc_block if id(node) in blocked_convs else 16 if nchwc_block and precision == "int8" and op.kind == "conv" else 0
+            cout = op.channels[1]
+            if strip and cout:
+                op = dataclasses.replace(op, padding=math.ceil(cout / strip) * strip / cout)
+            ops.append(op)
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
         elements = max((_numel(g.shape(t)) for t in tensors), default=0)
-        kind = "elementwise"
+        kind = "scalar" if fp16_as_fp32 and op_type in _SCALAR_FP16 and _runs_fp16(g, node) else "elementwise"
         if op_type not in ELEMENTWISE_OPS:
             unpriced[op_type] += 1
             kind = "fallback"
@@ -519,6 +534,7 @@ def _drop_float_casts(model: onnx.ModelProto) -> dict[tuple[str, str], str]:
     outputs = {o.name for o in graph.output}
     # Casts of constants stay: onnxruntime folds them to fp16 constants, which it Casts back per run where needed
     constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {out: node for node in graph.node for out in node.output}
     rename: dict[str, str] = {}
     barriers: dict[tuple[str, str], str] = {}
     kept = []
@@ -526,7 +542,10 @@ def _drop_float_casts(model: onnx.ModelProto) -> dict[tuple[str, str], str]:
         if node.op_type == "Cast" and node.output[0] not in outputs:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             src = rename.get(node.input[0], node.input[0])
-            if to in _FLOATS and dtypes.get(src) in _FLOATS and src not in constants:
+            source = producer.get(src)
+            if source is not None and source.op_type in FP16_CPU_KERNELS and dtypes.get(src) == TensorProto.FLOAT16:
+                pass  # the op before it has an fp16 kernel and runs in fp16: this Cast runs too
+            elif to in _FLOATS and dtypes.get(src) in _FLOATS and src not in constants:
                 rename[node.output[0]] = src
                 continue
         for index, name in enumerate(node.input):
@@ -558,6 +577,20 @@ def _fp16_bounds(g: _Graph, node: onnx.NodeProto) -> list[str]:
     return [i for i in node.input[1:] if i and g.dtypes.get(i) == TensorProto.FLOAT16]
 
 
+# Ops onnxruntime's CPU provider has fp16 kernels for (on x86 a scalar loop for Clip): one that feeds
+# a Cast back to fp32 runs in fp16, behind a Cast that onnxruntime inserts (seen in its optimized graphs
+# and profiles: an fp16 Clip over 16x32x32 values took 89 us, the fp32 one 5 us).
+FP16_CPU_KERNELS = frozenset({"Clip", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
+_SCALAR_FP16 = frozenset({"Clip"})
+
+
+def _runs_fp16(g: _Graph, node: onnx.NodeProto) -> bool:
+    """With ``fp16_as_fp32``: does onnxruntime run this op in fp16 (it feeds a Cast the analysis kept)?"""
+    if node.op_type not in FP16_CPU_KERNELS or not node.output or g.dtypes.get(node.output[0]) != TensorProto.FLOAT16:
+        return False
+    return any(user.op_type == "Cast" for user in g.consumers.get(node.output[0], []))
+
+
 # Ops that onnxruntime's NchwcTransformer runs blocked when their data inputs are blocked.
 _NCHWC_FOLLOWERS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Add", "Sum"})
 
@@ -574,8 +607,10 @@ class _InsertedKernels:
     Pools, ReLUs and sums of blocked tensors stay blocked; every other consumer
     of a blocked tensor needs one ReorderOutput (per tensor), and a blocked conv
     fed a plain tensor one ReorderInput. With ``block`` 0 there is no NCHWc.
-    Without fp16 kernels (``fp16_as_fp32``) each distinct fp16 constant an op
-    reads (a Clip's bounds) is Cast to fp32 on every run.
+    Without fp16 arithmetic (``fp16_as_fp32``) each distinct fp16 constant an op
+    computed in fp32 reads (a Clip's bounds) is Cast to fp32 on every run, and
+    an op that runs in fp16 (see ``FP16_CPU_KERNELS``) on an input computed in
+    fp32 gets a Cast in front.
     """
 
     def __init__(self, g: _Graph, block: int, *, fp16_as_fp32: bool, barriers: Mapping[tuple[str, str], str]) -> None:
@@ -585,7 +620,7 @@ class _InsertedKernels:
         self.barriers = barriers  # edges that crossed a removed fp16 <-> fp32 Cast: plain, like the Cast was
         self._blocked: set[str] = set()
         self._reordered: set[tuple[str, str]] = set()
-        self._casts: set[str] = set()
+        self._casts: set[bytes | str] = set()  # constant values already Cast
         self.ops: list[OpCost] = []
 
     def blocked(self, tensor: str, reader: onnx.NodeProto | None = None) -> bool:
@@ -616,7 +651,11 @@ class _InsertedKernels:
     def visit(self, node: onnx.NodeProto, *, output: str | None = None, blocked: bool = False) -> None:
         """Account for one op (a Conv/Gemm with the tensor its fused group writes)."""
         g = self.g
-        if self.fp16_as_fp32:
+        if self.fp16_as_fp32 and _runs_fp16(g, node):
+            source = g.producer.get(node.input[0])
+            if source is None or not _runs_fp16(g, source):  # it runs in fp16 on an input computed in fp32
+                self.ops.append(_elementwise(g, "Cast", node.input[0], node))
+        elif self.fp16_as_fp32:
             for bound in _fp16_bounds(g, node):
                 # onnxruntime's inserted Cast of an fp16 constant runs per call, once per distinct value
                 value = g.constant_value(bound)
@@ -761,10 +800,12 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
         w_shape = g.shape(w_name)
     kind = "gemm"
     macs = 0
+    channels = (0, 0)
     if op_type in _CONV_OPS:
         group = int(_attr(node, "group", 1))
         kind = "dwconv" if group > 1 else "conv"
         if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
+            channels = (w_shape[1] * group, w_shape[0])
             kernel = _numel(tuple(w_shape[2:]))
             if op_type == "ConvTranspose" and x_shape is not None:
                 macs = _numel(x_shape) * w_shape[1] * kernel
@@ -779,11 +820,15 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
             else:
                 k = x_shape[-1]
             macs = _numel(y_shape) * k
+            channels = (k, y_shape[-1])
     act = precision
     weight_bytes = _numel(w_shape) * _PRECISION_BYTES[act] if w_shape else 0
     x_bytes = _numel(x_shape) * _PRECISION_BYTES[act] if x_shape else 0
     y_bytes = _numel(y_shape) * _PRECISION_BYTES[act] if y_shape else 0
-    return OpCost(node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused)
+    return OpCost(
+        node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
+        channels,
+    )
 
 
 # --------------------------------------------------------------------------- cached entry point
