@@ -571,10 +571,11 @@ def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
 
 
 def _fp16_bounds(g: _Graph, node: onnx.NodeProto) -> list[str]:
-    """The fp16 min/max inputs of a Clip (onnxruntime on a CPU without fp16 kernels Casts them per run)."""
+    """The fp16 min/max inputs of a Clip that come from Constant nodes: onnxruntime on a CPU without fp16
+    arithmetic Casts those per run (an fp16 initializer it converts once, and the Clip still fuses)."""
     if node.op_type != "Clip":
         return []
-    return [i for i in node.input[1:] if i and g.dtypes.get(i) == TensorProto.FLOAT16]
+    return [i for i in node.input[1:] if i and g.dtypes.get(i) == TensorProto.FLOAT16 and i not in g.initializers]
 
 
 # Ops onnxruntime's CPU provider has fp16 kernels for (on x86 a scalar loop for Clip): one that feeds
