@@ -12,9 +12,10 @@ slower state for tenths of a second to seconds at a time. So each process warms
 up for at least ``WARMUP_S`` seconds, then times blocks of runs for at least
 ``TIMED_S`` seconds; the result's ``median_ms`` is the lowest block median
 (``robust_ms`` of bench_onnx), and with ``repeats`` > 1 the lowest over
-processes. Timing the same file twice this way still disagrees by more than
-10% for roughly one file in ten on a busy host (the slow state can outlast the
-window); ``autocomp calibrate`` therefore times its set in several passes.
+processes. Timing the same files twice this way still disagreed by more than
+10% for 12-20% of them (96 files, two passes, three runs of
+benchmarks/latency_predictor.py): the slow state can outlast the window, so
+``autocomp calibrate`` times its whole set in several passes.
 """
 
 from __future__ import annotations
