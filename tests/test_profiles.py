@@ -66,6 +66,12 @@ def test_bad_value_is_named(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="precisions.fp16.accelerated.*'maybe'"):
         load_profile(path)
+    data = profile_to_dict(load_profile("local", calibrated=False))
+    assert data["runtime"]["nchwc_block"] == 8  # the shipped profile of this machine kind (AVX2)
+    data["runtime"]["nchwc_block"] = 12
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="runtime.nchwc_block: 12 is not one of 0, 8, 16"):
+        load_profile(path)
 
 
 def test_unknown_precision_and_schema_version(tmp_path):

@@ -85,7 +85,7 @@ def validate_cost_model(data: Mapping[str, Any], *, where: str = "cost_model") -
         if missing:
             raise ConfigError(
                 f"{where}.coefficients: missing feature {missing[0]!r} (every feature needs a coefficient; a calibration "
-                "older than this version lacks it: run `autocomp calibrate` again)"
+                "older than this version lacks it: run `autocomp calibrate` again, or delete the file to use the shipped profile)"
             )
         if not isinstance(data.get("source"), str) or not data["source"].strip():
             raise ConfigError(f"{where}.source: say where the coefficients come from (e.g. 'calibration 2026-11-23 local')")
