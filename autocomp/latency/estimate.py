@@ -152,6 +152,7 @@ def datasheet_coefficients(profile) -> dict[str, float]:
         coefficients[f"mbytes_{precision}"] = byte_ratio / bandwidth  # 1 MB at B GB/s = 1/B ms
         coefficients[f"melems_{precision}"] = 2 * _PRECISION_BYTES[run] / bandwidth  # read + write
         coefficients[f"mouts_{precision}"] = 0.0  # per-output work beyond MACs and bytes: only a calibration sees it
+        coefficients[f"krows_{precision}"] = 0.0  # per-row kernel calls: likewise
     # fp16 element-wise work in a scalar loop (onnxruntime's CPU Clip): assumed 4x the fp32 vector rate
     coefficients["melems_scalar"] = 4 * coefficients["melems_fp32"]
     return coefficients
