@@ -69,6 +69,16 @@ def test_conv_bn_relu_and_residual_add_are_fused(resnet):
     assert sum("Add" in op.fused for op in graph.ops) == 2  # the two residual sums
 
 
+def test_row_calls_of_spatial_convs_are_counted(resnet):
+    """MLAS's NCHWc conv kernel computes one output row per call: 3x3 convs count batch x height rows,
+    the 1x1 shortcut none (it takes the pointwise path)."""
+    at_batch_4 = analyze(resnet["fp32"], batch_size=4)
+    convs = {op.layer: op for op in at_batch_4.ops if op.kind == "conv"}
+    assert convs["stem.0"].rows == 4 * 16 and convs["block2_conv2"].rows == 4 * 8
+    assert convs["block2_short"].rows == 0
+    assert at_batch_4.features()["krows_fp32"] == sum(op.rows for op in convs.values()) / 1e3
+
+
 def test_two_input_model_and_symbolic_dims(two_input):
     result = estimate_ms(two_input, load_profile("local"))
     assert result.median_ms > 0 and result.unpriced_ops == {}
