@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AUTOCOMP_CONFIG_DIR"] = str(work / "config")
     os.environ["AUTOCOMP_CACHE_DIR"] = str(work / "cache")
 
-    from autocomp.latency.calibrate import build_variants, calibrate_device
+    from autocomp.latency.calibrate import build_variants, calibrate_device, measure_variants
     from autocomp.latency.estimate import analyze_for, estimate_ms
     from autocomp.latency.kernels import kernel_mismatch, runtime_kernels, simulated_kernels
     from autocomp.latency.local import LocalBackend
@@ -69,18 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         work / "test", profile=shipped, count=args.test_variants, seed=args.test_seed + 101, families=("mobilenet",)
     )
     random.Random(7).shuffle(test)
-    backend = LocalBackend(runs=args.runs)
-    passes_ms: dict[str, list[float]] = {}
-    for done_passes in range(args.passes):
-        for index, variant in enumerate(test):
-            median_ms = backend.measure(variant.path, with_overrides(profile, batch_size=variant.batch_size)).median_ms
-            passes_ms.setdefault(variant.path.name, []).append(median_ms)
-            print(f"\rtest set: pass {done_passes + 1}, measured {index + 1}/{len(test)}", end="", file=sys.stderr, flush=True)
+    samples = measure_variants(
+        test, profile=profile, backend=LocalBackend(runs=args.runs), passes=args.passes,
+        progress=lambda d, n: print(f"\rtest set: measured {d}/{n}", end="", file=sys.stderr, flush=True),
+    )
     print(file=sys.stderr)
-    measured = {name: min(times) for name, times in passes_ms.items()}
     rows = []
     kernels_exact = 0
-    for variant in test:
+    for sample in samples:
+        variant = sample.variant
         at_batch = with_overrides(profile, batch_size=variant.batch_size)
         estimated = estimate_ms(variant.path, at_batch).median_ms
         mismatch = kernel_mismatch(simulated_kernels(analyze_for(variant.path, at_batch)), runtime_kernels(variant.path))
@@ -88,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "file": variant.path.name, "family": variant.family, "precision": variant.precision,
-                "batch_size": variant.batch_size, "measured_ms": measured[variant.path.name], "estimated_ms": estimated,
-                "error_pct": (estimated / measured[variant.path.name] - 1.0) * 100.0, "kernel_mismatch": mismatch,
+                "batch_size": variant.batch_size, "measured_ms": sample.measured_ms, "estimated_ms": estimated,
+                "error_pct": (estimated / sample.measured_ms - 1.0) * 100.0, "kernel_mismatch": mismatch,
             }
         )
 
     # Noise floor: how far apart two passes over the same files were.
-    noise = [abs(times[1] / times[0] - 1.0) * 100.0 for times in passes_ms.values() if len(times) > 1]
+    noise = [abs(s.passes_ms[1] / s.passes_ms[0] - 1.0) * 100.0 for s in samples if len(s.passes_ms) > 1]
 
     # Estimate cost for the built-in models: a new file (analysis cache cleared; median of 15, since one
     # call lands in a slow spell of the host as easily as a timing does), then a repeated one.

@@ -252,8 +252,9 @@ def build_variants(
 @dataclass(frozen=True)
 class Sample:
     variant: Variant
-    measured_ms: float
+    measured_ms: float  # the lowest of passes_ms
     features: dict[str, float]
+    passes_ms: tuple[float, ...] = ()  # one time per pass over the set, in order
 
 
 def measure_variants(
@@ -269,20 +270,17 @@ def measure_variants(
     from autocomp.profiles import with_overrides
 
     precisions = precision_map(profile)
-    best_ms: dict[int, float] = {}
-    total = len(variants) * passes
+    at_batch = [with_overrides(profile, batch_size=variant.batch_size) for variant in variants]
+    times_ms: list[list[float]] = [[] for _ in variants]
     for done_passes in range(passes):
         for index, variant in enumerate(variants):
-            at_batch = with_overrides(profile, batch_size=variant.batch_size)
-            measured_ms = backend.measure(variant.path, at_batch).median_ms
-            best_ms[index] = min(measured_ms, best_ms.get(index, measured_ms))
+            times_ms[index].append(backend.measure(variant.path, at_batch[index]).median_ms)
             if progress is not None:
-                progress(done_passes * len(variants) + index + 1, total)
-    samples = []
-    for index, variant in enumerate(variants):
-        features = analyze_for(variant.path, with_overrides(profile, batch_size=variant.batch_size)).features(precisions)
-        samples.append(Sample(variant, best_ms[index], features))
-    return samples
+                progress(done_passes * len(variants) + index + 1, len(variants) * passes)
+    return [
+        Sample(variant, min(times), analyze_for(variant.path, profile_at).features(precisions), tuple(times))
+        for variant, profile_at, times in zip(variants, at_batch, times_ms)
+    ]
 
 
 def fit_coefficients(

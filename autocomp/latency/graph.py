@@ -19,7 +19,6 @@ which is the batch size, unless ``shapes`` names an input explicitly.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import re
@@ -107,7 +106,6 @@ class OpCost:
     bytes_moved: int  # weights + input and output activations at their precisions
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
-    channels: tuple[int, int] = (0, 0)  # MAC ops: (input, output) channels (features for a Gemm)
     padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads output channels to its block
     rows: int = 0  # dense convs with a kernel wider than 1x1: output rows (batch x height), one kernel call each
 
@@ -507,16 +505,13 @@ def _analyze_inplace(
                 continue  # a view of a weight is folded away
             ops.append(OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer))
             continue
-        precision = "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
+        precision = precision_of_node(node)
         if op_type in _CONV_OPS or op_type in _GEMM_OPS:
-            op = _mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())))
             # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
             # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
-            strip = nchwc_block if id(node) in blocked_convs else 16 if nchwc_block and precision == "int8" and op.kind == "conv" else 0
-            cout = op.channels[1]
-            if strip and cout:
-                op = dataclasses.replace(op, padding=math.ceil(cout / strip) * strip / cout)
-            ops.append(op)
+            int8_conv = nchwc_block and precision == "int8" and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
+            strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
+            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip))
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
         elements = max((_numel(g.shape(t)) for t in tensors), default=0)
@@ -553,9 +548,9 @@ def _drop_float_casts(model: onnx.ModelProto) -> dict[tuple[str, str], str]:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             src = rename.get(node.input[0], node.input[0])
             source = producer.get(src)
-            if source is not None and source.op_type in FP16_CPU_KERNELS and dtypes.get(src) == TensorProto.FLOAT16:
-                pass  # the op before it has an fp16 kernel and runs in fp16: this Cast runs too
-            elif to in _FLOATS and dtypes.get(src) in _FLOATS and src not in constants:
+            # after an op with an fp16 kernel (it runs in fp16) the Cast runs too
+            after_fp16_kernel = source is not None and source.op_type in FP16_CPU_KERNELS and dtypes.get(src) == TensorProto.FLOAT16
+            if not after_fp16_kernel and to in _FLOATS and dtypes.get(src) in _FLOATS and src not in constants:
                 rename[node.output[0]] = src
                 continue
         for index, name in enumerate(node.input):
@@ -649,10 +644,14 @@ class _InsertedKernels:
         if w is None or len(w) != 4:
             return False
         group = int(_attr(node, "group", 1))
-        out_channels, in_channels = w[0], w[1] * group
+        in_channels = self._in_channels(node)
         if group == 1:  # output channels are padded to the block
             return in_channels < self.block or in_channels % self.block == 0
-        return group == in_channels == out_channels and out_channels % self.block == 0
+        return group == in_channels == w[0] and w[0] % self.block == 0
+
+    def _in_channels(self, node: onnx.NodeProto) -> int:
+        w = self.g.shape(_weight_name(self.g, node.input[1])) or (0, 0)
+        return w[1] * int(_attr(node, "group", 1))
 
     def _reorder(self, op_type: str, tensor: str, near: onnx.NodeProto) -> None:
         if (op_type, tensor) not in self._reordered:
@@ -678,8 +677,7 @@ class _InsertedKernels:
         data = [i for i in node.input if i and not g.is_constant(i)]
         if blocked:
             x = node.input[0]
-            w = g.shape(_weight_name(g, node.input[1])) or (0, 0)
-            if w[1] * int(_attr(node, "group", 1)) < self.block:  # a stem-like conv reads plain NCHW
+            if self._in_channels(node) < self.block:  # a stem-like conv reads plain NCHW
                 if x in self._blocked:
                     self._reorder("ReorderOutput", x, node)
             elif not self.blocked(x, node):
@@ -795,7 +793,8 @@ def _weight_name(g: _Graph, name: str) -> str:
     return name
 
 
-def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...]) -> OpCost:
+def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0) -> OpCost:
+    """One MAC op; ``strip`` > 0: the kernel pads output channels to a multiple of it (``OpCost.padding``)."""
     op_type = node.op_type
     inputs = list(node.input)
     if op_type == "QLinearConv":
@@ -811,13 +810,13 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
         w_shape = g.shape(w_name)
     kind = "gemm"
     macs = 0
-    channels = (0, 0)
+    out_channels = 0
     rows = 0
     if op_type in _CONV_OPS:
         group = int(_attr(node, "group", 1))
         kind = "dwconv" if group > 1 else "conv"
         if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
-            channels = (w_shape[1] * group, w_shape[0])
+            out_channels = w_shape[0]
             kernel = _numel(tuple(w_shape[2:]))
             if group == 1 and kernel > 1 and len(y_shape) == 4:
                 rows = y_shape[0] * y_shape[2]
@@ -834,14 +833,14 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
             else:
                 k = x_shape[-1]
             macs = _numel(y_shape) * k
-            channels = (k, y_shape[-1])
     act = precision
     weight_bytes = _numel(w_shape) * _PRECISION_BYTES[act] if w_shape else 0
     x_bytes = _numel(x_shape) * _PRECISION_BYTES[act] if x_shape else 0
     y_bytes = _numel(y_shape) * _PRECISION_BYTES[act] if y_shape else 0
+    padding = math.ceil(out_channels / strip) * strip / out_channels if strip and out_channels else 1.0
     return OpCost(
         node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
-        channels, rows=rows,
+        padding=padding, rows=rows,
     )
 
 

@@ -11,11 +11,10 @@ warm-up of 20 runs left the first process of a series up to 60% slow on
 slower state for tenths of a second to seconds at a time. So each process warms
 up for at least ``WARMUP_S`` seconds, then times blocks of runs for at least
 ``TIMED_S`` seconds; the result's ``median_ms`` is the lowest block median
-(``robust_ms`` of bench_onnx), and with ``repeats`` > 1 the lowest over
-processes. Timing the same files twice this way still disagreed by more than
-10% for 12-20% of them (96 files, two passes, three runs of
-benchmarks/latency_predictor.py): the slow state can outlast the window, so
-``autocomp calibrate`` times its whole set in several passes.
+(``robust_ms`` of bench_onnx). Timing the same 96 files twice this way still
+disagreed by more than 10% for 12-20% of them in four runs of
+benchmarks/latency_predictor.py (34% in a fifth, noisier one): the slow state
+can outlast the window, so ``autocomp calibrate`` times its whole set in passes.
 """
 
 from __future__ import annotations
@@ -66,23 +65,19 @@ class LocalBackend:
         runs: int | None = None,
         timeout_s: float = 600.0,
         python: str | None = None,
-        repeats: int = 1,
         timed_s: float = TIMED_S,
     ) -> None:
-        """``repeats`` > 1 times the file in that many fresh processes and keeps the lowest median:
-        on a shared machine a burst of other work inflates one process's median, rarely all of them."""
         self.shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
         self.warmup = warmup
         self.runs = runs
         self.timeout_s = timeout_s
         self.python = python or sys.executable
-        self.repeats = max(1, int(repeats))
         self.timed_s = timed_s
 
     @property
     def cache_key(self) -> str:
         """What besides the file and the profile changes the result (for ``CachedBackend``)."""
-        return json.dumps([sorted(self.shapes.items()), self.warmup, self.runs, self.repeats, self.timed_s])
+        return json.dumps([sorted(self.shapes.items()), self.warmup, self.runs, self.timed_s])
 
     def command(self, onnx_path: Path, profile) -> list[str]:
         runtime = profile.runtime
@@ -103,11 +98,6 @@ class LocalBackend:
         return cmd
 
     def measure(self, onnx_path: Path, profile) -> LatencyResult:
-        results = [self._measure_once(onnx_path, profile) for _ in range(self.repeats)]
-        best = min(results, key=lambda r: r.median_ms)
-        return LatencyResult(best.median_ms, best.p90_ms, sum(r.runs for r in results) if self.repeats > 1 else best.runs, best.source)
-
-    def _measure_once(self, onnx_path: Path, profile) -> LatencyResult:
         path = Path(onnx_path)
         if not path.is_file():
             raise LatencyError(f"ONNX file {path} does not exist")
