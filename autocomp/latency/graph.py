@@ -107,7 +107,7 @@ class OpCost:
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
     padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads output channels to its block
-    rows: int = 0  # dense convs with a kernel wider than 1x1: output rows (batch x height), one kernel call each
+    rows: int = 0  # dense convs wider than 1x1 or reading plain NCHW: output rows (batch x height), one kernel call each
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def feature_names() -> list[str]:
     stem conv with one input channel or a narrow (8-channel) layer does few
     MACs per output, and small-batch MLAS kernels are far from peak there.
     ``krows_<p>`` (thousands of output rows of dense convs with a kernel wider
-    than 1x1) prices the per-call cost of MLAS's NCHWc conv kernel, which
-    computes one output row per call (1x1 and depthwise convs take other
-    paths). Without it the fit traded ResNet (too fast) against MobileNet (too
+    than 1x1, or with fewer input channels than a block) prices the per-call
+    cost of MLAS's NCHWc and NCHW conv kernels, which compute one output row
+    per call (other 1x1 and depthwise convs take other paths). Without it the fit traded ResNet (too fast) against MobileNet (too
     slow); with it benchmarks/latency_predictor.py went from 47% of unseen
     variants within +-10% to 87.5% and 92.7% (two test sets).
     """
@@ -511,7 +511,8 @@ def _analyze_inplace(
             # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
             int8_conv = nchwc_block and precision == "int8" and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
             strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
-            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip))
+            per_row = id(node) in blocked_convs and inserted.reads_plain(node)
+            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip, per_row=per_row))
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
         elements = max((_numel(g.shape(t)) for t in tensors), default=0)
@@ -597,6 +598,10 @@ def _runs_fp16(g: _Graph, node: onnx.NodeProto) -> bool:
     return any(user.op_type == "Cast" for user in g.consumers.get(node.output[0], []))
 
 
+# Channel counts (input channels of a dense conv, channels of a depthwise one) that the NchwcTransformer
+# takes must be multiples of this, not of the block: seen in onnxruntime 1.32's optimized graphs (block 8).
+_NCHWC_ALIGNMENT = 4
+
 # Ops that onnxruntime's NchwcTransformer runs blocked when their data inputs are blocked.
 _NCHWC_FOLLOWERS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Add", "Sum"})
 
@@ -607,9 +612,10 @@ class _InsertedKernels:
     Which tensors stay in MLAS's blocked NCHWc layout was read off onnxruntime
     1.32's optimized graphs on x86 (AVX2, block 8; see ``autocomp.latency.kernels``): an fp32
     Conv with constant weights runs blocked (its output channels padded to the
-    block) when its input channels are a multiple of the block, or fewer than
-    one block (it then reads plain NCHW, like a stem); a depthwise Conv when its
-    channels are a multiple of the block.
+    block) when its input channels are fewer than one block (it then reads
+    plain NCHW, like a stem) or a multiple of 4 (``_NCHWC_ALIGNMENT``: 12 runs
+    blocked, padded to 16; 10 does not); a depthwise Conv when its channels are
+    a multiple of 4.
     Pools, ReLUs and sums of blocked tensors stay blocked; every other consumer
     of a blocked tensor needs one ReorderOutput (per tensor), and a blocked conv
     fed a plain tensor one ReorderInput. With ``block`` 0 there is no NCHWc.
@@ -646,8 +652,12 @@ class _InsertedKernels:
         group = int(_attr(node, "group", 1))
         in_channels = self._in_channels(node)
         if group == 1:  # output channels are padded to the block
-            return in_channels < self.block or in_channels % self.block == 0
-        return group == in_channels == w[0] and w[0] % self.block == 0
+            return self.reads_plain(node) or in_channels % _NCHWC_ALIGNMENT == 0
+        return group == in_channels == w[0] and w[0] % _NCHWC_ALIGNMENT == 0
+
+    def reads_plain(self, node: onnx.NodeProto) -> bool:
+        """Does this blocked conv read plain NCHW (MLAS's NCHW algorithm: one kernel call per output row)?"""
+        return int(_attr(node, "group", 1)) == 1 and self._in_channels(node) < self.block
 
     def _in_channels(self, node: onnx.NodeProto) -> int:
         w = self.g.shape(_weight_name(self.g, node.input[1])) or (0, 0)
@@ -677,7 +687,7 @@ class _InsertedKernels:
         data = [i for i in node.input if i and not g.is_constant(i)]
         if blocked:
             x = node.input[0]
-            if self._in_channels(node) < self.block:  # a stem-like conv reads plain NCHW
+            if self.reads_plain(node):  # a stem-like conv
                 if x in self._blocked:
                     self._reorder("ReorderOutput", x, node)
             elif not self.blocked(x, node):
@@ -793,8 +803,11 @@ def _weight_name(g: _Graph, name: str) -> str:
     return name
 
 
-def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0) -> OpCost:
-    """One MAC op; ``strip`` > 0: the kernel pads output channels to a multiple of it (``OpCost.padding``)."""
+def _mac_op(
+    g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0, per_row: bool = False
+) -> OpCost:
+    """One MAC op; ``strip`` > 0: the kernel pads output channels to a multiple of it (``OpCost.padding``);
+    ``per_row``: the kernel is called once per output row whatever its size (MLAS's NCHW algorithm)."""
     op_type = node.op_type
     inputs = list(node.input)
     if op_type == "QLinearConv":
@@ -818,7 +831,7 @@ def _mac_op(g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: 
         if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
             out_channels = w_shape[0]
             kernel = _numel(tuple(w_shape[2:]))
-            if group == 1 and kernel > 1 and len(y_shape) == 4:
+            if group == 1 and (kernel > 1 or per_row) and len(y_shape) == 4:
                 rows = y_shape[0] * y_shape[2]
             if op_type == "ConvTranspose" and x_shape is not None:
                 macs = _numel(x_shape) * w_shape[1] * kernel

@@ -67,3 +67,32 @@ def test_fp16_clip_at_a_region_border_runs_in_fp16(tmp_path):
     assert [op.kind for op in graph.ops if op.op_type == "Clip"] == ["scalar"]  # the border Clip, in fp16
     assert [op.fused for op in graph.ops if op.op_type == "Conv"] == [(), ("Clip",)]  # the fp32 conv fuses its own
     assert kernel_mismatch(simulated_kernels(graph), runtime_kernels(mixed)) == {}
+
+
+@pytest.mark.parametrize("channels", [3, 4, 6, 10, 12])
+def test_pruned_channel_counts_get_onnxruntime_layout(tmp_path, channels):
+    """Pruning leaves counts like 3, 6 or 12 channels. onnxruntime blocks a conv whose channels are a
+    multiple of 4 (not only of the block), and a dense conv with fewer input channels than a block reads
+    plain NCHW, one kernel call per output row (counted in ``rows``, 1x1 or not)."""
+    import torch
+    from torch import nn
+
+    from autocomp.export import export_onnx
+
+    block = host_nchwc_block()
+    if not block:
+        pytest.skip("this CPU has no NCHWc layout")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, channels, 1), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.ReLU(),  # depthwise
+        nn.Conv2d(channels, 16, 1), nn.ReLU(),
+        nn.Conv2d(16, 8, 3, padding=1),
+    ).eval()
+    path = export_onnx(model, (torch.rand(1, 1, 16, 16),), tmp_path / "m.onnx")
+    graph = analyze(path, batch_size=2, fp16_as_fp32=True, nchwc_block=block)
+    assert kernel_mismatch(simulated_kernels(graph), runtime_kernels(path)) == {}
+    convs = [op for op in graph.ops if op.kind in ("conv", "dwconv")]
+    plain_reader = convs[3]  # the 1x1 conv after the pruned layer
+    assert plain_reader.rows == (2 * 16 if channels < block else 0)
