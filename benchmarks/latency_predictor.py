@@ -16,6 +16,15 @@
    files were apart: the noise floor on a shared machine), how many test files' kernel lists the cost model reads exactly as
    onnxruntime's optimized graph has them, and the estimate's cost for the built-in models. Writes
    ``<work-dir>/results.json``.
+
+    python benchmarks/latency_predictor.py --rescore WORK_DIR
+
+re-scores the current estimate against the times an earlier run stored in ``WORK_DIR``: every file
+is analysed again, the coefficients are fitted again on the same calibration rows (the same held-out
+split, the shipped profile as the prior, as ``calibrate_device`` does) and the test set is scored,
+without timing anything. On a shared host whose speed drifts from hour to hour this is how two
+versions of the estimate are compared on the same measurements; a fresh run is still what shows how
+the estimate does on files and times it has never seen. Writes ``WORK_DIR/rescored.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=2, help="times each set is timed (each file keeps its lowest)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep ONNX files and results here")
     parser.add_argument("--test-seed", type=int, default=101, help="seed of the test set (MobileNet uses seed + 101)")
+    parser.add_argument("--rescore", type=Path, default=None, metavar="WORK_DIR",
+                        help="score the current estimate on the times stored by an earlier run (no timing)")
     args = parser.parse_args(argv)
+    if args.rescore is not None:
+        return rescore(args.rescore)
 
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("root").setLevel(logging.ERROR)
@@ -87,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 "file": variant.path.name, "family": variant.family, "precision": variant.precision,
                 "batch_size": variant.batch_size, "measured_ms": sample.measured_ms, "estimated_ms": estimated,
                 "error_pct": (estimated / sample.measured_ms - 1.0) * 100.0, "kernel_mismatch": mismatch,
+                "passes_ms": list(sample.passes_ms),
             }
         )
 
@@ -118,35 +132,104 @@ def main(argv: list[str] | None = None) -> int:
             estimate_ms(path, profile)
         cost[name] = {"first_call_ms": round(first_ms, 2), "repeat_call_ms": round((time.perf_counter() - t0) * 50, 3)}
 
-    def share(selected):
-        return sum(abs(r["error_pct"]) <= 10.0 for r in selected) / max(1, len(selected))
-
-    def median(values):
-        values = sorted(values)
-        return values[len(values) // 2] if values else float("nan")
-
     summary = {
-        "command": "python benchmarks/latency_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": _command(argv),
         "calibration": {"path": str(report.path), "samples": report.samples, "held_out": report.held_out,
                         "held_out_within_10pct": report.within_10pct, "held_out_median_abs_error_pct": report.median_abs_error_pct},
         "test_variants": len(rows),
         "kernel_lists_exact": f"{kernels_exact}/{len(rows)}",
-        "within_10pct": round(share(rows), 3),
-        "median_abs_error_pct": round(median([abs(r["error_pct"]) for r in rows]), 2),
-        "by_family": {f: round(share([r for r in rows if r["family"] == f]), 3) for f in ("resnet", "mobilenet")},
-        "by_precision": {p: round(share([r for r in rows if r["precision"] == p]), 3) for p in ("fp32", "fp16", "int8", "mixed")},
-        "measurement_noise": {"files": len(noise), "pass_to_pass_median_abs_change_pct": round(median(noise), 2),
+        **_scores(rows),
+        "measurement_noise": {"files": len(noise), "pass_to_pass_median_abs_change_pct": round(_median(noise), 2),
                               "pass_to_pass_within_10pct": round(sum(n <= 10 for n in noise) / max(1, len(noise)), 3)},
         "estimate_cost": cost,
         "load_average": os.getloadavg(),
         "wall_s": round(time.time() - started, 1),
     }
-    (work / "results.json").write_text(json.dumps({"summary": summary, "rows": rows, "calibration_rows": report.rows}, indent=1))
-    for row in sorted(rows, key=lambda r: (r["family"], r["precision"], r["file"])):
+    return _write(work / "results.json", {"summary": summary, "rows": rows, "calibration_rows": report.rows})
+
+
+def rescore(work: Path) -> int:
+    """The current estimate, refitted and scored on the times stored in ``work/results.json``."""
+    stored_path = work / "results.json"
+    if not stored_path.is_file():
+        print(f"error: {stored_path} does not exist; give the --work-dir of an earlier run", file=sys.stderr)
+        return 2
+    stored = json.loads(stored_path.read_text())
+    os.environ["AUTOCOMP_CONFIG_DIR"] = str(work / "config")  # never the user's own calibration
+
+    from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality, predict_ms
+    from autocomp.latency.estimate import analyze_for, coefficients_for, precision_map
+    from autocomp.profiles import with_overrides
+
+    base = _host_profile()
+    precisions = precision_map(base)
+
+    def sample(row: dict, folder: str) -> Sample:
+        path = work / folder / row["file"]
+        variant = Variant(path, row["family"], row["file"].rsplit("-", 1)[0], row["precision"], row["batch_size"])
+        features = analyze_for(path, with_overrides(base, batch_size=row["batch_size"])).features(precisions)
+        return Sample(variant, row["measured_ms"], features)
+
+    calibration = [(row, sample(row, "calib")) for row in stored["calibration_rows"]]
+    train = [s for row, s in calibration if not row["held_out"]]
+    held_out = [s for row, s in calibration if row["held_out"]]
+    coefficients, _ = fit_coefficients(train, prior=coefficients_for(base))
+    quality = fit_quality(held_out, coefficients)
+    rows = []
+    for row in stored["rows"]:
+        estimated = predict_ms(sample(row, "test").features, coefficients)
+        rows.append({**row, "estimated_ms": estimated, "error_pct": (estimated / row["measured_ms"] - 1.0) * 100.0})
+    summary = {
+        "command": _command(None),
+        "measured_by": stored["summary"]["command"],
+        "calibration": {"samples": len(train), "held_out": len(held_out), "held_out_within_10pct": quality.get("within_10pct"),
+                        "held_out_median_abs_error_pct": quality.get("median_abs_error_pct")},
+        "test_variants": len(rows),
+        **_scores(rows),
+        "measurement_noise": stored["summary"].get("measurement_noise"),
+    }
+    return _write(work / "rescored.json", {"summary": summary, "rows": rows, "coefficients": coefficients})
+
+
+def _host_profile():
+    """The shipped local profile with this CPU's NCHWc block, as ``calibrate_device`` builds it."""
+    import dataclasses
+
+    from autocomp.latency.kernels import host_nchwc_block
+    from autocomp.profiles import load_profile
+
+    shipped = load_profile("local", calibrated=False)
+    return dataclasses.replace(shipped, runtime=dataclasses.replace(shipped.runtime, nchwc_block=host_nchwc_block()))
+
+
+def _command(argv: list[str] | None) -> str:
+    return "python benchmarks/latency_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def _scores(rows: list[dict]) -> dict:
+    def share(selected):
+        return round(sum(abs(r["error_pct"]) <= 10.0 for r in selected) / max(1, len(selected)), 3)
+
+    return {
+        "within_10pct": share(rows),
+        "median_abs_error_pct": round(_median([abs(r["error_pct"]) for r in rows]), 2),
+        "by_family": {f: share([r for r in rows if r["family"] == f]) for f in ("resnet", "mobilenet")},
+        "by_precision": {p: share([r for r in rows if r["precision"] == p]) for p in ("fp32", "fp16", "int8", "mixed")},
+    }
+
+
+def _write(path: Path, results: dict) -> int:
+    path.write_text(json.dumps(results, indent=1))
+    for row in sorted(results["rows"], key=lambda r: (r["family"], r["precision"], r["file"])):
         print(f"{row['family']:10s} {row['precision']:6s} b{row['batch_size']} {row['file']:28s} "
               f"measured {row['measured_ms']:8.3f} ms  estimate {row['estimated_ms']:8.3f} ms  {row['error_pct']:+6.1f}%")
-    print(json.dumps(summary, indent=1))
-    print(f"results: {work / 'results.json'}")
+    print(json.dumps(results["summary"], indent=1))
+    print(f"results: {path}")
     return 0
 
 
