@@ -134,9 +134,10 @@ def feature_names() -> list[str]:
     ``krows_<p>`` (thousands of output rows of dense convs with a kernel wider
     than 1x1, or with fewer input channels than a block) prices the per-call
     cost of MLAS's NCHWc and NCHW conv kernels, which compute one output row
-    per call (other 1x1 and depthwise convs take other paths). Without it the fit traded ResNet (too fast) against MobileNet (too
-    slow); with it benchmarks/latency_predictor.py went from 47% of unseen
-    variants within +-10% to 87.5% and 92.7% (two test sets).
+    per call (other 1x1 and depthwise convs take other paths). Without it the
+    fit traded ResNet (too fast) against MobileNet (too slow); with it
+    benchmarks/latency_predictor.py went from 47% of unseen variants within
+    +-10% to 87.5% and 92.7% (two test sets).
     """
     names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
     names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
