@@ -137,7 +137,9 @@ def feature_names() -> list[str]:
     per call (other 1x1 and depthwise convs take other paths). Without it the
     fit traded ResNet (too fast) against MobileNet (too slow); with it
     benchmarks/latency_predictor.py went from 47% of unseen variants within
-    +-10% to 87.5% and 92.7% (two test sets).
+    +-10% to 87.5% and 92.7% (two test sets; 90.6%, 92.7% and 79.2% on
+    three fresh sets once pruned channel counts got onnxruntime's layout
+    rules, see ``_NCHWC_ALIGNMENT``).
     """
     names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
     names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
