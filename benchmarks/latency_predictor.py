@@ -136,11 +136,11 @@ def rescore(work: Path) -> int:
 
     import dataclasses
 
-    from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality, predict_ms
+    from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality, on_this_host, predict_ms
     from autocomp.latency.estimate import analyze_for, coefficients_for, precision_map
-    from autocomp.profiles import with_overrides
+    from autocomp.profiles import load_profile, with_overrides
 
-    base = _host_profile()
+    base = on_this_host(load_profile("local", calibrated=False))  # what calibrate_device fits from
     precisions = precision_map(base)
 
     def sample(row: dict, folder: str) -> Sample:
@@ -209,17 +209,6 @@ def estimate_cost(work: Path, profile) -> dict:
             "repeat_call_ms": round((time.perf_counter() - t0) * 50, 3),
         }
     return cost
-
-
-def _host_profile():
-    """The shipped local profile with this CPU's NCHWc block, as ``calibrate_device`` builds it."""
-    import dataclasses
-
-    from autocomp.latency.kernels import host_nchwc_block
-    from autocomp.profiles import load_profile
-
-    shipped = load_profile("local", calibrated=False)
-    return dataclasses.replace(shipped, runtime=dataclasses.replace(shipped.runtime, nchwc_block=host_nchwc_block()))
 
 
 def _command(argv: list[str] | None) -> str:

@@ -392,6 +392,13 @@ def write_profile(profile, path: Path) -> Path:
     return path
 
 
+def on_this_host(profile):
+    """``profile`` as this machine runs it: its CPU decides onnxruntime's conv layout (``runtime.nchwc_block``)."""
+    from autocomp.latency.kernels import host_nchwc_block
+
+    return dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, nchwc_block=host_nchwc_block()))
+
+
 def calibrate_device(
     device: str,
     *,
@@ -424,10 +431,8 @@ def calibrate_device(
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
     shipped = load_profile(device, calibrated=False)
-    if backend == "local":  # the profile of this machine: its CPU decides onnxruntime's conv layout
-        from autocomp.latency.kernels import host_nchwc_block
-
-        shipped = dataclasses.replace(shipped, runtime=dataclasses.replace(shipped.runtime, nchwc_block=host_nchwc_block()))
+    if backend == "local":
+        shipped = on_this_host(shipped)
     base = shipped if board is None else dataclasses.replace(shipped, ssh=board)
     options: dict[str, Any] = {}
     if backend == "local" and runs is not None:
