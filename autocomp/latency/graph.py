@@ -514,8 +514,9 @@ def _analyze_inplace(
             # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
             int8_conv = nchwc_block and precision == "int8" and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
             strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
-            per_row = id(node) in blocked_convs and inserted.reads_plain(node)
-            ops.append(_mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip, per_row=per_row))
+            ops.append(
+                _mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip, per_row=inserted.reads_plain(node))
+            )
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
         elements = max((_numel(g.shape(t)) for t in tensors), default=0)
@@ -636,6 +637,7 @@ class _InsertedKernels:
         self._blocked: set[str] = set()
         self._reordered: set[tuple[str, str]] = set()
         self._casts: set[bytes | str] = set()  # constant values already Cast
+        self._plain_readers: set[int] = set()  # convs taken that read plain NCHW
         self.ops: list[OpCost] = []
 
     def blocked(self, tensor: str, reader: onnx.NodeProto | None = None) -> bool:
@@ -653,18 +655,17 @@ class _InsertedKernels:
         if w is None or len(w) != 4:
             return False
         group = int(_attr(node, "group", 1))
-        in_channels = self._in_channels(node)
+        in_channels = w[1] * group
         if group == 1:  # output channels are padded to the block
-            return self.reads_plain(node) or in_channels % _NCHWC_ALIGNMENT == 0
+            if in_channels < self.block:  # it reads plain NCHW, like a stem
+                self._plain_readers.add(id(node))
+                return True
+            return in_channels % _NCHWC_ALIGNMENT == 0
         return group == in_channels == w[0] and w[0] % _NCHWC_ALIGNMENT == 0
 
     def reads_plain(self, node: onnx.NodeProto) -> bool:
-        """Does this blocked conv read plain NCHW (MLAS's NCHW algorithm: one kernel call per output row)?"""
-        return int(_attr(node, "group", 1)) == 1 and self._in_channels(node) < self.block
-
-    def _in_channels(self, node: onnx.NodeProto) -> int:
-        w = self.g.shape(_weight_name(self.g, node.input[1])) or (0, 0)
-        return w[1] * int(_attr(node, "group", 1))
+        """Was this conv taken reading plain NCHW (MLAS's NCHW algorithm: one kernel call per output row)?"""
+        return id(node) in self._plain_readers
 
     def _reorder(self, op_type: str, tensor: str, near: onnx.NodeProto) -> None:
         if (op_type, tensor) not in self._reordered:
@@ -690,7 +691,7 @@ class _InsertedKernels:
         data = [i for i in node.input if i and not g.is_constant(i)]
         if blocked:
             x = node.input[0]
-            if self.reads_plain(node):  # a stem-like conv
+            if self.reads_plain(node):
                 if x in self._blocked:
                     self._reorder("ReorderOutput", x, node)
             elif not self.blocked(x, node):
