@@ -90,12 +90,16 @@ def calibrate(
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
     seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
     passes: int = typer.Option(2, "--passes", min=1, help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
+    settle_pct: Optional[float] = typer.Option(
+        None, "--settle-pct", min=0.0,
+        help="After the passes, time again (up to 3 more times) each variant whose two lowest times differ by more than this many percent (default 5; 0: never).",
+    ),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the fit summary as one JSON object."),
 ) -> None:
     """Fit a device's cost model to real measurements and make it the profile in force."""
     from autocomp.cli.app import err_console
-    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.latency.calibrate import SETTLE_PCT, calibrate_device
 
     def progress(done: int, total: int) -> None:
         if done == 1 or done == total or done % 10 == 0:
@@ -107,6 +111,7 @@ def calibrate(
     report = calibrate_device(
         device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
         work_dir=work_dir, progress=progress, passes=passes,
+        settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None,
     )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))

@@ -32,6 +32,10 @@ from autocomp.latency.graph import feature_names
 
 log = logging.getLogger(__name__)
 
+# A variant's time is taken once two passes agree this closely on its lowest (see measure_variants).
+SETTLE_PCT = 5.0
+SETTLE_EXTRA_PASSES = 3  # at most this many passes beyond the fixed ones
+
 
 # --------------------------------------------------------------------------- variants
 
@@ -258,13 +262,20 @@ class Sample:
 
 
 def measure_variants(
-    variants: Sequence[Variant], *, profile, backend, progress: Callable[[int, int], None] | None = None, passes: int = 1
+    variants: Sequence[Variant], *, profile, backend, progress: Callable[[int, int], None] | None = None, passes: int = 1,
+    settle_pct: float | None = None, max_passes: int | None = None,
 ) -> list[Sample]:
     """Time every variant at its batch size and compute its cost-model features.
 
     With ``passes`` > 1 the whole set is timed again after the previous pass and
     each variant keeps its lowest time: a slow spell of a shared host that
     outlasts one measurement rarely comes back minutes later for the same file.
+    With ``settle_pct``, the variants whose two lowest times are still more than
+    that far apart are timed again, pass after pass, until they agree or have
+    ``max_passes`` times (default ``passes`` + ``SETTLE_EXTRA_PASSES``): a file whose every pass fell in
+    a slow spell keeps a slow time otherwise (in one benchmark run a ResNet file
+    timed 0.500, 0.583 and 0.371 ms, and 0.31 ms on each of three later tries).
+    ``progress(done, total)``: ``total`` grows when a settling pass starts.
     """
     from autocomp.latency.estimate import analyze_for, precision_map
     from autocomp.profiles import with_overrides
@@ -272,15 +283,35 @@ def measure_variants(
     precisions = precision_map(profile)
     at_batch = [with_overrides(profile, batch_size=variant.batch_size) for variant in variants]
     times_ms: list[list[float]] = [[] for _ in variants]
-    for done_passes in range(passes):
-        for index, variant in enumerate(variants):
-            times_ms[index].append(backend.measure(variant.path, at_batch[index]).median_ms)
+    limit = max(passes, max_passes if max_passes is not None else passes + SETTLE_EXTRA_PASSES)
+    todo = list(range(len(variants)))
+    done, total = 0, len(variants) * passes
+    for pass_index in range(limit):
+        for index in todo:
+            times_ms[index].append(backend.measure(variants[index].path, at_batch[index]).median_ms)
+            done += 1
             if progress is not None:
-                progress(done_passes * len(variants) + index + 1, len(variants) * passes)
+                progress(done, total)
+        if pass_index + 1 < passes:
+            continue
+        if settle_pct is None:
+            break
+        todo = [index for index, times in enumerate(times_ms) if not settled(times, settle_pct)]
+        if not todo or pass_index + 1 == limit:
+            break
+        total += len(todo)
     return [
         Sample(variant, min(times), analyze_for(variant.path, profile_at).features(precisions), tuple(times))
         for variant, profile_at, times in zip(variants, at_batch, times_ms)
     ]
+
+
+def settled(times_ms: Sequence[float], settle_pct: float) -> bool:
+    """Two of the times agree within ``settle_pct`` on the lowest."""
+    if len(times_ms) < 2:
+        return False
+    lowest, second = sorted(times_ms)[:2]
+    return second <= lowest * (1.0 + settle_pct / 100.0)
 
 
 def fit_coefficients(
@@ -415,14 +446,16 @@ def calibrate_device(
     progress: Callable[[int, int], None] | None = None,
     prune: bool = True,
     passes: int = 2,
+    settle_pct: float | None = SETTLE_PCT,
     timed_s: float | None = None,
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
     ``board`` (an ``SshTarget``) replaces the profile's ssh: board for ``backend="ssh"``; the
     calibrated profile keeps the shipped ssh: section (a one-off --board is not remembered).
-    ``passes``: times the whole set is timed (each variant keeps its lowest, see
-    ``measure_variants``); ``timed_s``: the local backend's timing window per file.
+    ``passes``: times the whole set is timed (each variant keeps its lowest);
+    ``settle_pct``: variants whose lowest two times disagree by more are timed
+    again (see ``measure_variants``; None: never); ``timed_s``: the local backend's timing window per file.
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
@@ -446,7 +479,9 @@ def calibrate_device(
             folder, profile=base, count=variants, seed=seed, families=families, precisions=precisions, prune=prune
         )
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
-        samples = measure_variants(built, profile=base, backend=timer, progress=progress, passes=passes)
+        samples = measure_variants(
+            built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
+        )
     train, test = split_by_base(samples, held_out=held_out, seed=seed)
     prior = coefficients_for(base)
     coefficients, unfitted = fit_coefficients(train, prior=prior)
@@ -460,7 +495,8 @@ def calibrate_device(
         "samples": len(train),
         "held_out": len(test),
         "fit": quality,
-        "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed}), timed in {passes} passes",
+        "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed}), timed in {passes} passes"
+        + (f" and again until the lowest two agree within {settle_pct:g}% (at most {passes + SETTLE_EXTRA_PASSES} times)" if settle_pct else ""),
         "onnxruntime": onnxruntime.__version__,
     }
     profile = calibrated_profile(shipped, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
@@ -470,6 +506,7 @@ def calibrate_device(
             "file": s.variant.path.name, "family": s.variant.family, "precision": s.variant.precision,
             "batch_size": s.variant.batch_size, "measured_ms": round(s.measured_ms, 4),
             "estimated_ms": round(predict_ms(s.features, coefficients), 4), "held_out": s in test,
+            "passes_ms": [round(ms, 4) for ms in s.passes_ms],
         }
         for s in samples
     ]

@@ -38,7 +38,7 @@ def test_calibrate_round_trip(tmp_path):
 
     report = calibrate_device(
         "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
-        passes=1, timed_s=0.0,
+        passes=1, settle_pct=None, timed_s=0.0,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     assert report.samples + report.held_out == 12 and report.held_out >= 2
@@ -68,3 +68,53 @@ def test_calibrate_refuses_the_estimate_backend():
 
     with pytest.raises(LatencyError, match="real backend"):
         calibrate_device("local", backend="estimate", variants=8)
+
+
+def test_noisy_variants_are_timed_again_until_two_times_agree(tmp_path):
+    """A shared host's slow spell can cover every pass of one file: that file is timed again, the others are not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from autocomp.latency.base import LatencyResult
+    from autocomp.latency.calibrate import measure_variants
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    scripted = {  # the times a host would give each file, pass after pass
+        "steady": [1.0, 1.02],
+        "slow-then-steady": [1.5, 1.3, 1.0, 1.04],
+        "always-noisy": [2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+    }
+    variants = []
+    for name in scripted:
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        variants.append(Variant(tmp_path / f"{name}.onnx", "x", name, "fp32", 1))
+
+    class ScriptedBackend:
+        name = "scripted"
+
+        def __init__(self):
+            self.calls = []
+
+        def measure(self, onnx_path, profile):
+            self.calls.append(onnx_path.stem)
+            ms = scripted[onnx_path.stem][self.calls.count(onnx_path.stem) - 1]
+            return LatencyResult(median_ms=ms, p90_ms=ms, runs=1, source="scripted")
+
+    backend, progress = ScriptedBackend(), []
+    samples = measure_variants(
+        variants, profile=load_profile("local"), backend=backend, passes=2, settle_pct=5.0, max_passes=5,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    by_name = {s.variant.base: s for s in samples}
+    assert by_name["steady"].passes_ms == (1.0, 1.02) and by_name["steady"].measured_ms == 1.0
+    assert by_name["slow-then-steady"].passes_ms == (1.5, 1.3, 1.0, 1.04) and by_name["slow-then-steady"].measured_ms == 1.0
+    assert by_name["always-noisy"].passes_ms == (2.0, 3.0, 4.0, 5.0, 6.0)  # capped at max_passes
+    assert len(backend.calls) == 2 + 4 + 5
+    assert progress[-1][0] == progress[-1][1] == len(backend.calls)  # the total grew with each settling pass
+    assert by_name["steady"].features["nodes"] == 1.0  # features still come from the file
+
+    backend = ScriptedBackend()  # without settle_pct: exactly the fixed passes
+    samples = measure_variants(variants, profile=load_profile("local"), backend=backend, passes=2)
+    assert [s.passes_ms for s in samples] == [(1.0, 1.02), (1.5, 1.3), (2.0, 3.0)]
