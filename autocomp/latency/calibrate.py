@@ -4,7 +4,8 @@
 (random architectures mixing dense, residual, depthwise-separable and linear
 layers at random per-layer widths, plus width/pruned variants of the built-in
 residual CNN), each in several precisions (fp32, fp16, all-int8 and per-layer
-mixed int8) and at the profile's calibration batch sizes, times them with a
+mixed int8) and at the profile's calibration batch sizes, adds chains of
+stand-alone element-wise kernels (``build_probes``), times them with a
 real backend, fits the linear cost model with non-negative least squares on
 relative error, and scores it on a held-out part of the set (whole base models
 are held out, not just one precision of a model that was fitted).
@@ -250,6 +251,47 @@ def build_variants(
     return variants
 
 
+# Element-wise probes: (op, channels, height, width, chain length). Whole networks alone left the fixed
+# cost of a call and of a stand-alone element-wise kernel unidentified (fitted to 0 and 0.1 us, where one
+# Relu costs several us and a call about 15 us): in a conv net those costs move with the conv count.
+_PROBES = tuple(
+    (op, *chw, length)
+    for op in ("Relu", "Add")
+    for chw in ((8, 16, 16), (32, 32, 32))
+    for length in (1, 8)
+)
+
+
+def build_probes(out_dir: Path, *, profile) -> list[Variant]:
+    """Chains of fp32 Relu or Add kernels (``_PROBES``) at each calibration batch size: calls and element-wise work alone."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = []
+    for op, channels, height, width, length in _PROBES:
+        shape = ["batch", channels, height, width]
+        nodes, last = [], "x"
+        for index in range(length):
+            inputs = [last] if op == "Relu" else [last, "x"]
+            nodes.append(helper.make_node(op, inputs, [f"t{index}"], name=f"{op.lower()}{index}"))
+            last = f"t{index}"
+        nodes[-1].output[0] = "y"
+        graph = helper.make_graph(
+            nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8  # readable by every onnxruntime the profiles name
+        base = f"probe-{op.lower()}-{channels}x{height}x{width}-{length}"
+        path = out_dir / f"{base}.onnx"
+        onnx.save(model, path)
+        for batch in profile.runtime.calibration_batch_sizes:
+            variants.append(Variant(path, "probe", base, "fp32", batch, f"{length} x {op} on {channels}x{height}x{width}"))
+    return variants
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -448,6 +490,7 @@ def calibrate_device(
     passes: int = 2,
     settle_pct: float | None = SETTLE_PCT,
     timed_s: float | None = None,
+    probes: bool = True,
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
@@ -478,11 +521,15 @@ def calibrate_device(
         built = build_variants(
             folder, profile=base, count=variants, seed=seed, families=families, precisions=precisions, prune=prune
         )
+        if probes:
+            built += build_probes(folder, profile=base)
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
         samples = measure_variants(
             built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
         )
-    train, test = split_by_base(samples, held_out=held_out, seed=seed)
+    # probes always train: the held-out figure is about networks
+    train, test = split_by_base([s for s in samples if s.variant.family != "probe"], held_out=held_out, seed=seed)
+    train += [s for s in samples if s.variant.family == "probe"]
     prior = coefficients_for(base)
     coefficients, unfitted = fit_coefficients(train, prior=prior)
     quality = fit_quality(test, coefficients)
@@ -495,7 +542,9 @@ def calibrate_device(
         "samples": len(train),
         "held_out": len(test),
         "fit": quality,
-        "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed}), timed in {passes} passes"
+        "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed})"
+        + (f", {sum(s.variant.family == 'probe' for s in samples)} element-wise probes" if probes else "")
+        + f", timed in {passes} passes"
         + (f" and again until the lowest two agree within {settle_pct:g}% (at most {passes + SETTLE_EXTRA_PASSES} times)" if settle_pct else ""),
         "onnxruntime": onnxruntime.__version__,
     }
@@ -519,7 +568,7 @@ def calibrate_device(
 
 
 __all__ = [
-    "CalibrationReport", "Sample", "Variant", "build_variants", "calibrate_device", "calibrated_profile",
+    "CalibrationReport", "Sample", "Variant", "build_probes", "build_variants", "calibrate_device", "calibrated_profile",
     "fit_coefficients", "fit_quality", "measure_variants", "predict_ms", "split_by_base",
     "write_profile",
 ]

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autocomp.cli import app
-from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality
+from autocomp.latency.calibrate import _PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
 from autocomp.latency.estimate import coefficients_for, estimate_ms
 from autocomp.latency.graph import feature_names
 from autocomp.profiles import calibration_dir, load_profile
@@ -41,8 +41,11 @@ def test_calibrate_round_trip(tmp_path):
         passes=1, settle_pct=None, timed_s=0.0,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
-    assert report.samples + report.held_out == 12 and report.held_out >= 2
-    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12
+    probes = [row for row in report.rows if row["family"] == "probe"]
+    assert len(probes) == len(_PROBES) * len(before.runtime.calibration_batch_sizes)
+    assert report.samples + report.held_out == 12 + len(probes) and report.held_out >= 2
+    assert not any(row["held_out"] for row in probes)  # the held-out figure is about networks only
+    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + len(_PROBES)
 
     after = load_profile("local")  # the calibration is now in force
     assert after.is_calibrated and after.path == report.path
@@ -118,3 +121,34 @@ def test_noisy_variants_are_timed_again_until_two_times_agree(tmp_path):
     backend = ScriptedBackend()  # without settle_pct: exactly the fixed passes
     samples = measure_variants(variants, profile=load_profile("local"), backend=backend, passes=2)
     assert [s.passes_ms for s in samples] == [(1.0, 1.02), (1.5, 1.3), (2.0, 3.0)]
+
+
+def test_probes_are_kernels_onnxruntime_runs_as_written(tmp_path):
+    """A probe measures stand-alone element-wise kernels only if onnxruntime neither fuses nor drops them."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from autocomp.latency.estimate import analyze_for, precision_map
+    from autocomp.latency.kernels import runtime_kernels, simulated_kernels
+    from autocomp.profiles import with_overrides
+
+    profile = load_profile("local", calibrated=False)
+    variants = build_probes(tmp_path, profile=profile)
+    batches = profile.runtime.calibration_batch_sizes
+    assert [(v.base, v.batch_size) for v in variants] == [
+        (f"probe-{op.lower()}-{c}x{h}x{w}-{n}", b) for op, c, h, w, n in _PROBES for b in batches
+    ]
+    for variant, (op, channels, height, width, length) in zip(variants, [p for p in _PROBES for _ in batches]):
+        onnx.checker.check_model(onnx.load(variant.path), full_check=True)
+        x = np.random.default_rng(0).standard_normal((variant.batch_size, channels, height, width)).astype(np.float32)
+        (y,) = ort.InferenceSession(str(variant.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        expected = x.copy()
+        for _ in range(length):
+            expected = np.maximum(expected, 0) if op == "Relu" else expected + x
+        np.testing.assert_allclose(y, expected, rtol=1e-5)
+        graph = analyze_for(variant.path, with_overrides(profile, batch_size=variant.batch_size))
+        assert simulated_kernels(graph) == runtime_kernels(variant.path) == {op: length}
+        features = graph.features(precision_map(profile))
+        assert features["nodes"] == length and features["nodes_mac"] == 0
+        assert features["melems_fp32"] == pytest.approx(length * variant.batch_size * channels * height * width / 1e6)
