@@ -1,6 +1,6 @@
 """Benchmark: is the calibrated estimate within ±10% of the measured median on unseen variants?
 
-    python benchmarks/latency_predictor.py [--calib-variants 36] [--test-variants 12] [--runs 100] [--passes 2]
+    python benchmarks/latency_predictor.py [--calib-variants 36] [--test-variants 12] [--rounds 30] [--passes 2]
 
 1. ``calibrate_device("local")`` -- exactly what ``autocomp calibrate --device local`` runs -- on
    random CNNs ("zoo") and pruned/width-scaled ResNetDigits, in fp32/fp16/int8/mixed, at the
@@ -9,13 +9,16 @@
 2. A test set the calibration never saw: new pruned ResNetDigits variants (seed 101; a calibration
    architecture) and MobileNetDigits variants (seed 202; an architecture *not used for calibration*;
    ``--test-seed`` moves both),
-   in the same four precisions, timed with the local backend in random order, in ``--passes`` passes,
-   and files whose two lowest times still differ by more than ``--settle-pct`` again, up to 3 more
-   times (each file keeps its lowest time; the calibration is timed the same way).
+   in the same four precisions, timed with the local backend as calibration times its set: all
+   files in one process, interleaved in ``--rounds`` rounds (``LocalBackend.measure_set``), in
+   ``--passes`` passes, and files whose two lowest times still differ by more than ``--settle-pct``
+   again, up to 3 more times (each file keeps its lowest time).
 3. Reports the share of test variants whose estimate is within ±10% of the measured median (overall
    and per family/precision), the measurement's own repeatability (how far two passes over the same
    files were apart: the noise floor on a shared machine), how many test files' kernel lists the cost model reads exactly as
-   onnxruntime's optimized graph has them, and the estimate's cost for the built-in models. Writes
+   onnxruntime's optimized graph has them, how the interleaved times compare with timing a file
+   alone in its own process (``autocomp measure --backend local``) for 16 test files, and the
+   estimate's cost for the built-in models. Writes
    ``<work-dir>/results.json``.
 
     python benchmarks/latency_predictor.py --rescore WORK_DIR
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-variants", type=int, default=36, help="base models in the calibration set")
     parser.add_argument("--test-variants", type=int, default=12, help="base models per test family")
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of interleaved timing per pass over a set")
     parser.add_argument("--passes", type=int, default=2, help="times each set is timed (each file keeps its lowest)")
     parser.add_argument("--settle-pct", type=float, default=None,
                         help="time a file again (up to 3 more times) until its two lowest times agree within this many "
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     settle_pct = SETTLE_PCT if args.settle_pct is None else args.settle_pct or None
     started = time.time()
     report = calibrate_device(
-        "local", variants=args.calib_variants, runs=args.runs, passes=args.passes, settle_pct=settle_pct,
+        "local", variants=args.calib_variants, rounds=args.rounds, passes=args.passes, settle_pct=settle_pct,
         work_dir=work / "calib",
         progress=lambda d, n: print(f"\rcalibration: measured {d}/{n}", end="", file=sys.stderr, flush=True),
     )
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     random.Random(7).shuffle(test)
     samples = measure_variants(
-        test, profile=profile, backend=LocalBackend(runs=args.runs), passes=args.passes, settle_pct=settle_pct,
+        test, profile=profile, backend=LocalBackend(rounds=args.rounds), passes=args.passes, settle_pct=settle_pct,
         progress=lambda d, n: print(f"\rtest set: measured {d}/{n}", end="", file=sys.stderr, flush=True),
     )
     print(file=sys.stderr)
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     # Noise floor: how far apart two passes over the same files were.
     noise = [abs(s.passes_ms[1] / s.passes_ms[0] - 1.0) * 100.0 for s in samples if len(s.passes_ms) > 1]
 
+    alone = timed_alone(samples[:16], profile)
     cost = estimate_cost(work, profile)
 
     summary = {
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "test_files_unsettled": sum(not settled(s.passes_ms, settle_pct) for s in samples) if settle_pct else None,
             "calibration_files_timed_again": sum(len(r["passes_ms"]) > args.passes for r in report.rows),
         },
+        "timed_alone": alone,
         "estimate_cost": cost,
         "load_average": os.getloadavg(),
         "wall_s": round(time.time() - started, 1),
@@ -181,6 +186,29 @@ def rescore(work: Path) -> int:
         "estimate_cost": estimate_cost(work, dataclasses.replace(base, cost_model={"kind": "linear", "coefficients": coefficients})),
     }
     return _write(work / "rescored.json", {"summary": summary, "rows": rows, "coefficients": coefficients})
+
+
+def timed_alone(samples, profile) -> dict:
+    """The same files timed one by one, each in its own process, as ``autocomp measure --backend local`` does.
+
+    Interleaved timing is the benchmark's reference; this says how far it is from what a user who times
+    one file gets (ratio alone / interleaved, per file).
+    """
+    from autocomp.latency.local import LocalBackend
+    from autocomp.profiles import with_overrides
+
+    backend = LocalBackend()
+    ratios = [
+        backend.measure(s.variant.path, with_overrides(profile, batch_size=s.variant.batch_size)).median_ms / s.measured_ms
+        for s in samples
+    ]
+    return {
+        "files": len(ratios),
+        "median_ratio": round(_median(ratios), 3),
+        "min_ratio": round(min(ratios), 3),
+        "max_ratio": round(max(ratios), 3),
+        "within_10pct": round(sum(abs(r - 1.0) <= 0.1 for r in ratios) / max(1, len(ratios)), 3),
+    }
 
 
 def estimate_cost(work: Path, profile) -> dict:

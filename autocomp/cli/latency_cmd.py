@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autocomp.cli.app import app, console
@@ -86,7 +87,7 @@ def calibrate(
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
     variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs per variant at least (default from the profile)."),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="ssh backend: timed runs per variant at least (default from the profile); the local backend times the set interleaved in rounds."),
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
     seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
     passes: int = typer.Option(2, "--passes", min=1, help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
@@ -101,18 +102,17 @@ def calibrate(
     from autocomp.cli.app import err_console
     from autocomp.latency.calibrate import SETTLE_PCT, calibrate_device
 
-    def progress(done: int, total: int) -> None:
-        if done == 1 or done == total or done % 10 == 0:
-            err_console.print(f"measured {done}/{total}", highlight=False)
-
     from autocomp.profiles import load_profile
 
     board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
-    report = calibrate_device(
-        device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
-        work_dir=work_dir, progress=progress, passes=passes,
-        settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None,
-    )
+    columns = (TextColumn("timing variants"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("timing", total=None)
+        report = calibrate_device(
+            device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
+            work_dir=work_dir, progress=lambda done, total: bar.update(task, completed=done, total=total), passes=passes,
+            settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None,
+        )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return

@@ -24,6 +24,19 @@ percentile, 49% with the median.) ``--warmup-s`` keeps
 warming up until that much time has passed (at least ``--warmup`` runs): on the
 shared 2-core hosts 20 runs of a 0.1 ms model (2 ms) left the first process of
 a series up to 60% slow; 0.25 s brought repeat-to-repeat changes to 1-2%.
+
+    python bench_onnx.py --set SPEC.json [--rounds R] [--block-ms MS] [--threads N] [--provider NAME]
+
+times many files in one process, interleaved: ``SPEC.json`` lists
+``{"model": PATH, "shapes": {NAME: [DIMS]}}``; each of ``--rounds`` rounds
+visits every file once, in a shuffled order, for one untimed run and a block
+of runs lasting about ``--block-ms``. A file's blocks are thus spread over the
+whole measurement, and its ``robust_ms`` (lowest block median) is taken in a
+fast stretch unless the host is slow for nearly all of it. (64 files timed twice
+this way agreed within 1.6% at worst; two one-file-per-process passes over the
+same files in the same half hour differed by up to 47%.) Output: a
+``{"progress": [done, rounds]}`` line after each round, then
+``{"results": [...one object per file, as above...], "onnxruntime", "providers"}``.
 """
 
 import argparse
@@ -79,9 +92,105 @@ def _percentile(sorted_values, q):
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def _session(path, shapes, args, ort, np):
+    options = ort.SessionOptions()
+    if args.threads > 0:
+        options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=[args.provider])
+    return session, _feeds(session, shapes, np)
+
+
+def _summary(times_ms, block_medians):
+    times_ms = sorted(times_ms)
+    return {
+        "median_ms": _percentile(times_ms, 0.5),
+        "p90_ms": _percentile(times_ms, 0.9),
+        "runs": len(times_ms),
+        "min_ms": times_ms[0],
+        "block_medians_ms": block_medians,
+        "robust_ms": min(block_medians),
+    }
+
+
+def _block(session, feeds, runs):
+    times_ms = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times_ms.append((time.perf_counter() - start) * 1000.0)
+    return times_ms
+
+
+def _time_one(args, ort, np):
+    session, feeds = _session(args.model, _parse_shapes(args.shape), args, ort, np)
+    started = time.perf_counter()
+    done = 0
+    while done < args.warmup or time.perf_counter() - started < args.warmup_s:
+        session.run(None, feeds)
+        done += 1
+    blocks = max(1, min(args.blocks, args.runs))
+    per_block = [args.runs // blocks + (1 if b < args.runs % blocks else 0) for b in range(blocks)]
+    times_ms = []
+    block_medians = []
+    timing_started = time.perf_counter()
+    index = 0
+    while index < len(per_block) or time.perf_counter() - timing_started < args.min_time_s:
+        block = _block(session, feeds, per_block[index % len(per_block)])
+        times_ms.extend(block)
+        block_medians.append(_percentile(sorted(block), 0.5))
+        index += 1
+    result = _summary(times_ms, block_medians)
+    result["providers"] = session.get_providers()
+    return result
+
+
+def _time_set(args, ort, np):
+    import random
+
+    with open(args.set) as handle:
+        spec = json.load(handle)
+    sessions = []
+    for entry in spec:
+        try:
+            sessions.append(_session(entry["model"], entry.get("shapes") or {}, args, ort, np))
+        except Exception as exc:
+            raise RuntimeError("%s: %s: %s" % (entry["model"], type(exc).__name__, exc))
+    runs_per_block = []
+    for session, feeds in sessions:  # warm up, and size each file's block to about --block-ms
+        started = time.perf_counter()
+        done = 0
+        while done < max(3, args.warmup) or time.perf_counter() - started < args.warmup_s:
+            session.run(None, feeds)
+            done += 1
+        per_run_ms = (time.perf_counter() - started) * 1000.0 / done
+        runs_per_block.append(max(5, int(args.block_ms / per_run_ms)))
+    times_ms = [[] for _ in sessions]
+    block_medians = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    shuffle = random.Random(0).shuffle
+    for round_index in range(args.rounds):
+        shuffle(order)
+        for index in order:
+            session, feeds = sessions[index]
+            session.run(None, feeds)  # the previous file's data left the caches: one untimed run
+            block = _block(session, feeds, runs_per_block[index])
+            times_ms[index].extend(block)
+            block_medians[index].append(_percentile(sorted(block), 0.5))
+        print(json.dumps({"progress": [round_index + 1, args.rounds]}))
+        sys.stdout.flush()
+    return {
+        "results": [_summary(t, b) for t, b in zip(times_ms, block_medians)],
+        "providers": sessions[0][0].get_providers() if sessions else [],
+    }
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="time an ONNX file with onnxruntime")
-    parser.add_argument("model")
+    parser = argparse.ArgumentParser(description="time an ONNX file (or a set of them) with onnxruntime")
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("--set", help="JSON list of {model, shapes}: time these files interleaved in rounds")
+    parser.add_argument("--rounds", type=int, default=30, help="with --set: rounds over the whole set")
+    parser.add_argument("--block-ms", type=float, default=10.0, help="with --set: length of one file's block of runs")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--warmup-s", type=float, default=0.0, help="keep warming up for at least this many seconds")
     parser.add_argument("--runs", type=int, default=100)
@@ -91,52 +200,19 @@ def main(argv=None):
     parser.add_argument("--provider", default="CPUExecutionProvider")
     parser.add_argument("--shape", action="append", help="NAME=DxDxD for an input with symbolic dimensions")
     args = parser.parse_args(argv)
+    if (args.model is None) == (args.set is None):
+        parser.error("give one MODEL.onnx or --set SPEC.json")
     try:
         import numpy as np
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if args.threads > 0:
-            options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
         if args.provider not in ort.get_available_providers():
             raise RuntimeError(
                 "execution provider %s is not available here (available: %s)"
                 % (args.provider, ", ".join(ort.get_available_providers()))
             )
-        session = ort.InferenceSession(args.model, options, providers=[args.provider])
-        feeds = _feeds(session, _parse_shapes(args.shape), np)
-        started = time.perf_counter()
-        done = 0
-        while done < args.warmup or time.perf_counter() - started < args.warmup_s:
-            session.run(None, feeds)
-            done += 1
-        blocks = max(1, min(args.blocks, args.runs))
-        per_block = [args.runs // blocks + (1 if b < args.runs % blocks else 0) for b in range(blocks)]
-        times_ms = []
-        block_medians = []
-        timing_started = time.perf_counter()
-        index = 0
-        while index < len(per_block) or time.perf_counter() - timing_started < args.min_time_s:
-            block = []
-            for _ in range(per_block[index % len(per_block)]):
-                start = time.perf_counter()
-                session.run(None, feeds)
-                block.append((time.perf_counter() - start) * 1000.0)
-            times_ms.extend(block)
-            block_medians.append(_percentile(sorted(block), 0.5))
-            index += 1
-        times_ms.sort()
-        result = {
-            "median_ms": _percentile(times_ms, 0.5),
-            "p90_ms": _percentile(times_ms, 0.9),
-            "runs": len(times_ms),
-            "min_ms": times_ms[0],
-            "block_medians_ms": block_medians,
-            "robust_ms": min(block_medians),
-            "onnxruntime": ort.__version__,
-            "providers": session.get_providers(),
-        }
+        result = _time_set(args, ort, np) if args.set else _time_one(args, ort, np)
+        result["onnxruntime"] = ort.__version__
     except Exception as exc:  # reported as JSON so the caller can show one clear line
         print(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}))
         return 1

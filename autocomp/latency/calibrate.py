@@ -251,9 +251,10 @@ def build_variants(
     return variants
 
 
-# Element-wise probes: (op, channels, height, width, chain length). Whole networks alone left the fixed
-# cost of a call and of a stand-alone element-wise kernel unidentified (fitted to 0 and 0.1 us, where one
-# Relu costs several us and a call about 15 us): in a conv net those costs move with the conv count.
+# Element-wise probes: (op, channels, height, width, chain length). Networks alone left the fixed cost of
+# a call and of a stand-alone element-wise kernel unidentified, because in a conv net both move with the
+# conv count: the fit priced them at 0 and 0.1 us, where the probes time a call at about 8 us and a Relu
+# over 32x32x32 values at about 4 us on the development machine.
 _PROBES = tuple(
     (op, *chw, length)
     for op in ("Relu", "Add")
@@ -309,15 +310,19 @@ def measure_variants(
 ) -> list[Sample]:
     """Time every variant at its batch size and compute its cost-model features.
 
-    With ``passes`` > 1 the whole set is timed again after the previous pass and
-    each variant keeps its lowest time: a slow spell of a shared host that
-    outlasts one measurement rarely comes back minutes later for the same file.
-    With ``settle_pct``, the variants whose two lowest times are still more than
-    that far apart are timed again, pass after pass, until they agree or have
-    ``max_passes`` times (default ``passes`` + ``SETTLE_EXTRA_PASSES``): a file whose every pass fell in
-    a slow spell keeps a slow time otherwise (in one benchmark run a ResNet file
-    timed 0.500, 0.583 and 0.371 ms, and 0.31 ms on each of three later tries).
-    ``progress(done, total)``: ``total`` grows when a settling pass starts.
+    A backend with ``measure_set`` (the local one) times each pass's files in
+    one process, interleaved (see ``autocomp.latency.local``); another backend
+    times them one by one. With ``passes`` > 1 the whole set is timed again
+    after the previous pass and each variant keeps its lowest time: a slow
+    spell of a shared host that outlasts one measurement rarely comes back
+    minutes later for the same file. With ``settle_pct``, the variants whose
+    two lowest times are still more than that far apart are timed again, pass
+    after pass, until they agree or have ``max_passes`` times (default
+    ``passes`` + ``SETTLE_EXTRA_PASSES``): a file whose every pass fell in a
+    slow spell keeps a slow time otherwise (in one benchmark run a ResNet file
+    timed one by one took 0.500, 0.583 and 0.371 ms, and 0.31 ms on each of
+    three later tries). ``progress(done, total)`` counts files; ``total``
+    grows when a settling pass starts.
     """
     from autocomp.latency.estimate import analyze_for, precision_map
     from autocomp.profiles import with_overrides
@@ -328,12 +333,23 @@ def measure_variants(
     limit = max(passes, max_passes if max_passes is not None else passes + SETTLE_EXTRA_PASSES)
     todo = list(range(len(variants)))
     done, total = 0, len(variants) * passes
+    measure_set = getattr(backend, "measure_set", None)
     for pass_index in range(limit):
-        for index in todo:
-            times_ms[index].append(backend.measure(variants[index].path, at_batch[index]).median_ms)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        if measure_set is not None:
+            def rounds_done(rounds: int, of: int, before: int = done, count: int = len(todo)) -> None:
+                if progress is not None:
+                    progress(before + count * rounds // of, total)
+
+            results = measure_set([(variants[i].path, at_batch[i]) for i in todo], progress=rounds_done)
+            for index, result in zip(todo, results):
+                times_ms[index].append(result.median_ms)
+            done += len(todo)
+        else:
+            for index in todo:
+                times_ms[index].append(backend.measure(variants[index].path, at_batch[index]).median_ms)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         if pass_index + 1 < passes:
             continue
         if settle_pct is None:
@@ -489,7 +505,7 @@ def calibrate_device(
     prune: bool = True,
     passes: int = 2,
     settle_pct: float | None = SETTLE_PCT,
-    timed_s: float | None = None,
+    rounds: int | None = None,
     probes: bool = True,
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
@@ -498,7 +514,8 @@ def calibrate_device(
     calibrated profile keeps the shipped ssh: section (a one-off --board is not remembered).
     ``passes``: times the whole set is timed (each variant keeps its lowest);
     ``settle_pct``: variants whose lowest two times disagree by more are timed
-    again (see ``measure_variants``; None: never); ``timed_s``: the local backend's timing window per file.
+    again (see ``measure_variants``; None: never); ``rounds``: the local backend's rounds over the set
+    (``LocalBackend.measure_set``); ``runs``: timed runs per file (the ssh backend, which times files one by one).
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
@@ -511,10 +528,10 @@ def calibrate_device(
         shipped = on_this_host(shipped)
     base = shipped if board is None else dataclasses.replace(shipped, ssh=board)
     options: dict[str, Any] = {}
-    if backend == "local" and runs is not None:
+    if backend == "local" and rounds is not None:
+        options["rounds"] = rounds
+    elif runs is not None:
         options["runs"] = runs
-    if backend == "local" and timed_s is not None:
-        options["timed_s"] = timed_s  # shorter windows: tests only
     timer = get_backend(backend, profile=base, cache=False, **options)
     with tempfile.TemporaryDirectory(prefix="autocomp-calibrate-") as tmp:
         folder = Path(work_dir) if work_dir else Path(tmp)

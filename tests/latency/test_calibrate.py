@@ -38,7 +38,7 @@ def test_calibrate_round_trip(tmp_path):
 
     report = calibrate_device(
         "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
-        passes=1, settle_pct=None, timed_s=0.0,
+        passes=1, settle_pct=None, rounds=3,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     probes = [row for row in report.rows if row["family"] == "probe"]

@@ -48,6 +48,43 @@ def test_local_backend_two_inputs_and_batch(files):
     assert LocalBackend().command(files["fp32"], profile)[-1] == "x=4x1x16x16"
 
 
+def test_measure_set_times_files_interleaved_and_keeps_their_order(tmp_path, files):
+    """Calibration times its whole set in one process; each result must belong to its own file and batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def relu(name: str, channels: int, size: int):
+        shape = ["batch", channels, size, size]
+        x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "y"))
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / name)
+        return tmp_path / name
+
+    tiny, big = relu("tiny.onnx", 8, 4), relu("big.onnx", 64, 64)
+    profile = load_profile("local", calibrated=False)
+    at_4 = replace(profile, runtime=replace(profile.runtime, batch_size=4))
+    rounds = []
+    # the big file at batch 4 touches 8192 times the values of the tiny one at batch 1
+    items = [(tiny, profile), (big, at_4), (tiny, at_4)]
+    results = LocalBackend(rounds=3).measure_set(items, progress=lambda done, total: rounds.append((done, total)))
+    assert rounds == [(1, 3), (2, 3), (3, 3)]
+    assert [r.source for r in results] == ["local"] * 3 and all(r.runs >= 3 * 5 for r in results)
+    assert results[1].median_ms > 10 * max(results[0].median_ms, results[2].median_ms)
+    assert all(0 < r.median_ms <= r.p90_ms for r in results)
+
+
+def test_measure_set_errors_name_the_file(tmp_path, files):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file")
+    profile = load_profile("local", calibrated=False)
+    with pytest.raises(LatencyError) as err:
+        LocalBackend(rounds=1).measure_set([(files["fp32"], profile), (bad, profile)])
+    assert "broken.onnx" in str(err.value) and "\n" not in str(err.value)
+    two_threads = replace(profile, runtime=replace(profile.runtime, threads=2))
+    with pytest.raises(LatencyError, match="one thread count"):
+        LocalBackend(rounds=1).measure_set([(files["fp32"], profile), (files["fp32"], two_threads)])
+
+
 def test_local_backend_errors_are_one_line(tmp_path, files):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file")
