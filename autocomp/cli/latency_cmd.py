@@ -87,7 +87,7 @@ def calibrate(
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
     variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="ssh backend: timed runs per variant at least (default from the profile); the local backend times the set interleaved in rounds."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="local backend: rounds over the whole set, timed in one process (default 30)."),
     held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
     seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
     passes: int = typer.Option(2, "--passes", min=1, help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
@@ -109,7 +109,7 @@ def calibrate(
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("timing", total=None)
         report = calibrate_device(
-            device, backend=backend, board=board_target, variants=variants, runs=runs, held_out=held_out, seed=seed,
+            device, backend=backend, board=board_target, variants=variants, rounds=rounds, held_out=held_out, seed=seed,
             work_dir=work_dir, progress=lambda done, total: bar.update(task, completed=done, total=total), passes=passes,
             settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None,
         )

@@ -5,7 +5,8 @@
 layers at random per-layer widths, plus width/pruned variants of the built-in
 residual CNN), each in several precisions (fp32, fp16, all-int8 and per-layer
 mixed int8) and at the profile's calibration batch sizes, adds chains of
-stand-alone element-wise kernels (``build_probes``), times them with a
+stand-alone element-wise kernels (``build_probes``) and single convs
+(``build_conv_probes``), times them with a
 real backend, fits the linear cost model with non-negative least squares on
 relative error, and scores it on a held-out part of the set (whole base models
 are held out, not just one precision of a model that was fitted).
@@ -293,6 +294,45 @@ def build_probes(out_dir: Path, *, profile) -> list[Variant]:
     return variants
 
 
+# Conv probes: (in channels, out channels, kernel, groups, height = width). Single convs identify what
+# networks mix up: MLAS's NCHWc kernels load each input value once per 4 output blocks (few output
+# channels cost nearly as much as 32), and x86 int8 convs take a generic, slower path unless their
+# channel counts fit MLAS's symmetric kernels (``graph._int8_generic``); narrow layers are what pruning makes.
+_CONV_PROBES = (
+    (3, 8, 3, 1, 32), (4, 16, 3, 1, 32), (8, 8, 3, 1, 32), (8, 32, 3, 1, 16), (12, 8, 3, 1, 32),
+    (16, 16, 3, 1, 16), (16, 40, 3, 1, 16), (24, 24, 3, 1, 16), (32, 64, 3, 1, 8),
+    (16, 8, 1, 1, 32), (16, 48, 1, 1, 16), (32, 32, 1, 1, 16), (64, 16, 1, 1, 8),
+    (8, 8, 3, 8, 32), (12, 12, 3, 12, 16), (16, 16, 3, 16, 32), (48, 48, 3, 48, 16),
+)
+
+
+def build_conv_probes(out_dir: Path, *, profile, precisions: Sequence[str] = ("fp32", "int8")) -> list[Variant]:
+    """One conv + ReLU per ``_CONV_PROBES`` entry, in each of ``precisions`` the profile runs, at each calibration batch size."""
+    import torch
+    from torch import nn
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    variants = []
+    for cin, cout, kernel, groups, size in _CONV_PROBES:
+        torch.manual_seed(rng.randrange(1 << 30))
+        model = nn.Sequential(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, groups=groups), nn.ReLU()).eval()
+        base = f"probe-conv-{cin}-{cout}-k{kernel}-g{groups}-{size}"
+        shape = (1, cin, size, size)
+        fp32 = _export(model, shape, out_dir / f"{base}-fp32.onnx")
+        for precision in precisions:
+            if precision not in profile.precisions:
+                continue
+            path = fp32 if precision == "fp32" else quantize_variant(
+                fp32, out_dir / f"{base}-{precision}.onnx", precision=precision, recipe=profile.int8_recipe,
+                input_shape=shape, rng=rng,
+            )
+            for batch in profile.runtime.calibration_batch_sizes:
+                variants.append(Variant(path, "probe", base, precision, batch, f"{cin}->{cout} {kernel}x{kernel}/{groups} at {size}x{size}"))
+    return variants
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -494,7 +534,6 @@ def calibrate_device(
     backend: str = "local",
     board=None,
     variants: int = 48,
-    runs: int | None = None,
     held_out: float = 0.25,
     seed: int = 0,
     work_dir: Path | None = None,
@@ -515,7 +554,7 @@ def calibrate_device(
     ``passes``: times the whole set is timed (each variant keeps its lowest);
     ``settle_pct``: variants whose lowest two times disagree by more are timed
     again (see ``measure_variants``; None: never); ``rounds``: the local backend's rounds over the set
-    (``LocalBackend.measure_set``); ``runs``: timed runs per file (the ssh backend, which times files one by one).
+    (``LocalBackend.measure_set``; the ssh backend times files one by one, as its profile says).
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
@@ -530,8 +569,6 @@ def calibrate_device(
     options: dict[str, Any] = {}
     if backend == "local" and rounds is not None:
         options["rounds"] = rounds
-    elif runs is not None:
-        options["runs"] = runs
     timer = get_backend(backend, profile=base, cache=False, **options)
     with tempfile.TemporaryDirectory(prefix="autocomp-calibrate-") as tmp:
         folder = Path(work_dir) if work_dir else Path(tmp)
@@ -540,6 +577,7 @@ def calibrate_device(
         )
         if probes:
             built += build_probes(folder, profile=base)
+            built += build_conv_probes(folder, profile=base, precisions=[p for p in precisions if p != "mixed"])
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
         samples = measure_variants(
             built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
@@ -560,7 +598,7 @@ def calibrate_device(
         "held_out": len(test),
         "fit": quality,
         "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed})"
-        + (f", {sum(s.variant.family == 'probe' for s in samples)} element-wise probes" if probes else "")
+        + (f", {sum(s.variant.family == 'probe' for s in samples)} element-wise and conv probes" if probes else "")
         + f", timed in {passes} passes"
         + (f" and again until the lowest two agree within {settle_pct:g}% (at most {passes + SETTLE_EXTRA_PASSES} times)" if settle_pct else ""),
         "onnxruntime": onnxruntime.__version__,
@@ -585,7 +623,7 @@ def calibrate_device(
 
 
 __all__ = [
-    "CalibrationReport", "Sample", "Variant", "build_probes", "build_variants", "calibrate_device", "calibrated_profile",
+    "CalibrationReport", "Sample", "Variant", "build_conv_probes", "build_probes", "build_variants", "calibrate_device", "calibrated_profile",
     "fit_coefficients", "fit_quality", "measure_variants", "predict_ms", "split_by_base",
     "write_profile",
 ]

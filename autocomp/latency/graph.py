@@ -108,6 +108,8 @@ class OpCost:
     fused: tuple[str, ...] = ()
     padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads output channels to its block
     rows: int = 0  # dense convs wider than 1x1 or reading plain NCHW: output rows (batch x height), one kernel call each
+    loads: int = 0  # input values a dense conv's kernel loads: NCHWc broadcasts, or a generic int8 conv's im2col matrix
+    generic: bool = False  # an x86 int8 conv that MLAS's symmetric conv kernels do not take (see ``_int8_generic``)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ def feature_names() -> list[str]:
     names += [f"mbytes_{p}" for p in PRECISIONS]
     names += [f"mouts_{p}" for p in PRECISIONS]
     names += [f"krows_{p}" for p in PRECISIONS]
+    names += ["mloads_nchwc", "mloads_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
     return names
 
 
@@ -163,13 +166,15 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
     if op.kind in MAC_KINDS:
         scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
         features = {
-            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}": op.macs * op.padding / 1e9,
+            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}{'_generic' if op.generic else ''}": op.macs * op.padding / 1e9,
             f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements * op.padding / 1e6,
         }
         if p != "fp32":
             features[f"nodes_mac_{p}"] = 1.0
         if op.rows:
             features[f"krows_{run}"] = op.rows / 1e3
+        if op.loads:
+            features["mloads_int8_generic" if op.generic else "mloads_nchwc"] = op.loads / 1e6
         return features
     if op.kind == "view":
         return {"nodes_view": 1.0}
@@ -518,7 +523,11 @@ def _analyze_stripped(
             int8_conv = nchwc_block and precision == "int8" and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
             strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
             ops.append(
-                _mac_op(g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip, per_row=inserted.reads_plain(node))
+                _mac_op(
+                    g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
+                    per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs,
+                    x86_int8=bool(nchwc_block) and precision == "int8",
+                )
             )
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
@@ -812,11 +821,28 @@ def _weight_name(g: _Graph, name: str) -> str:
     return name
 
 
+# MLAS's NCHWc conv kernels compute up to this many output-channel blocks from each input value they load
+# and broadcast; more output channels take another pass over the input (AVX2, seen in timings: a 16-channel
+# 3x3 conv at 32x32 gains 40-100 us per block of 8 output channels up to 32, and 160 us at the 5th block).
+_NCHWC_FILTER_BLOCKS = 4
+
+
 def _mac_op(
-    g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0, per_row: bool = False
+    g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0,
+    per_row: bool = False, nchwc: bool = False, x86_int8: bool = False,
 ) -> OpCost:
     """One MAC op; ``strip`` > 0: the kernel pads output channels to a multiple of it (``OpCost.padding``);
-    ``per_row``: the kernel is called once per output row whatever its size (MLAS's NCHW algorithm)."""
+    ``per_row``: the kernel is called once per output row whatever its size (MLAS's NCHW algorithm);
+    ``nchwc``: a conv in MLAS's blocked layout (``strip`` is the block): a dense one pads its input
+    channels to the block too, unless it reads plain NCHW, and counts ``loads``; ``x86_int8``: an int8
+    op on x86, where a conv's channel counts choose its kernel (``_int8_generic``).
+
+    A dense NCHWc kernel is bound by loads, not by multiply-adds, when it has few output blocks: it
+    broadcasts each input value (kernel position by input channel by output pixel) to at most
+    ``_NCHWC_FILTER_BLOCKS`` output blocks. Timed at batch 4 and 32x32, 3x3: a 16-channel input took
+    240 us for 8 output channels and 446 us for 32 (4x the MACs), and a 12-channel input (padded
+    to 16) took the time of a 16-channel one.
+    """
     op_type = node.op_type
     inputs = list(node.input)
     if op_type == "QLinearConv":
@@ -833,7 +859,10 @@ def _mac_op(
     kind = "gemm"
     macs = 0
     out_channels = 0
+    in_padding = 1.0
     rows = 0
+    loads = 0
+    generic = False
     if op_type in _CONV_OPS:
         group = int(_attr(node, "group", 1))
         kind = "dwconv" if group > 1 else "conv"
@@ -846,6 +875,14 @@ def _mac_op(
                 macs = _numel(x_shape) * w_shape[1] * kernel
             else:
                 macs = _numel(y_shape) * w_shape[1] * kernel
+            if nchwc and strip and group == 1:
+                in_channels = w_shape[1] if per_row else math.ceil(w_shape[1] / strip) * strip
+                in_padding = in_channels / w_shape[1]
+                passes = math.ceil(math.ceil(out_channels / strip) / _NCHWC_FILTER_BLOCKS)
+                loads = _numel(y_shape) // out_channels * in_channels * kernel * passes
+            generic = x86_int8 and _int8_generic(w_shape[1] * group, out_channels, group)
+            if generic and group == 1:  # im2col, then the int8 GEMM packs that matrix: outputs x in-channels x kernel
+                loads = _numel(y_shape) // out_channels * w_shape[1] * kernel
     else:
         weight_const = g.is_constant(w_name)
         kind = "gemm" if weight_const else "matmul"
@@ -862,8 +899,24 @@ def _mac_op(
     padding = math.ceil(out_channels / strip) * strip / out_channels if strip and out_channels else 1.0
     return OpCost(
         node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
-        padding=padding, rows=rows,
+        padding=padding * in_padding, rows=rows, loads=loads, generic=generic,
     )
+
+
+def _int8_generic(in_channels: int, out_channels: int, group: int) -> bool:
+    """Does MLAS run this x86 u8s8 conv on its generic path rather than its symmetric conv kernels?
+
+    onnxruntime's QLinearConv takes MLAS's symmetric (indirect) conv kernel for a dense conv with at
+    least 16 output channels, input channels a multiple of 4 and output channels a multiple of 8, and
+    its symmetric depthwise kernel when the channels are a multiple of 16 (the AVX2 dispatch of
+    ``MlasConvSymPackWSize``); any other conv goes through im2col and the int8 GEMM, or the generic
+    depthwise loop. Timed at batch 4 and 32x32, 3x3: 4 -> 16 channels took 118 us, 4 -> 8 channels 158 us,
+    and 3 to 8 input channels into 3 to 8 output channels 152-201 us, whatever the counts: a cost per
+    output pixel and im2col value more than per multiply-add (``loads``).
+    """
+    if group == 1:
+        return not (out_channels >= 16 and in_channels % 4 == 0 and out_channels % 8 == 0)
+    return not (group == in_channels == out_channels and out_channels % 16 == 0)
 
 
 # --------------------------------------------------------------------------- cached entry point

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autocomp.cli import app
-from autocomp.latency.calibrate import _PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
+from autocomp.latency.calibrate import _CONV_PROBES, _PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
 from autocomp.latency.estimate import coefficients_for, estimate_ms
 from autocomp.latency.graph import feature_names
 from autocomp.profiles import calibration_dir, load_profile
@@ -37,15 +37,17 @@ def test_calibrate_round_trip(tmp_path):
     from autocomp.latency.calibrate import calibrate_device
 
     report = calibrate_device(
-        "local", variants=6, runs=10, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
+        "local", variants=6, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
         passes=1, settle_pct=None, rounds=3,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     probes = [row for row in report.rows if row["family"] == "probe"]
-    assert len(probes) == len(_PROBES) * len(before.runtime.calibration_batch_sizes)
+    # element-wise probes, and conv probes in the calibration's precisions (fp32, int8)
+    assert len(probes) == (len(_PROBES) + 2 * len(_CONV_PROBES)) * len(before.runtime.calibration_batch_sizes)
+    assert {row["precision"] for row in probes if row["file"].startswith("probe-conv")} == {"fp32", "int8"}
     assert report.samples + report.held_out == 12 + len(probes) and report.held_out >= 2
     assert not any(row["held_out"] for row in probes)  # the held-out figure is about networks only
-    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + len(_PROBES)
+    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + len(_PROBES) + 2 * len(_CONV_PROBES)
 
     after = load_profile("local")  # the calibration is now in force
     assert after.is_calibrated and after.path == report.path

@@ -484,7 +484,7 @@ def test_calibrate_over_ssh_puts_the_board_fit_in_force(board):
     from autocomp.profiles import load_profile
 
     report = calibrate_device(
-        "raspberry-pi-4", backend="ssh", board=board.target(), variants=3, runs=10, precisions=("fp32",), prune=False,
+        "raspberry-pi-4", backend="ssh", board=board.target(), variants=3, precisions=("fp32",), prune=False,
         passes=1, settle_pct=None, probes=False,
     )  # fmt: skip
     assert report.samples + report.held_out == 3  # 3 models, fp32 only
