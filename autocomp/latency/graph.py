@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 import onnx
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from autocomp.errors import LatencyError
 from autocomp.export import MODULE_KEY
@@ -401,6 +401,8 @@ def _analyze_stripped(
     _fix_input_shapes(model, batch_size=batch_size, shapes=shapes or {})
     inferred = _infer(model)
     barriers = _drop_float_casts(inferred) if fp16_as_fp32 and not trt else {}
+    if not trt:
+        _drop_relus_into_q(inferred)
     g = _Graph(inferred)
 
     # Pass 1: which nodes run in int8 (all float data inputs from DequantizeLinear).
@@ -592,6 +594,33 @@ def _kept_pair(g: _Graph, node: onnx.NodeProto) -> bool:
         return False
     src = g.producer.get(node.input[0])
     return src is not None and src.op_type == "DequantizeLinear"
+
+
+def _drop_relus_into_q(model: onnx.ModelProto) -> None:
+    """onnxruntime's ReluQuantFusion: a Relu whose one consumer is a QuantizeLinear with its type's lowest
+    zero point (so the Q clips at 0 itself) is removed, the Q reading the Relu's input. Relus of int8 ops
+    are absorbed later anyway; this catches float ones, e.g. an fp16 layer's Relu before an int8 layer."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    dropped = []
+    for node in graph.node:
+        users = consumers.get(node.output[0], []) if node.op_type == "Relu" else []
+        if len(users) != 1 or node.output[0] in outputs or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
+            continue
+        zero_point = initializers.get(users[0].input[2])
+        lowest = {TensorProto.UINT8: 0, TensorProto.INT8: -128}.get(zero_point.data_type) if zero_point is not None else None
+        if lowest is None or not (zero_point.raw_data or zero_point.int32_data):
+            continue
+        if (numpy_helper.to_array(zero_point) == lowest).all():
+            users[0].input[0] = node.input[0]
+            dropped.append(node)
+    for node in dropped:
+        graph.node.remove(node)
 
 
 def _fp16_bounds(g: _Graph, node: onnx.NodeProto) -> list[str]:

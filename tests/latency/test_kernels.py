@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from autocomp.latency.calibrate import build_variants
@@ -30,9 +31,9 @@ def test_kernel_lists_match_onnxruntime(variants, precision):
         mismatch = kernel_mismatch(simulated_kernels(graph), runtime)
         if precision == "mixed":
             # Known gaps at fp16/int8/fp32 borders: Casts onnxruntime keeps around fp16 data-movement ops,
-            # DequantizeLinear it duplicates per consumer, a ReLU it fuses, Transposes it places otherwise.
-            # The convs, the quantizations and the NCHWc reorders match.
-            assert not {"mac", "QuantizeLinear", "ReorderInput", "ReorderOutput"} & set(mismatch), variant.path.name
+            # DequantizeLinear it duplicates per consumer, Transposes it places otherwise.
+            # The convs, the ReLUs, the quantizations and the NCHWc reorders match.
+            assert not {"mac", "Relu", "QuantizeLinear", "ReorderInput", "ReorderOutput"} & set(mismatch), variant.path.name
             assert abs(sum(simulated_kernels(graph).values()) - sum(runtime.values())) <= 0.15 * sum(runtime.values())
         else:
             assert mismatch == {}, variant.path.name
@@ -96,3 +97,86 @@ def test_pruned_channel_counts_get_onnxruntime_layout(tmp_path, channels):
     convs = [op for op in graph.ops if op.kind in ("conv", "dwconv")]
     plain_reader = convs[3]  # the 1x1 conv after the pruned layer
     assert plain_reader.rows == (2 * 16 if channels < block else 0)
+
+
+def test_relu_into_a_quantization_is_dropped(tmp_path):
+    """A ReLU (after a pool, so no conv fuses it) before an int8 layer: the Q after it clips at 0 (zero
+    point 0), so onnxruntime's ReluQuantFusion removes the ReLU; the estimate must not price it."""
+    import torch
+    from torch import nn
+
+    from autocomp.compress.quantize import quantize_onnx
+    from autocomp.export import export_onnx
+    from autocomp.profiles import Int8Recipe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+    ).eval()
+    fp32 = export_onnx(model, (torch.rand(1, 1, 16, 16),), tmp_path / "m.onnx")
+    calibration = [(np.random.default_rng(i).random((1, 1, 16, 16), dtype=np.float32),) for i in range(4)]
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", {"0": 16, "3": 8}, calibration=calibration, recipe=Int8Recipe())
+    graph = analyze(mixed, fp16_as_fp32=True, nchwc_block=host_nchwc_block())
+    runtime = runtime_kernels(mixed)
+    # the fp16 layer's ReLU goes; the int8 layer's, after its DequantizeLinear (the graph output), stays
+    assert runtime["Relu"] == 1 and [op.name for op in graph.ops if op.op_type == "Relu"] == ["/4/Relu"]
+    assert kernel_mismatch(simulated_kernels(graph), runtime) == {}
+
+
+def test_nchwc_convs_pad_input_channels_and_count_loads(tmp_path):
+    """MLAS pads a blocked conv's input channels to the block, and loads each input value once per 4
+    output blocks: 12 -> 40 channels does the work of 16 -> 40, in two passes over its input."""
+    import torch
+    from torch import nn
+
+    from autocomp.export import export_onnx
+
+    block = host_nchwc_block()
+    if block != 8:
+        pytest.skip("the figures below are for AVX2's block of 8")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 12, 1), nn.ReLU(), nn.Conv2d(12, 40, 3, padding=1),
+    ).eval()
+    path = export_onnx(model, (torch.rand(1, 1, 16, 16),), tmp_path / "m.onnx")
+    graph = analyze(path, batch_size=2, fp16_as_fp32=True, nchwc_block=block)
+    assert kernel_mismatch(simulated_kernels(graph), runtime_kernels(path)) == {}
+    stem, squeeze, wide = [op for op in graph.ops if op.kind == "conv"]
+    pixels = 2 * 16 * 16
+    assert stem.loads == pixels * 1 * 9 and stem.padding == 1.0  # reads plain NCHW: no input padding, one pass
+    assert squeeze.loads == pixels * 16 and squeeze.padding == pytest.approx(16 / 12)  # 12 outputs padded to 16
+    assert wide.loads == pixels * 16 * 9 * 2 and wide.padding == pytest.approx(16 / 12)  # 5 output blocks: 2 passes
+    assert graph.features()["mloads_nchwc"] == pytest.approx((stem.loads + squeeze.loads + wide.loads) / 1e6)
+
+
+def test_int8_convs_off_mlas_symmetric_kernels_are_generic(tmp_path):
+    """x86 u8s8: a dense conv runs MLAS's symmetric kernel with >= 16 output channels (a multiple of 8) and
+    input channels a multiple of 4, a depthwise one with channels a multiple of 16; others take the generic path."""
+    import torch
+    from torch import nn
+
+    from autocomp.compress.quantize import quantize_onnx
+    from autocomp.export import export_onnx
+    from autocomp.profiles import Int8Recipe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(),  # symmetric
+        nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(),  # 8 outputs: generic
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),  # depthwise, 8 channels: generic
+        nn.Conv2d(8, 16, 1), nn.ReLU(),  # symmetric
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),  # depthwise, 16 channels: symmetric
+    ).eval()
+    fp32 = export_onnx(model, (torch.rand(1, 4, 8, 8),), tmp_path / "m.onnx")
+    calibration = [(np.random.default_rng(i).random((1, 4, 8, 8), dtype=np.float32),) for i in range(4)]
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", dict.fromkeys("02468", 8), calibration=calibration, recipe=Int8Recipe())
+    graph = analyze(int8, fp16_as_fp32=True, nchwc_block=8)
+    convs = [op for op in graph.ops if op.kind in ("conv", "dwconv")]
+    assert [(op.precision, op.generic) for op in convs] == [
+        ("int8", False), ("int8", True), ("int8", True), ("int8", False), ("int8", False)
+    ]
+    assert convs[1].loads == 8 * 8 * 16 * 9  # the im2col matrix: output pixels x input channels x kernel
+    features = graph.features()
+    assert features["gmacs_conv_int8_generic"] > 0 and features["gmacs_dwconv_int8_generic"] > 0
+    assert features["mloads_int8_generic"] == pytest.approx(convs[1].loads / 1e6)
+    assert not any(op.generic for op in analyze(int8, fp16_as_fp32=True, nchwc_block=0).ops)  # not x86: no such rule
