@@ -155,6 +155,7 @@ def datasheet_coefficients(profile) -> dict[str, float]:
         coefficients[f"krows_{precision}"] = 0.0  # per-row kernel calls: likewise
     coefficients["mloads_nchwc"] = 0.0  # loads of MLAS's x86 NCHWc conv kernels: only a calibration sees them
     coefficients["mloads_int8_generic"] = 0.0  # likewise the im2col matrix of x86 int8 convs off the symmetric kernels
+    coefficients["kpixels_int8_generic"] = 0.0  # and their output pixels
     for kind in ("conv", "dwconv"):  # x86 int8 convs off MLAS's symmetric kernels: priced as the others here
         coefficients[f"gmacs_{kind}_int8_generic"] = coefficients[f"gmacs_{kind}_int8"]
     # fp16 element-wise work in a scalar loop (onnxruntime's CPU Clip): assumed 4x the fp32 vector rate

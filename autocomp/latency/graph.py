@@ -110,6 +110,7 @@ class OpCost:
     rows: int = 0  # dense convs wider than 1x1 or reading plain NCHW: output rows (batch x height), one kernel call each
     loads: int = 0  # input values a dense conv's kernel loads: NCHWc broadcasts, or a generic int8 conv's im2col matrix
     generic: bool = False  # an x86 int8 conv that MLAS's symmetric conv kernels do not take (see ``_int8_generic``)
+    pixels: int = 0  # convs: output pixels (batch x height x width)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def feature_names() -> list[str]:
     names += [f"mbytes_{p}" for p in PRECISIONS]
     names += [f"mouts_{p}" for p in PRECISIONS]
     names += [f"krows_{p}" for p in PRECISIONS]
-    names += ["mloads_nchwc", "mloads_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
+    names += ["mloads_nchwc", "mloads_int8_generic", "kpixels_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
     return names
 
 
@@ -175,6 +176,8 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
             features[f"krows_{run}"] = op.rows / 1e3
         if op.loads:
             features["mloads_int8_generic" if op.generic else "mloads_nchwc"] = op.loads / 1e6
+        if op.generic:
+            features["kpixels_int8_generic"] = op.pixels / 1e3
         return features
     if op.kind == "view":
         return {"nodes_view": 1.0}
@@ -892,11 +895,13 @@ def _mac_op(
     rows = 0
     loads = 0
     generic = False
+    pixels = 0
     if op_type in _CONV_OPS:
         group = int(_attr(node, "group", 1))
         kind = "dwconv" if group > 1 else "conv"
         if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
             out_channels = w_shape[0]
+            pixels = _numel(y_shape) // out_channels
             kernel = _numel(tuple(w_shape[2:]))
             if group == 1 and (kernel > 1 or per_row) and len(y_shape) == 4:
                 rows = y_shape[0] * y_shape[2]
@@ -908,10 +913,10 @@ def _mac_op(
                 in_channels = w_shape[1] if per_row else math.ceil(w_shape[1] / strip) * strip
                 in_padding = in_channels / w_shape[1]
                 passes = math.ceil(math.ceil(out_channels / strip) / _NCHWC_FILTER_BLOCKS)
-                loads = _numel(y_shape) // out_channels * in_channels * kernel * passes
+                loads = pixels * in_channels * kernel * passes
             generic = x86_int8 and _int8_generic(w_shape[1] * group, out_channels, group)
             if generic and group == 1:  # im2col, then the int8 GEMM packs that matrix: outputs x in-channels x kernel
-                loads = _numel(y_shape) // out_channels * w_shape[1] * kernel
+                loads = pixels * w_shape[1] * kernel
     else:
         weight_const = g.is_constant(w_name)
         kind = "gemm" if weight_const else "matmul"
@@ -928,7 +933,7 @@ def _mac_op(
     padding = math.ceil(out_channels / strip) * strip / out_channels if strip and out_channels else 1.0
     return OpCost(
         node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
-        padding=padding * in_padding, rows=rows, loads=loads, generic=generic,
+        padding=padding * in_padding, rows=rows, loads=loads, generic=generic, pixels=pixels,
     )
 
 
@@ -941,7 +946,7 @@ def _int8_generic(in_channels: int, out_channels: int, group: int) -> bool:
     ``MlasConvSymPackWSize``); any other conv goes through im2col and the int8 GEMM, or the generic
     depthwise loop. Timed at batch 4 and 32x32, 3x3: 4 -> 16 channels took 118 us, 4 -> 8 channels 158 us,
     and 3 to 8 input channels into 3 to 8 output channels 152-201 us, whatever the counts: a cost per
-    output pixel and im2col value more than per multiply-add (``loads``).
+    output pixel (``pixels``) and im2col value (``loads``) more than per multiply-add.
     """
     if group == 1:
         return not (out_channels >= 16 and in_channels % 4 == 0 and out_channels % 8 == 0)
