@@ -67,7 +67,8 @@ VIEW_OPS = frozenset(
 )
 # Ops with no runtime cost at all (folded into initializers by every runtime).
 FREE_OPS = frozenset({"Constant"})
-# Element-wise / data-movement / normalization ops: priced per element of their largest tensor.
+# Element-wise / data-movement / normalization ops: priced per value read and written, halved (a unary op counts
+# its size, an Add of two tensors 1.5 times it: the calibration probes timed an Add chain 1.5x a Relu chain).
 ELEMENTWISE_OPS = frozenset(
     {
         "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Erf", "Floor", "Ceil",
@@ -102,7 +103,7 @@ class OpCost:
     kind: str  # one of MAC_KINDS, "elementwise", "scalar" (no vector code: fp16 on a CPU without it), "view", "fallback"
     precision: str  # fp32 | fp16 | int8
     macs: int
-    elements: int  # elements touched by non-MAC work; for MAC ops, the output elements
+    elements: int  # non-MAC work: values read and written, halved; MAC ops: the output elements
     bytes_moved: int  # weights + input and output activations at their precisions
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
@@ -536,7 +537,7 @@ def _analyze_stripped(
             )
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
-        elements = max((_numel(g.shape(t)) for t in tensors), default=0)
+        elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)
         kind = "scalar" if fp16_as_fp32 and op_type in _SCALAR_FP16 and _runs_fp16(g, node) else "elementwise"
         if op_type not in ELEMENTWISE_OPS:
             unpriced[op_type] += 1
