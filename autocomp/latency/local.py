@@ -111,7 +111,7 @@ class LocalBackend:
 
     def measure(self, onnx_path: Path, profile) -> LatencyResult:
         path = _checked(onnx_path, profile)
-        payload = self._run(self.command(path, profile), what=path.name, timeout_s=self.timeout_s)
+        payload = self._run(self.command(path, profile), what=path.name, timeout_s=self.timeout_s, fix="lower runtime.runs in the profile")
         return _result(payload)
 
     def measure_set(
@@ -140,10 +140,12 @@ class LocalBackend:
             ]
             # a generous bound: each file's round is about SET_BLOCK_MS plus one run
             timeout_s = self.timeout_s + len(items) * self.rounds * 1.0
-            payload = self._run(cmd, what=f"a set of {len(items)} files", timeout_s=timeout_s, progress=progress)
+            payload = self._run(cmd, what=f"a set of {len(items)} files", timeout_s=timeout_s, fix="time fewer rounds", progress=progress)
         return [_result(entry) for entry in payload["results"]]
 
-    def _run(self, cmd: list[str], *, what: str, timeout_s: float, progress: Callable[[int, int], None] | None = None) -> dict:
+    def _run(
+        self, cmd: list[str], *, what: str, timeout_s: float, fix: str, progress: Callable[[int, int], None] | None = None
+    ) -> dict:
         """Run bench_onnx.py; its last JSON line, passing ``{"progress": [done, total]}`` lines to ``progress``."""
         with tempfile.TemporaryFile(mode="w+") as stderr:
             try:
@@ -164,7 +166,7 @@ class LocalBackend:
                         process.kill()
                         raise
             except subprocess.TimeoutExpired:
-                raise LatencyError(f"timing {what} took longer than {timeout_s:.0f} s; lower runtime.runs in the profile") from None
+                raise LatencyError(f"timing {what} took longer than {timeout_s:.0f} s; {fix}") from None
             if payload is None or "progress" in payload:
                 stderr.seek(0)
                 tail = (stderr.read().strip().splitlines() or ["no output"])[-1]

@@ -85,6 +85,15 @@ def test_measure_set_errors_name_the_file(tmp_path, files):
         LocalBackend(rounds=1).measure_set([(files["fp32"], profile), (files["fp32"], two_threads)])
 
 
+def test_a_timing_past_its_limit_is_stopped_with_one_line(files):
+    """A file that takes too long: the child process is killed and the error names the file and the fix."""
+    profile = load_profile("local")
+    endless = replace(profile, runtime=replace(profile.runtime, warmup=3, runs=10_000_000))
+    with pytest.raises(LatencyError) as err:
+        LocalBackend(timeout_s=1.0, timed_s=0.0).measure(files["fp32"], endless)
+    assert "resnet-fp32.onnx took longer than 1 s" in str(err.value) and "runtime.runs" in str(err.value)
+
+
 def test_local_backend_errors_are_one_line(tmp_path, files):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file")
