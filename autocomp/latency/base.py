@@ -27,6 +27,11 @@ class LatencyResult:
 
 
 class LatencyBackend(Protocol):
+    """What every backend implements. A backend may also offer ``measure_set(items, *, progress=None)``,
+    which times many ``(onnx_path, profile)`` pairs together and returns their results in order:
+    calibration and the latency benchmark use it where present (the local backend interleaves the
+    files in one process, see ``autocomp.latency.local``) and ``measure`` file by file elsewhere."""
+
     name: str
 
     def measure(self, onnx_path: Path, profile: "DeviceProfile") -> LatencyResult: ...
