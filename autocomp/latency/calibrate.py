@@ -376,9 +376,11 @@ def measure_variants(
     measure_set = getattr(backend, "measure_set", None)
     for pass_index in range(limit):
         if measure_set is not None:
-            def rounds_done(rounds: int, of: int, before: int = done, count: int = len(todo)) -> None:
+            before = done
+
+            def rounds_done(rounds: int, of: int) -> None:  # called during this pass only: ``before`` and ``todo`` are its own
                 if progress is not None:
-                    progress(before + count * rounds // of, total)
+                    progress(before + len(todo) * rounds // of, total)
 
             results = measure_set([(variants[i].path, at_batch[i]) for i in todo], progress=rounds_done)
             for index, result in zip(todo, results):

@@ -107,7 +107,7 @@ class OpCost:
     bytes_moved: int  # weights + input and output activations at their precisions
     layer: str  # module path when the exporter recorded one, else the node name
     fused: tuple[str, ...] = ()
-    padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads output channels to its block
+    padding: float = 1.0  # MAC ops: work done / work asked, as the kernel pads channels to its block (see ``_mac_op``)
     rows: int = 0  # dense convs wider than 1x1 or reading plain NCHW: output rows (batch x height), one kernel call each
     loads: int = 0  # input values a dense conv's kernel loads: NCHWc broadcasts, or a generic int8 conv's im2col matrix
     generic: bool = False  # an x86 int8 conv that MLAS's symmetric conv kernels do not take (see ``_int8_generic``)
@@ -526,13 +526,13 @@ def _analyze_stripped(
         if op_type in _CONV_OPS or op_type in _GEMM_OPS:
             # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
             # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
-            int8_conv = nchwc_block and precision == "int8" and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
+            x86_int8 = bool(nchwc_block) and precision == "int8"
+            int8_conv = x86_int8 and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
             strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
             ops.append(
                 _mac_op(
                     g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
-                    per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs,
-                    x86_int8=bool(nchwc_block) and precision == "int8",
+                    per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8,
                 )
             )
             continue
