@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autocomp.errors import LatencyError
+from autocomp.errors import ConfigError, LatencyError
 from autocomp.latency.graph import feature_names
 
 log = logging.getLogger(__name__)
@@ -564,6 +564,9 @@ def calibrate_device(
 
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
+    if rounds is not None and backend != "local":
+        raise ConfigError(f"--rounds is for the local backend, which times its set interleaved; the {backend} backend times "
+                          "file by file, as many runs as the profile's runtime.runs says")
     shipped = load_profile(device, calibrated=False)
     if backend == "local":
         shipped = on_this_host(shipped)

@@ -75,6 +75,14 @@ def test_calibrate_refuses_the_estimate_backend():
         calibrate_device("local", backend="estimate", variants=8)
 
 
+def test_rounds_are_refused_where_files_are_timed_one_by_one():
+    from autocomp.errors import ConfigError
+    from autocomp.latency.calibrate import calibrate_device
+
+    with pytest.raises(ConfigError, match="--rounds is for the local backend"):
+        calibrate_device("raspberry-pi-4", backend="ssh", variants=8, rounds=5)
+
+
 def test_noisy_variants_are_timed_again_until_two_times_agree(tmp_path):
     """A shared host's slow spell can cover every pass of one file: that file is timed again, the others are not."""
     import onnx
