@@ -605,6 +605,8 @@ def _drop_relus_into_q(model: onnx.ModelProto) -> None:
     zero point (so the Q clips at 0 itself) is removed, the Q reading the Relu's input. Relus of int8 ops
     are absorbed later anyway; this catches float ones, e.g. an fp16 layer's Relu before an int8 layer."""
     graph = model.graph
+    if not any(node.op_type == "QuantizeLinear" for node in graph.node):
+        return  # an fp32 or fp16 file: no Q, and indexing its consumers would be wasted on every estimate
     initializers = {t.name: t for t in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
