@@ -113,6 +113,16 @@ def _summary(times_ms, block_medians):
     }
 
 
+def _warm_up(session, feeds, runs, seconds):
+    """Run at least ``runs`` times and for at least ``seconds``; the mean time of one run, in ms."""
+    started = time.perf_counter()
+    done = 0
+    while done < runs or time.perf_counter() - started < seconds:
+        session.run(None, feeds)
+        done += 1
+    return (time.perf_counter() - started) * 1000.0 / max(1, done)
+
+
 def _block(session, feeds, runs):
     times_ms = []
     for _ in range(runs):
@@ -124,11 +134,7 @@ def _block(session, feeds, runs):
 
 def _time_one(args, ort, np):
     session, feeds = _session(args.model, _parse_shapes(args.shape), args, ort, np)
-    started = time.perf_counter()
-    done = 0
-    while done < args.warmup or time.perf_counter() - started < args.warmup_s:
-        session.run(None, feeds)
-        done += 1
+    _warm_up(session, feeds, args.warmup, args.warmup_s)
     blocks = max(1, min(args.blocks, args.runs))
     per_block = [args.runs // blocks + (1 if b < args.runs % blocks else 0) for b in range(blocks)]
     times_ms = []
@@ -158,12 +164,7 @@ def _time_set(args, ort, np):
             raise RuntimeError("%s: %s: %s" % (entry["model"], type(exc).__name__, exc))
     runs_per_block = []
     for session, feeds in sessions:  # warm up, and size each file's block to about --block-ms
-        started = time.perf_counter()
-        done = 0
-        while done < max(3, args.warmup) or time.perf_counter() - started < args.warmup_s:
-            session.run(None, feeds)
-            done += 1
-        per_run_ms = (time.perf_counter() - started) * 1000.0 / done
+        per_run_ms = _warm_up(session, feeds, max(3, args.warmup), args.warmup_s)
         runs_per_block.append(max(5, int(args.block_ms / per_run_ms)))
     times_ms = [[] for _ in sessions]
     block_medians = [[] for _ in sessions]
