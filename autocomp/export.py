@@ -55,6 +55,14 @@ _HINT = (
     "or try the other exporter (dynamo=True/False)"
 )
 _OPSET = 17
+_TRACED_PATH_HINT = (
+    "it matched on the example input, so the trace fixed one path: likely data-dependent Python control flow "
+    "in forward() (an if on tensor values) or a value baked in at trace time; make it tensor code (torch.where) "
+    "or use the dynamo exporter"
+)
+_TRACE_HINT = (
+    "look for values baked in at trace time (TracerWarning) or loosen rtol/atol"
+)
 
 
 def export_onnx(
@@ -68,6 +76,7 @@ def export_onnx(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     dynamo: bool = False,
+    check_batches: Sequence[tuple[Tensor, ...]] = (),
 ) -> Path:
     """Export ``model`` (in eval mode) to one self-contained, checked and validated ONNX file.
 
@@ -80,6 +89,11 @@ def export_onnx(
     ``onnx.checker``, or when an onnxruntime output differs from PyTorch by more
     than ``atol + rtol * |torch|`` (naming the output, the difference and the
     tolerance).
+
+    ``check_batches`` are real samples (the search passes a few training
+    batches): a file that matches PyTorch on the example input but not on
+    them was traced down one path of a data-dependent branch, which the
+    message says.
     """
     path = Path(path)
     if isinstance(example_inputs, Tensor):
@@ -105,10 +119,15 @@ def export_onnx(
         _stamp_modules(proto, model)
         _save_single_file(proto, path)
         _check(path)
-        _compare(model, example_inputs, path, outputs, rtol=rtol, atol=atol)
+        _compare(model, example_inputs, path, outputs, rtol=rtol, atol=atol, where="the example input")
         if dynamic_batch:
             other = tuple(torch.cat([x, x[:1]], dim=0) for x in example_inputs)  # batch b+1, valid rows
-            _compare(model, other, path, outputs, rtol=rtol, atol=atol)
+            _compare(model, other, path, outputs, rtol=rtol, atol=atol, where="the example input")
+            for i, batch in enumerate(check_batches, 1):
+                _compare(
+                    model, batch, path, outputs, rtol=rtol, atol=atol,
+                    where=f"training batch {i} of {len(check_batches)}", hint=_TRACED_PATH_HINT,
+                )
     log.debug("exported %s to %s in %.2f s (dynamo=%s)", type(model).__name__, path, time.perf_counter() - started, dynamo)
     return path
 
@@ -261,7 +280,15 @@ def _check(path: Path) -> None:
 
 
 def _compare(
-    model: nn.Module, inputs: tuple[Tensor, ...], path: Path, output_names: list[str], *, rtol: float, atol: float
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    path: Path,
+    output_names: list[str],
+    *,
+    rtol: float,
+    atol: float,
+    where: str,
+    hint: str = _TRACE_HINT,
 ) -> None:
     from autocomp.runtime import onnx_session
 
@@ -281,7 +308,7 @@ def _compare(
     for name, want, have in zip(output_names, expected, got):
         if want.shape != have.shape:
             raise ExportError(
-                f"ONNX output {name!r} has shape {have.shape}, PyTorch {want.shape} at batch {batch}; "
+                f"ONNX output {name!r} has shape {have.shape}, PyTorch {want.shape} at batch {batch} on {where}; "
                 "a shape is baked in at trace time (avoid Python arithmetic on tensor sizes)"
             )
         if want.dtype.kind in "fc":
@@ -290,12 +317,11 @@ def _compare(
             if bad.any() or (np.isfinite(have) != np.isfinite(want)).any():
                 worst = float(np.nanmax(diff)) if diff.size else float("nan")
                 raise ExportError(
-                    f"ONNX output {name!r} differs from PyTorch at batch {batch}: max abs difference {worst:.3g} "
-                    f"exceeds the tolerance atol={atol:g} + rtol={rtol:g}*|value|; look for values baked in at "
-                    "trace time (TracerWarning) or loosen rtol/atol"
+                    f"ONNX output {name!r} differs from PyTorch on {where} (batch {batch}): max abs difference "
+                    f"{worst:.3g} exceeds the tolerance atol={atol:g} + rtol={rtol:g}*|value|; {hint}"
                 )
         elif not np.array_equal(want, have):
-            raise ExportError(f"ONNX output {name!r} differs from PyTorch at batch {batch}: integer values disagree")
+            raise ExportError(f"ONNX output {name!r} differs from PyTorch on {where} (batch {batch}): integer values disagree; {hint}")
 
 
 # --- layer <-> node mapping ----------------------------------------------------------------------------------------

@@ -25,13 +25,21 @@ from autocomp.pipeline import Artifact, build_artifact, compress_model, run_plan
 from autocomp.plan import CompressionPlan, compressible_layers
 from autocomp.profiles import DeviceProfile
 from autocomp.search_space import SearchSpace
-from autocomp.tasks import Task, torch_predictor
+from autocomp.tasks import Task, score, torch_predictor
 
 log = logging.getLogger(__name__)
 
 ACCURACY, LATENCY, SIZE = "accuracy", "latency_ms", "size_bytes"
 OBJECTIVES = (ACCURACY, LATENCY, SIZE)
 DIRECTIONS = ("maximize", "minimize", "minimize")
+
+
+PHASE = "phase"
+"""Trial user attr: what the trial is doing now, so a killed trial's reason names it."""
+PHASE_NAMES = {
+    "precheck": "the latency pre-check", "finetune": "fine-tuning", "export": "export and quantization",
+    "evaluate": "evaluation", "latency": "the latency measurement",
+}
 
 
 class TrialStopped(AutocompError):
@@ -116,7 +124,7 @@ def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], Non
     def on_step(step: int, loss: float, model: nn.Module) -> None:
         if step != spec.early_stop_after_steps:
             return
-        accuracy = ctx.task.evaluate(torch_predictor(model))
+        accuracy = score(ctx.task, torch_predictor(model), what=f"the student after {step} fine-tuning steps")
         model.train()
         if accuracy < ctx.accuracy_floor - spec.early_stop_max_drop:
             raise TrialStopped(
@@ -133,6 +141,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
     plan = CompressionPlan.from_params(trial.params)
     trial.set_user_attr("plan", plan.to_params())
     if ctx.latency_budget_ms is not None:
+        trial.set_user_attr(PHASE, "precheck")
         estimate = precheck_latency(ctx, plan, trial.number)
         trial.set_user_attr("precheck_latency_ms", estimate.median_ms)
         if estimate.median_ms > ctx.latency_budget_ms:
@@ -154,11 +163,13 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
             order=ctx.space.pipeline,
             student=ctx.space.student,
             on_step=early_stop_rule(ctx),
+            on_phase=lambda name: trial.set_user_attr(PHASE, name),
         )
     except TrialStopped:  # stopped during fine-tuning: that time is still fine-tuning, not overhead
         trial.set_user_attr("timings_s", {"finetune": time.perf_counter() - fine_tuning})
         raise
     torch.save(result.model.state_dict(), ctx.trial_dir(trial.number) / "model_state.pt")
+    trial.set_user_attr(PHASE, "latency")
     measuring = time.perf_counter()
     latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)
     timings = {**result.timings_s, "latency": time.perf_counter() - measuring}

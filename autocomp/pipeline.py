@@ -23,12 +23,21 @@ from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
 from autocomp.export import export_onnx
 from autocomp.plan import CompressionPlan
 from autocomp.profiles import Int8Recipe
-from autocomp.runtime import OnnxStats, calibration_inputs, evaluate_onnx, onnx_stats
-from autocomp.tasks import Task
+from autocomp.runtime import OnnxStats, calibration_inputs, evaluate_onnx, onnx_stats, training_samples
+from autocomp.errors import ExportError
+from autocomp.tasks import Task, score, torch_predictor
 
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, float, nn.Module], None]
+OnPhase = Callable[[str], None]
+
+# Real samples the export is checked on beside the example input (a few batches, a few dozen samples).
+EXPORT_CHECK_BATCHES = 3
+EXPORT_CHECK_SAMPLES = 96
+METRIC_TOLERANCE = 0.01
+"""How far an fp32 ONNX file's metric may sit from PyTorch's (absolute, or relative above 1) before the
+export is called wrong: argmax ties may flip a sample, a wrong trace moves the metric by far more."""
 
 # Export redirects the process's stdout/stderr and quantization changes the working
 # directory for a moment: with several trials in threads (--jobs) they take turns.
@@ -100,8 +109,9 @@ def build_artifact(
     """Export ``model`` and apply the plan's per-layer bit-widths; returns ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "model.onnx"
+    check = training_samples(task, max_samples=EXPORT_CHECK_SAMPLES, max_batches=EXPORT_CHECK_BATCHES)
     with _ONNX_STAGE:
-        fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx")
+        fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx", check_batches=check)
         if any(bits != 32 for bits in plan.bits.values()):
             calibration = calibration_inputs(task, max_samples=calibration_samples)
             quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
@@ -117,11 +127,13 @@ class PlanResult:
     accuracy: float
     artifact: Artifact
     model: nn.Module
+    torch_accuracy: float  # the PyTorch model's metric before quantization (what model.pt2 scores)
     timings_s: dict[str, float] = field(default_factory=dict)  # finetune, export (incl. quantize), evaluate
 
     def summary(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "torch_accuracy": self.torch_accuracy,
             "size_bytes": self.artifact.stats.size_bytes,
             "params": self.artifact.stats.params,
             "onnx_sha256": self.artifact.stats.sha256,
@@ -141,16 +153,39 @@ def run_plan(
     order: tuple[str, ...] = ("distill", "prune", "quantize"),
     student: str = "pruned",
     on_step: OnStep | None = None,
+    on_phase: OnPhase | None = None,
 ) -> PlanResult:
-    """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file."""
+    """Compress, export, quantize and score one plan; accuracy is measured on the ONNX file.
+
+    ``on_phase`` hears ``"finetune"``, ``"export"`` and ``"evaluate"`` as each starts (the
+    search records it, so a killed trial says what it was doing).
+    """
+    phase = on_phase or (lambda name: None)
     started = time.perf_counter()
+    phase("finetune")
     model = compress_model(
         task, teacher, plan, finetune=finetune, round_to=round_to, order=order, student=student, on_step=on_step
     )
     compressed = time.perf_counter()
+    phase("export")
     artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
     exported = time.perf_counter()
+    phase("evaluate")
     accuracy = evaluate_onnx(task, artifact.onnx_path)
+    torch_accuracy = score(task, torch_predictor(model), what="the compressed model in PyTorch")
+    if not any(bits != 32 for bits in plan.bits.values()):
+        check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
     timings = {"finetune": compressed - started, "export": exported - compressed, "evaluate": time.perf_counter() - exported}
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
-    return PlanResult(plan, accuracy, artifact, model, timings)
+    return PlanResult(plan, accuracy, artifact, model, torch_accuracy, timings)
+
+
+def check_same_metric(*, onnx: float, torch: float, path: Path) -> None:
+    """An fp32 ONNX file must score what its PyTorch model scores; otherwise the export is wrong, not the plan."""
+    if abs(onnx - torch) > METRIC_TOLERANCE * max(1.0, abs(torch)):
+        raise ExportError(
+            f"{path.name} scores {onnx:.4f} in onnxruntime but the same model scores {torch:.4f} in PyTorch: the "
+            "export computes something else on real data; likely data-dependent Python control flow in forward() "
+            "(an if on tensor values) or a value baked in at trace time: make it tensor code (torch.where) or use "
+            "the dynamo exporter"
+        )

@@ -84,7 +84,9 @@ def onnx_predictor(path: Path, *, threads: int | None = None) -> Predict:
 
 def evaluate_onnx(task: Task, path: Path) -> float:
     """The task's metric measured on the ONNX file itself (higher is better)."""
-    return float(task.evaluate(onnx_predictor(path)))
+    from autocomp.tasks.base import score
+
+    return score(task, onnx_predictor(path), what=f"the ONNX file {Path(path).name}")
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,16 @@ def onnx_stats(path: Path) -> OnnxStats:
     return OnnxStats(size_bytes=len(data), params=params, sha256=hashlib.sha256(data).hexdigest())
 
 
-def calibration_inputs(task: Task, *, max_samples: int = 256) -> list[tuple[np.ndarray, ...]]:
-    """Up to ``max_samples`` training samples as numpy batches (one tuple of arrays per batch, as the model takes them).
+def training_samples(task: Task, *, max_samples: int, max_batches: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """The first batches of ``task.train_batches()``, up to ``max_samples`` samples in all, as tensor tuples.
 
     Deterministic: the task's batch shuffling runs under a fixed torch seed
-    without disturbing the caller's random state, so a trial's int8 file does
-    not depend on what ran before it.
+    without disturbing the caller's random state, so a trial's int8 file and
+    its export check do not depend on what ran before it.
     """
     if max_samples < 1:
         raise ConfigError(f"max_samples={max_samples} must be at least 1")
-    batches: list[tuple[np.ndarray, ...]] = []
+    batches: list[tuple[torch.Tensor, ...]] = []
     taken = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -137,11 +139,19 @@ def calibration_inputs(task: Task, *, max_samples: int = 256) -> list[tuple[np.n
             if isinstance(inputs, torch.Tensor):
                 inputs = (inputs,)
             room = max_samples - taken
-            arrays = tuple(np.ascontiguousarray(x.detach().cpu().numpy()[:room]) for x in inputs)
-            batches.append(arrays)
-            taken += len(arrays[0])
-            if taken >= max_samples:
+            batch = tuple(x.detach()[:room] for x in inputs)
+            batches.append(batch)
+            taken += len(batch[0])
+            if taken >= max_samples or (max_batches is not None and len(batches) >= max_batches):
                 break
     if not batches:
-        raise ConfigError("the task's train_batches() yielded no data; calibration needs training samples")
+        raise ConfigError("the task's train_batches() yielded no data; calibration and the export check need training samples")
     return batches
+
+
+def calibration_inputs(task: Task, *, max_samples: int = 256) -> list[tuple[np.ndarray, ...]]:
+    """Up to ``max_samples`` training samples as numpy batches (one tuple of arrays per batch, as the model takes them)."""
+    return [
+        tuple(np.ascontiguousarray(x.cpu().numpy()) for x in batch)
+        for batch in training_samples(task, max_samples=max_samples)
+    ]

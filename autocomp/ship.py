@@ -22,6 +22,7 @@ from autocomp.errors import ConfigError
 from autocomp.pipeline import compress_model
 from autocomp.plan import CompressionPlan
 from autocomp.runtime import evaluate_onnx
+from autocomp.tasks import score, torch_predictor
 
 ACCURACY_TOLERANCE = 1e-6
 
@@ -55,6 +56,10 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     from autocomp.search_space import load_space
     from autocomp.tasks import load_task
 
+    from autocomp.study import TEACHER_FINGERPRINT
+    from autocomp.tasks import model_fingerprint
+
+    _check_out_dir(run_dir, out_dir)
     settings = study.user_attrs.get("settings")
     baseline = study.user_attrs.get("baseline")
     if not settings or not baseline:
@@ -62,6 +67,14 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     picked = _pick_trial(study, trial)
     task = load_task(settings["task"])
     teacher = task.build_model()
+    recorded = baseline.get(TEACHER_FINGERPRINT)
+    now = model_fingerprint(teacher)
+    if recorded is not None and recorded != now:
+        raise ConfigError(
+            f"the task {settings['task']!r} now builds another trained model than the study used (weights "
+            f"{recorded[:12]}, now {now[:12]}: retrained or edited since); restore the model the study was searched "
+            "on, or run a new search"
+        )
     if picked is None:
         plan, record, model = CompressionPlan(), baseline, teacher
         onnx_src = run_dir / "baseline" / "model.onnx"
@@ -95,6 +108,14 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     example = tuple(torch.cat([x, x]) for x in task.example_inputs())
     batch = tuple({0: torch.export.Dim.AUTO} for _ in example)
     torch.export.save(torch.export.export(model.eval(), example, dynamic_shapes=batch), pt2_path)
+    pt2_accuracy = score(task, torch_predictor(torch.export.load(pt2_path).module(), set_eval=False), what=f"the exported {pt2_path.name}")
+    expected = record.get("torch_accuracy")  # studies from before it was recorded cannot check model.pt2
+    if expected is not None and abs(pt2_accuracy - expected) > ACCURACY_TOLERANCE:
+        raise ConfigError(
+            f"{pt2_path} scores {pt2_accuracy:.4f} but the PyTorch model of this trial scored {expected:.4f} in the "
+            "search; the rebuilt model is not the one that was scored (run folder or task changed)"
+        )
+    record = {**record, "pt2_accuracy": pt2_accuracy}
     plan_path = out_dir / "plan.json"
     plan_path.write_text(plan.to_json() + "\n")
     metrics_path = out_dir / "metrics.json"
@@ -102,8 +123,19 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     return [onnx_path, pt2_path, plan_path, metrics_path]
 
 
+def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is the run folder or lies among its artifacts (export would overwrite them)."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    artifacts = (run / "baseline", run / "trials")
+    if out == run or any(out == a or a in out.parents for a in artifacts):
+        raise ConfigError(
+            f"--out {out_dir} is the run folder or inside its own artifacts (baseline/, trials/); "
+            f"export to a folder of its own, e.g. --out {run / 'export'}"
+        )
+
+
 def _metrics(study: optuna.Study, picked: FrozenTrial | None, record: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "latency_ms", "latency_p90_ms", "latency_source", "size_bytes", "params", "onnx_sha256")
+    keys = ("accuracy", "torch_accuracy", "pt2_accuracy", "latency_ms", "latency_p90_ms", "latency_source", "size_bytes", "params", "onnx_sha256")
     return {
         "device": study.user_attrs.get("device"),
         "trial": "baseline" if picked is None else picked.number,

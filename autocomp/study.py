@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import traceback
@@ -22,9 +23,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, ConfigError
-from autocomp.objective import DIRECTIONS, OBJECTIVES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
+from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
+from autocomp.tasks import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -49,60 +51,144 @@ def default_storage(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+def masked_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: storage URLs are printed, logged and stored."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def check_storage(url: str) -> None:
+    """Refuse, before any work, a storage URL that is not one, names an unknown database or lacks its driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = masked_url(url)
+    example = "e.g. sqlite:///runs/study.db or postgresql://user@host:5432/autocomp"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"--storage {shown!r} is not a database URL; {example}") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(f"--storage {shown!r}: unknown database kind {parsed.drivername!r}; {example}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        hint = "pip install 'psycopg[binary]'" if parsed.get_backend_name() == "postgresql" else "install the database driver"
+        raise ConfigError(
+            f"--storage {shown!r}: the {parsed.drivername} driver is not installed ({exc.name or exc}); {hint}"
+        ) from None
+
+
 def open_study(*, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create the study, or load it when it exists (that is how a search resumes)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_storage(storage)
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
         )
-    except (ValueError, ImportError) as exc:
-        raise ConfigError(f"cannot open study storage {storage!r}: {exc}") from exc
+    except (ValueError, ImportError, SQLAlchemyError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"cannot open study storage {masked_url(storage)!r}: {masked_url(first)}") from None
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
-        raise ConfigError(f"study {study_name!r} in {storage} was not created by autocomp search (different objectives)")
+        raise ConfigError(f"study {study_name!r} in {masked_url(storage)} was not created by autocomp search (different objectives)")
     return study
 
 
 def load_existing_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """Open a finished or running study for reporting/export; one study per storage unless named."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_storage(storage)
+    shown = masked_url(storage)
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or file
-        raise ConfigError(f"cannot read study storage {storage!r}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"cannot read study storage {shown!r}: {masked_url(first)}") from None
     if not names:
-        raise ConfigError(f"no study in {storage}; run 'autocomp search' first")
+        raise ConfigError(f"no study in {shown}; run 'autocomp search' first")
     if study_name is None:
         if len(names) > 1:
-            raise ConfigError(f"{storage} holds several studies ({', '.join(names)}); pass --study-name")
+            raise ConfigError(f"{shown} holds several studies ({', '.join(names)}); pass --study-name")
         study_name = names[0]
     elif study_name not in names:
-        raise ConfigError(f"no study named {study_name!r} in {storage}; it holds {', '.join(names)}")
+        raise ConfigError(f"no study named {study_name!r} in {shown}; it holds {', '.join(names)}")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def parse_accuracy_floor(text: str, *, baseline_accuracy: float) -> float:
-    """``0.97`` or ``97%`` is absolute; ``-1`` (or ``-1pt``) means one point below the baseline."""
-    raw = text.strip().lower().removesuffix("pt").removesuffix("%")
+@dataclass(frozen=True)
+class AccuracyFloor:
+    """``--min-accuracy`` as given: an absolute floor in the metric's units, or points below the baseline."""
+
+    text: str
+    absolute: float | None = None
+    points_below: float | None = None
+
+    def resolve(self, baseline_accuracy: float) -> float:
+        """The floor for a study whose baseline scored ``baseline_accuracy``; refuses a floor above it."""
+        if self.points_below is not None:
+            return baseline_accuracy - self.points_below / 100.0
+        assert self.absolute is not None
+        if self.absolute > baseline_accuracy:
+            raise ConfigError(
+                f"--min-accuracy {self.text!r} asks for {self.absolute:.4f}, above the uncompressed baseline's "
+                f"{baseline_accuracy:.4f}: no compressed model is expected to reach it; give a floor at or below the "
+                "baseline, or -1 for one point below it"
+            )
+        return self.absolute
+
+
+def parse_accuracy_spec(text: str) -> AccuracyFloor:
+    """``0.97`` or ``97%`` is absolute; ``-1`` (or ``-1pt``) means one point below the baseline.
+
+    Checked before any work: a value that cannot be a floor is refused here,
+    not after the baseline has been evaluated.
+    """
+    stripped = text.strip().lower()
+    percent = stripped.endswith("%")
+    raw = stripped.removesuffix("pt").removesuffix("%")
+    usage = "use 0.97 or 97% (absolute) or -1 (one point below the baseline)"
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(
-            f"--min-accuracy {text!r} is not a number; use 0.97 or 97% (absolute) or -1 (one point below baseline)"
-        ) from None
+        raise ConfigError(f"--min-accuracy {text!r} is not a number; {usage}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"--min-accuracy {text!r} is not a finite number; {usage}")
     if value < 0:
-        floor = baseline_accuracy + value / 100.0
-    else:
-        floor = value / 100.0 if value > 1.0 or text.strip().endswith("%") else value
-    if not 0.0 <= floor <= 1.0:
-        raise ConfigError(f"--min-accuracy {text!r} gives a floor of {floor:.4f}, outside [0, 1]")
-    return floor
+        if percent or value <= -100:
+            raise ConfigError(f"--min-accuracy {text!r}: points below the baseline are written -1 or -0.5 (more than -100); {usage}")
+        return AccuracyFloor(text, points_below=-value)
+    if percent:
+        if value > 100:
+            raise ConfigError(f"--min-accuracy {text!r} is above 100%; {usage}")
+        return AccuracyFloor(text, absolute=value / 100.0)
+    if value > 1.0:
+        raise ConfigError(
+            f"--min-accuracy {text!r} is outside [0, 1]; write {value:g}% for a percentage or -{value:g} for "
+            f"{value:g} points below the baseline"
+        )
+    return AccuracyFloor(text, absolute=value)
+
+
+def parse_accuracy_floor(text: str, *, baseline_accuracy: float) -> float:
+    """The floor ``text`` gives for a baseline of ``baseline_accuracy`` (see ``parse_accuracy_spec``)."""
+    return parse_accuracy_spec(text).resolve(baseline_accuracy)
 
 
 def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
-    """Evaluate the uncompressed model once per study (export, ONNX accuracy, latency) and store it."""
-    if "baseline" in study.user_attrs:
-        return study.user_attrs["baseline"]
+    """Evaluate the uncompressed model once per study (export, ONNX accuracy, latency) and store it.
+
+    A stored baseline is reused only for the same trained model (its weights'
+    fingerprint) and only if its metric is finite; the fingerprint is what
+    ``autocomp export`` checks the teacher against later.
+    """
+    fingerprint = model_fingerprint(ctx.teacher)
+    stored = study.user_attrs.get("baseline")
+    if stored is not None:
+        return _revalidated(stored, fingerprint=fingerprint, study_name=study.study_name)
     plan = CompressionPlan()
     result = run_plan(
         ctx.task, ctx.teacher, plan, ctx.out_dir / "baseline", finetune=ctx.finetune, recipe=ctx.profile.int8_recipe
@@ -114,9 +200,29 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
         "latency_p90_ms": latency.p90_ms,
         "latency_source": latency.source,
         "layers": layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
+        TEACHER_FINGERPRINT: fingerprint,
     }
     study.set_user_attr("baseline", baseline)
     return baseline
+
+
+TEACHER_FINGERPRINT = "teacher_sha256"
+
+
+def _revalidated(stored: dict[str, Any], *, fingerprint: str, study_name: str) -> dict[str, Any]:
+    accuracy = stored.get("accuracy")
+    if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+        raise ConfigError(
+            f"study {study_name!r} holds a baseline with accuracy {accuracy!r}, which is not a finite number; "
+            "start a new search with another --study-name or --out"
+        )
+    recorded = stored.get(TEACHER_FINGERPRINT)
+    if recorded is not None and recorded != fingerprint:
+        raise ConfigError(
+            f"study {study_name!r} was searched on another trained model (weights {recorded[:12]}, the task now builds "
+            f"{fingerprint[:12]}): its trials do not apply to this one; start a new search with another --study-name or --out"
+        )
+    return stored
 
 
 def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str, Any], min_accuracy: str) -> tuple[SearchContext, dict[str, Any]]:
@@ -128,9 +234,11 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
     from autocomp.profiles import profile_to_dict
     from autocomp.tasks import task_name
 
+    spec = parse_accuracy_spec(min_accuracy)  # before the baseline: a bad value costs nothing
     baseline = record_baseline(ctx, study)
-    floor = parse_accuracy_floor(min_accuracy, baseline_accuracy=baseline["accuracy"])
+    floor = spec.resolve(baseline["accuracy"])
     study.set_user_attr("settings", settings)
+    study.set_user_attr("versions", versions())
     study.set_user_attr("device", ctx.profile.name)
     # the key path stays out of study storage (which board timed a trial is in its latency source)
     study.set_user_attr("profile", {k: v for k, v in profile_to_dict(ctx.profile).items() if k != "ssh"})
@@ -166,6 +274,20 @@ def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ..
     return anchors
 
 
+def versions() -> dict[str, str]:
+    """The versions a study was run with (shown in the report: results move with them)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("autocomp", "torch", "onnx", "onnxruntime", "optuna", "torch-pruning"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
 @dataclass
 class SearchOutcome:
     study: optuna.Study
@@ -174,18 +296,30 @@ class SearchOutcome:
     interrupted: bool
 
 
-def close_orphans(study: optuna.Study) -> None:
-    """Mark trials left RUNNING by a killed process as FAILED, so a resumed search does not wait on them.
+INTERRUPTED = "interrupted"
+"""User attr set on a trial that did not end by itself (its process was killed, or Ctrl-C): it is closed
+FAILED with its reason, and does not count towards --trials."""
 
-    Assumes one search process per study at a time (the documented way to run autocomp).
+
+def close_orphans(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING by a killed process as FAILED, with the phase it died in; returns their numbers.
+
+    Only safe with one search process per study at a time, which ``autocomp.runlock`` enforces.
     """
+    closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "the process running this trial was killed")
+        phase = trial.user_attrs.get(PHASE)
+        during = f" during {PHASE_NAMES.get(phase, phase)}" if phase else ""
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"the process running this trial was killed{during}")
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        closed.append(trial.number)
+    return closed
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    """Trials that count towards --trials: complete, stopped or failed by themselves (not killed or interrupted)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -289,7 +423,10 @@ def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, inte
     except KeyboardInterrupt:
         interrupted.set()
         try:
-            trial.set_user_attr("fail_reason", "interrupted by the user")
+            phase = trial.user_attrs.get(PHASE)
+            during = f" during {PHASE_NAMES.get(phase, phase)}" if phase else ""
+            trial.set_user_attr("fail_reason", f"interrupted by the user{during}")
+            trial.set_user_attr(INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # Ctrl-C landed just after the trial was told: it stays finished, with its result

@@ -4,13 +4,17 @@ from tiny_models import ShapesTask
 
 
 class FlakyShapes(ShapesTask):
-    """Every second evaluation after the baseline raises, as a broken metric or a crashed runtime would."""
+    """Every second trial raises in its evaluation, as a broken metric or a crashed runtime would.
+
+    A plan is scored twice (its ONNX file, then its PyTorch model) and a failed one stops at the first:
+    calls 1-2 are the baseline, 3 fails trial 0, 4-5 pass trial 1, 6 fails trial 2, ...
+    """
 
     calls = 0
 
     def evaluate(self, predict):
         FlakyShapes.calls += 1
-        if FlakyShapes.calls > 1 and FlakyShapes.calls % 2 == 0:
+        if FlakyShapes.calls > 2 and FlakyShapes.calls % 3 == 0:
             raise RuntimeError("metric crashed on purpose")
         return super().evaluate(predict)
 

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from autocomp.cli.app import app, console
+from autocomp.cli.checks import check_range
 from autocomp.errors import ConfigError
 from autocomp.study import DEFAULT_SAMPLER, DEFAULT_TRIALS, SAMPLERS
 
@@ -18,12 +19,12 @@ def bench(
     device: str = typer.Option("local", "--device", "-d", help="Device profile to search for."),
     task: str = typer.Option("digits", help="Built-in task name, pkg.module:factory or file.py:factory."),
     space: str = typer.Option("default", help="Search space name or YAML path."),
-    trials: int = typer.Option(DEFAULT_TRIALS, min=1, help="Trials per sampler and seed (the search's default budget)."),
-    seeds: int = typer.Option(3, min=1, help="Seeds per sampler (0 .. N-1)."),
+    trials: int = typer.Option(DEFAULT_TRIALS, help="Trials per sampler and seed (the search's default budget)."),
+    seeds: int = typer.Option(3, help="Seeds per sampler (0 .. N-1)."),
     samplers: str = typer.Option(",".join(SAMPLERS), help="Comma-separated samplers to compare."),
     uniform: bool = typer.Option(True, help="Also run the uniform plans (one pruning ratio everywhere x one precision)."),
     measure: bool = typer.Option(True, help="Time the chosen models with onnxruntime on this machine."),
-    rounds: int = typer.Option(3, min=1, help="Interleaved timing rounds of the chosen models (lowest median kept)."),
+    rounds: int = typer.Option(3, help="Interleaved timing rounds of the chosen models (lowest median kept)."),
     backend: str = typer.Option("estimate", help="Latency backend of the searches: estimate, local or ssh."),
     min_accuracy: str = typer.Option("-1", help="Accuracy floor: absolute (0.97, 97%) or points below baseline (-1)."),
     out: Path = typer.Option(Path("reports/bench"), help="Folder for bench.db, results.csv, summary.json, bench.html."),
@@ -41,6 +42,12 @@ def bench(
     from autocomp.search_space import load_space
     from autocomp.tasks import load_task, task_name
 
+    from autocomp.study import parse_accuracy_spec
+
+    check_range("--trials", trials, low=1)
+    check_range("--seeds", seeds, low=1)
+    check_range("--rounds", rounds, low=1)
+    parse_accuracy_spec(min_accuracy)
     names = [s.strip() for s in samplers.split(",") if s.strip()]
     unknown = [s for s in names if s not in SAMPLERS]
     if not names or unknown:
@@ -60,7 +67,7 @@ def bench(
         out_dir=out_dir, accuracy_floor=None, latency_budget_ms=None,
     )
     settings = {"task": task, "device": device, "space": space, "backend": backend}
-    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("bench", total=len(names) * seeds * trials + len(plans))
 

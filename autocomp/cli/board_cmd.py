@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from autocomp.cli.app import app, console
+from autocomp.cli.app import app, console, styled
+from autocomp.cli.checks import check_range
 from autocomp.errors import ConfigError
 
 board_app = typer.Typer(
@@ -99,6 +100,7 @@ def check(
 
     from autocomp.profiles import load_profile
 
+    check_range("--connect-timeout", connect_timeout_s, low=0, low_open=True)
     profile = load_profile(device) if device else None
     target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
     info = check_board(target, runtime=profile.runtime if profile else None, connect_timeout_s=connect_timeout_s)
@@ -118,9 +120,9 @@ def check(
         console.print(table)
         if info.problems:
             for problem in info.problems:
-                console.print(f"[bold red]missing:[/] {problem}", highlight=False, soft_wrap=True)
+                console.print(styled("missing:", "bold red", problem), soft_wrap=True)
         else:
             tool = profile.runtime.tool if profile else "onnxruntime"
-            console.print(f"[bold green]ready:[/] {info.board} can time models with {tool}", highlight=False)
+            console.print(styled("ready:", "bold green", f"{info.board} can time models with {tool}"))
     if info.problems:
         raise typer.Exit(1)

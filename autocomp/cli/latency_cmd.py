@@ -10,7 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autocomp.cli.app import app, console
+from autocomp.cli.app import app, console, styled
+from autocomp.cli.checks import check_range, check_seed
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 
@@ -43,8 +44,8 @@ def measure(
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="NAME=DxDxD for an input with symbolic dimensions (repeatable)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the profile's batch size."),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="Timed runs at least (local backend times for 1 s or more; default from the profile)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the profile's batch size."),
+    runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs at least (local backend times for 1 s or more; default from the profile)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Measure again even if a cached result exists."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the LatencyResult fields."),
 ) -> None:
@@ -52,8 +53,11 @@ def measure(
     from autocomp.latency import get_backend
     from autocomp.profiles import load_profile, with_overrides
 
-    if not model.is_file():
-        raise ConfigError(f"ONNX file {model} does not exist")
+    from autocomp.latency.base import check_onnx_file
+
+    check_range("--batch-size", batch_size, low=1)
+    check_range("--runs", runs, low=1)
+    check_onnx_file(model)
     profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
     if batch_size is not None:
         profile = with_overrides(profile, batch_size=batch_size)
@@ -73,9 +77,9 @@ def measure(
     unpriced = data.get("unpriced_ops") or {}
     if unpriced:
         ops = ", ".join(f"{t} x{n}" for t, n in sorted(unpriced.items()))
-        console.print(f"[yellow]fallback:[/] {ops} priced as element-wise work ({data.get('fallback_ms', 0):.3f} ms)")
+        console.print(styled("fallback:", "yellow", f"{ops} priced as element-wise work ({data.get('fallback_ms', 0):.3f} ms)"))
     if backend == "estimate" and not profile.is_calibrated:
-        console.print(f"[dim]coefficients: {profile.cost_model.get('source', 'datasheet')} (uncalibrated)[/]")
+        console.print(f"coefficients: {profile.cost_model.get('source', 'datasheet')} (uncalibrated)", style="dim")
 
 
 @app.command()
@@ -86,13 +90,13 @@ def calibrate(
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
-    variants: int = typer.Option(48, "--variants", min=8, help="Number of base models (each in several precisions)."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="local backend: rounds over the whole set, timed in one process (default 30)."),
-    held_out: float = typer.Option(0.25, "--held-out", min=0.05, max=0.9, help="Fraction of the set kept out of the fit."),
+    variants: int = typer.Option(48, "--variants", help="Number of base models (each in several precisions)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="local backend: rounds over the whole set, timed in one process (default 30)."),
+    held_out: float = typer.Option(0.25, "--held-out", help="Fraction of the set kept out of the fit."),
     seed: int = typer.Option(0, "--seed", help="Seed for the variant set."),
-    passes: int = typer.Option(2, "--passes", min=1, help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
+    passes: int = typer.Option(2, "--passes", help="Time the whole set this many times and keep each variant's lowest (a shared host's slow spells)."),
     settle_pct: Optional[float] = typer.Option(
-        None, "--settle-pct", min=0.0,
+        None, "--settle-pct",
         help="After the passes, time again (up to 3 more times) each variant whose two lowest times differ by more than this many percent (default 5; 0: never).",
     ),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
@@ -104,6 +108,12 @@ def calibrate(
 
     from autocomp.profiles import load_profile
 
+    check_range("--variants", variants, low=8)
+    check_range("--rounds", rounds, low=1)
+    check_range("--held-out", held_out, low=0.05, high=0.9)
+    check_seed("--seed", seed)
+    check_range("--passes", passes, low=1)
+    check_range("--settle-pct", settle_pct, low=0)
     board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
     columns = (TextColumn("timing variants"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
@@ -160,7 +170,7 @@ def profiles_show(
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    console.print(f"[bold]{profile.name}[/]: {profile.description}")
+    console.print(styled(f"{profile.name}:", "bold", profile.description))
     from autocomp.profiles import calibration_dir
 
     user_file = profile.path is not None and profile.path.parent == calibration_dir()

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from autocomp.cli.app import app, console
+from autocomp.cli.checks import check_range
 from autocomp.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def compress(
     task: str = typer.Option("digits", help="Built-in task, 'package.module:factory' or 'path/to/file.py:factory'."),
     device: str = typer.Option("local", "--device", "-d", help="Device profile (bit-width support, int8 recipe, channel multiple)."),
     backend: str = typer.Option("local", help="Latency backend: estimate, local or ssh."),
-    steps: int = typer.Option(200, min=0, help="Distillation fine-tuning steps."),
+    steps: int = typer.Option(200, help="Distillation fine-tuning steps."),
     out: Path = typer.Option(Path("reports/compress"), help="Folder for baseline/ and compressed/ ONNX files."),
 ) -> None:
     """Apply one compression PLAN and print accuracy, size and latency against the baseline."""
@@ -43,6 +44,7 @@ def compress(
     from autocomp.profiles import load_profile
     from autocomp.tasks import load_task
 
+    check_range("--steps", steps, low=0)
     compression = _read_plan(plan)
     profile = load_profile(device)
     loaded = load_task(task)

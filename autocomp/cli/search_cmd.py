@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from optuna.trial import TrialState
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from rich.table import Table
 
-from autocomp.cli.app import app, console
+from autocomp.cli.app import app, console, err_console, styled
+from autocomp.cli.checks import check_range, check_seed
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 
@@ -29,9 +33,9 @@ def search(
     device: str = typer.Option(..., "--device", "-d", help="Target device profile (see 'autocomp profiles list')."),
     task: str = typer.Option("digits", help="Built-in task, 'package.module:factory' or 'path/to/file.py:factory'."),
     space: str = typer.Option("default", help="Search space name (search_spaces/) or path to a YAML file."),
-    trials: int = typer.Option(20, min=1, help="Total trials in the study (a resumed study counts its finished ones)."),
-    timeout: Optional[float] = typer.Option(None, min=1, help="Stop starting new trials after this many seconds."),
-    latency_budget_ms: Optional[float] = typer.Option(None, min=0.0, help="Latency budget on the device, ms (a constraint)."),
+    trials: int = typer.Option(20, help="Total trials in the study (a resumed study counts its finished ones)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    latency_budget_ms: Optional[float] = typer.Option(None, help="Latency budget on the device, ms (a constraint)."),
     min_accuracy: str = typer.Option("-1", help="Accuracy floor: 0.97 or 97% (absolute), or -1 = one point below baseline."),
     sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, nsga2, gp or random."),
     seed: int = typer.Option(0, help="Seed for the sampler and fine-tuning."),
@@ -43,61 +47,92 @@ def search(
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
-    jobs: int = typer.Option(1, min=1, help="Trials run in parallel (threads)."),
+    jobs: int = typer.Option(1, help="Trials run in parallel (threads)."),
 ) -> None:
-    """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report."""
+    """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report.
+
+    Exit codes: 0 done, 1 every trial of this run failed, 2 bad input, 130 interrupted (finished trials kept).
+    """
     from autocomp.latency import get_backend
     from autocomp.objective import SearchContext
     from autocomp.profiles import load_profile
+    from autocomp.runlock import exclusive_run
     from autocomp.search_space import load_space
-    from autocomp.study import default_storage, make_sampler, open_study, prepare_study
+    from autocomp.study import check_storage, default_storage, make_sampler, open_study, parse_accuracy_spec, prepare_study
     from autocomp.tasks import load_task, task_name
 
+    # Everything a user typed is checked before any work (a model trains, a baseline exports).
+    check_range("--trials", trials, low=1)
+    check_range("--timeout", timeout, low=0, low_open=True)
+    check_range("--latency-budget-ms", latency_budget_ms, low=0, low_open=True)
+    check_range("--jobs", jobs, low=1)
+    check_seed("--seed", seed)
+    parse_accuracy_spec(min_accuracy)
+    chosen_sampler = make_sampler(sampler, seed=seed)
+    if storage is not None:
+        check_storage(storage)
     profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
+    latency_backend = get_backend(backend, profile=profile)
+    estimator = get_backend("estimate", profile=profile)
     search_space = load_space(space)
     loaded_task = load_task(task)
     name = study_name or _study_name(task, device)
     out_dir = (out or Path("reports") / name).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage or default_storage(out_dir)
-    latency_backend = get_backend(backend, profile=profile)
-    estimator = get_backend("estimate", profile=profile)
-    study = open_study(storage=storage_url, study_name=name, sampler=make_sampler(sampler, seed=seed))
-    settings = {"task": task, "device": device, "space": space, "backend": backend}
-    _check_same_settings(study, settings, name)
-    with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
-        teacher = loaded_task.build_model()
-    # validate before any long work
-    search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
-    ctx = SearchContext(
-        task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
-        estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
-    )
-    with console.status("evaluating the uncompressed baseline"):
-        ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=min_accuracy)
-    floor = ctx.accuracy_floor
-    console.print(
-        f"baseline: accuracy [bold]{100 * baseline['accuracy']:.2f}%[/], latency {baseline['latency_ms']:.3f} ms "
-        f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%",
-        highlight=False,
-    )
-    outcome = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
-    _print_front(outcome.study, baseline)
-    report_path = _write_report(outcome.study, out_dir)
+    settings = {"task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler}
+    with exclusive_run(out_dir, storage=storage_url, study_name=name):
+        with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
+            teacher = loaded_task.build_model()
+        # the space must give parameters for this model before a study is written
+        search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
+        study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler)
+        _check_same_settings(study, settings, name)
+        _say_resumed(study)
+        ctx = SearchContext(
+            task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
+            estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
+        )
+        with console.status("evaluating the uncompressed baseline"):
+            ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=min_accuracy)
+        floor = ctx.accuracy_floor
+        console.print(
+            f"baseline: accuracy {100 * baseline['accuracy']:.2f}%, latency {baseline['latency_ms']:.3f} ms "
+            f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%"
+        )
+        outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
+        _print_front(outcome.study, baseline)
+        report_path = _write_report(outcome.study, out_dir)
     if outcome.chosen is None:
-        console.print(f"[yellow]no trial meets the constraints ({outcome.rule})[/]; try more --trials or a looser floor/budget")
+        console.print(styled("no trial meets the constraints", "yellow", f"({outcome.rule}); try more --trials or a looser floor/budget"))
     else:
         c = outcome.chosen
         console.print(
             f"chosen: trial {c.number} ({outcome.rule}): accuracy {100 * c.values[0]:.2f}%, "
             f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster), "
-            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)",
-            highlight=False,
+            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
         )
-        console.print(f"export it: autocomp export --study {out_dir} --out {out_dir / 'export'}", highlight=False)
+        console.print(f"export it: autocomp export --study {out_dir} --out {out_dir / 'export'}")
+    console.print(f"report: {report_path}")
     if outcome.interrupted:
-        console.print("[yellow]interrupted[/]: finished trials are kept; run the same command again to resume")
-    console.print(f"report: {report_path}", highlight=False)
+        err_console.print(styled("interrupted:", "yellow", "finished trials are kept; run the same command again to resume"))
+        raise typer.Exit(130)
+    if ran and all(t.state == TrialState.FAIL for t in ran):
+        err_console.print(styled("failed:", "bold red", f"all {len(ran)} trials of this run failed; their reasons are above and in the report"))
+        raise typer.Exit(1)
+
+
+def _say_resumed(study) -> None:
+    """A resumed study says what it kept and which trials it closed because their process died."""
+    from autocomp.study import close_orphans, finished_trials
+
+    closed = close_orphans(study)
+    kept = finished_trials(study)
+    if kept or closed:
+        numbers = ", ".join(f"#{n}" for n in closed)
+        console.print(
+            f"resuming study {study.study_name!r}: {len(kept)} finished trials kept"
+            + (f"; closed {len(closed)} left running by a killed process ({numbers})" if closed else "")
+        )
 
 
 def _check_same_settings(study, settings: dict, name: str) -> None:
@@ -115,10 +150,11 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: 
         console.print(f"study already holds {done_before} finished trials (--trials {trials}); raise --trials to run more")
     columns = (
         SpinnerColumn(), TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.description}"),
+        TimeElapsedColumn(), TrialsLeftColumn(), TextColumn("{task.description}", markup=False),
     )
+    ran: list = []
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("", total=trials, completed=min(done_before, trials))
+        bar = progress.add_task("", total=trials, completed=min(done_before, trials), done_here=0, started_s=time.monotonic())
 
         def on_end(study_, trial) -> None:
             chosen, _ = choose_trial(study_)
@@ -129,9 +165,24 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: 
             reason = trial.user_attrs.get("fail_reason")
             if reason:
                 progress.console.print(f"  trial {trial.number} {status}: {reason}", highlight=False, markup=False)
-            progress.update(bar, advance=1, description=best)
+            ran.append(trial)
+            progress.update(bar, advance=1, description=best, done_here=len(ran))
 
-        return run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end)
+        outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end)
+    return outcome, ran
+
+
+class TrialsLeftColumn(ProgressColumn):
+    """Time left from the trials this run has finished (rich's own estimate needs a sample every 30 s,
+    which trials of a minute never give, so it showed -:--:-- for the whole search)."""
+
+    def render(self, task) -> Text:
+        done, started = task.fields.get("done_here", 0), task.fields.get("started_s")
+        remaining = None if task.total is None else task.total - task.completed
+        if not done or started is None or remaining is None:
+            return Text("left: after the first trial", style="progress.remaining")
+        seconds = int((time.monotonic() - started) / done * max(remaining, 0))
+        return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left", style="progress.remaining")
 
 
 def _print_front(study, baseline: dict) -> None:
@@ -186,7 +237,7 @@ def report(
     loaded = _open_run(study, study_name)
     from autocomp.report import write_report
 
-    path = write_report(loaded, out or study / "report.html")
+    path = write_report(loaded, out or study / "report.html", run_dir=study)
     console.print(f"report: {path}", highlight=False)
 
 

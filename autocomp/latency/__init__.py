@@ -8,6 +8,7 @@ cache keyed by the file's bytes, the profile fingerprint and the backend.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Mapping
 
 from autocomp.errors import ConfigError
@@ -47,10 +48,9 @@ def get_backend(
             raise ConfigError(
                 f"the ssh backend needs a board: pass --board USER@HOST[:PORT] or add an ssh: section to profile {profile.name!r}"
             )
-        try:
-            from autocomp.latency.ssh import SshBackend  # paramiko stays optional: imported only here
-        except ImportError as exc:
-            raise ConfigError(f"the ssh backend needs the ssh extra ({exc}); install it with: pip install 'autocomp[ssh]'") from exc
+        if importlib.util.find_spec("paramiko") is None:  # optional: checked here, before any work that needs a board
+            raise ConfigError("the ssh backend needs paramiko, which is not installed; install it with: pip install 'autocomp[ssh]'")
+        from autocomp.latency.ssh import SshBackend
         if shapes:
             raise ConfigError("the ssh backend does not take --shape yet; give the model fixed input dimensions")
         backend = SshBackend(target, **options)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autocomp.errors import LatencyError
+
 if TYPE_CHECKING:
     from autocomp.profiles import DeviceProfile
 
@@ -35,3 +37,34 @@ class LatencyBackend(Protocol):
     name: str
 
     def measure(self, onnx_path: Path, profile: "DeviceProfile") -> LatencyResult: ...
+
+
+def check_onnx_file(onnx_path: Path) -> Path:
+    """``onnx_path`` if it is a loadable ONNX model that passes ``onnx.checker``; else LatencyError in one line.
+
+    Every backend calls this before pricing or timing: an empty protobuf parses
+    as an empty model, so without it a zero-byte file would be "measured".
+    """
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise LatencyError(f"ONNX file {path} does not exist; give the path of an exported .onnx model")
+    size = path.stat().st_size
+    if size == 0:
+        raise LatencyError(f"ONNX file {path} is empty (0 bytes); re-export the model or copy the file again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: a truncated or non-ONNX file
+        raise LatencyError(
+            f"{path} is not an ONNX model ({size} bytes that do not parse: {type(exc).__name__}); "
+            "it may be truncated or another format: re-export it"
+        ) from None
+    if not model.graph.node:
+        raise LatencyError(f"{path} holds no ONNX graph (no nodes in {size} bytes); it is not an exported model")
+    try:
+        onnx.checker.check_model(str(path) if size >= 2**31 else model)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise LatencyError(f"{path} fails onnx.checker ({first}); re-export it with a supported opset") from None
+    return path

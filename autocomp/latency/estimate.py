@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from autocomp.errors import ConfigError, LatencyError
-from autocomp.latency.base import LatencyResult
+from autocomp.latency.base import LatencyResult, check_onnx_file
 from autocomp.latency.graph import MAC_KINDS, PRECISIONS, GraphCost, analyze, feature_names, op_features
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ def _op_ms(op, coefficients: Mapping[str, float], precisions: Mapping[str, str] 
 
 def estimate_ms(onnx_path: Path, profile, *, shapes: Mapping[str, tuple[int, ...]] | None = None) -> EstimateResult:
     """Estimate one file on one profile (``EstimateBackend.measure`` with input shapes)."""
+    check_onnx_file(onnx_path)
     graph = analyze_for(onnx_path, profile, shapes)
     coefficients = coefficients_for(profile)
     precisions = precision_map(profile)

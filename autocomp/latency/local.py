@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from autocomp.errors import LatencyError
-from autocomp.latency.base import LatencyResult
+from autocomp.latency.base import LatencyResult, check_onnx_file
 
 BENCH_SCRIPT = Path(__file__).with_name("bench_onnx.py")
 WARMUP_S = 0.25
@@ -196,9 +196,7 @@ def _lines_until(process: subprocess.Popen, timeout_s: float):
 
 
 def _checked(onnx_path: Path, profile) -> Path:
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise LatencyError(f"ONNX file {path} does not exist")
+    path = check_onnx_file(onnx_path)
     if profile.runtime.tool != "onnxruntime":
         raise LatencyError(
             f"device {profile.name!r} times with {profile.runtime.tool}, which the local backend cannot run; "

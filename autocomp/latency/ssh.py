@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from autocomp.errors import ConfigError, DeviceError, LatencyError
-from autocomp.latency.base import LatencyResult
+from autocomp.latency.base import LatencyResult, check_onnx_file
 from autocomp.latency.trtexec import parse_trtexec_output, trtexec_args
 
 if TYPE_CHECKING:
@@ -666,9 +666,7 @@ class SshBackend:
 
     def run(self, onnx_path: Path, profile: "DeviceProfile") -> RemoteRun:
         """Measure and return the details (lock wait, remote start/end, attempts) with the result."""
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise LatencyError(f"ONNX file {str(onnx_path)!r} does not exist")
+        onnx_path = check_onnx_file(onnx_path)
         target = self.target_for(profile)
         _paramiko()  # a missing paramiko is a ConfigError before anything else happens
         runtime = profile.runtime

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
+from autocomp.report.data import format_bytes
 from autocomp.report.figures import COLOURS, TEMPLATE, plot_text
 from autocomp.report.html import PLOT_CONFIG, esc, page, table
 
@@ -47,11 +48,14 @@ def fronts_figure(runs: Sequence[Any]) -> go.Figure:
 
 
 def render_bench(runs: Sequence[Any], rows: Sequence[dict[str, Any]], summary_lines: Sequence[str], *, title: str) -> str:
-    def cell(value: Any) -> tuple[str, Any]:
+    def cell(name: str, value: Any) -> tuple[str, Any]:
+        if name.endswith("size_bytes") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return esc(format_bytes(value)), value
         if isinstance(value, float):
             return esc(f"{value:.4g}"), value
         return esc(value), value
 
+    headers = [(name.removesuffix("_bytes"), numeric) for name, numeric in _COLUMNS]  # sizes are shown in kB/MB
     body = [
         f"<header><h1>{esc(title)}</h1></header>",
         "<section><h2>summary</h2><ul>" + "".join(f"<li>{esc(line)}</li>" for line in summary_lines) + "</ul></section>",
@@ -61,7 +65,7 @@ def render_bench(runs: Sequence[Any], rows: Sequence[dict[str, Any]], summary_li
         body.append(f'<section id="fronts"><h2>fronts</h2>{figure}</section>')
     body.append(
         '<section><h2>results</h2><div class="scroll">'
-        + table(list(_COLUMNS), (("", [cell(row[name]) for name, _ in _COLUMNS]) for row in rows), table_id="results", sortable=True)
+        + table(headers, (("", [cell(name, row[name]) for name, _ in _COLUMNS]) for row in rows), table_id="results", sortable=True)
         + "</div></section>"
     )
     return page(title, "".join(body), with_plotly=bool(runs))

@@ -10,8 +10,10 @@ older studies, interrupted ones, and studies with no complete trial at all.
 from __future__ import annotations
 
 import math
+import shlex
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +25,13 @@ from optuna.trial import FrozenTrial, TrialState
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 """Objective names in the order the search stores them in ``trial.values``."""
 
-OBJECTIVE_LABELS = {"accuracy": "accuracy (%)", "latency_ms": "latency (ms)", "size_bytes": "size (MB)"}
+OBJECTIVE_LABELS = {"accuracy": "accuracy (%)", "latency_ms": "latency (ms)", "size_bytes": "size"}
+
+NOT_RECORDED = "not recorded"
+"""What the report shows for a fact an older study does not record."""
+
+SIZE_UNITS = (("B", 1.0), ("kB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12))
+"""SI units for byte counts, smallest first (1 kB = 1000 B, as ``size_mb`` is 10^6 bytes)."""
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
 """Below this many complete trials, importances are noise; the report says so instead."""
@@ -101,6 +109,34 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+def format_bytes(size_bytes: float | None) -> str:
+    """A byte count in SI units at 3 significant figures: ``512 B``, ``4.58 kB``, ``219 kB``, ``1.2 MB``.
+
+    Every size the report shows goes through here, so a small model never reads ``0.00458 MB``.
+    The unit is picked after rounding, so 999,999 bytes reads ``1 MB``, not ``1e+03 kB``. A
+    missing size reads "–", as every missing number in the report's tables does.
+    """
+    value = _float_or_none(size_bytes)
+    if value is None:
+        return "–"
+    if abs(value) < 999.5:
+        return f"{value:.0f} B"
+    for unit, scale in SIZE_UNITS[1:-1]:
+        shown = f"{value / scale:.3g}"
+        if abs(float(shown)) < 1000:
+            return f"{shown} {unit}"
+    unit, scale = SIZE_UNITS[-1]
+    return f"{value / scale:.3g} {unit}" if abs(value / scale) < 999.5 else f"{value / scale:,.0f} {unit}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Minutes and seconds, ``12 min 05 s``; "not recorded" when the study does not say."""
+    if seconds is None:
+        return NOT_RECORDED
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
 def accuracy_scale(values: Sequence[float | None]) -> float:
     """100 if every known accuracy lies in [0, 1] (a fraction, shown as percent), else 1."""
     known = [v for v in values if v is not None and not math.isnan(v)]
@@ -136,6 +172,108 @@ def study_meta(study: optuna.Study) -> StudyMeta:
         directions=tuple(d.name.lower() for d in study.directions),
         state_counts=counts,
         accuracy_scale=accuracy_scale(accuracies),
+    )
+
+
+RUN_DIR_PLACEHOLDER = "RUN_DIR"
+"""Stands for the run folder in the export command when the report is rendered without one."""
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """How the search ran: the command that exports its result, and what a rerun needs to know."""
+
+    export_command: str
+    export_trial: int | None
+    """The chosen trial the command exports, or None: no trial was chosen, so it exports the baseline."""
+    seed: int | None
+    sampler: str | None
+    run_seconds: float | None
+    """Earliest finished trial's start to the latest one's end; None without finished trials."""
+    n_finished: int
+    versions: Mapping[str, str]
+    """Package -> version from the study's ``versions`` attr; empty when the study predates it."""
+    rows: list[tuple[str, str]]
+    """(label, text) of the search's arguments and run time, "not recorded" where the study does not say."""
+    version_rows: list[tuple[str, str]]
+    """(package, version), or one ("versions", "not recorded") row."""
+
+
+def export_command(run_dir: Path | str | None, *, chosen_trial: int | None) -> str:
+    """The ``autocomp export`` line for a run folder, quoted for a POSIX shell.
+
+    With a chosen trial it relies on export's default (the chosen trial); with none it names
+    ``--trial baseline``, the only model such a run can export. ``run_dir`` None (a report
+    rendered without knowing its folder) gives the ``RUN_DIR`` placeholder.
+    """
+    study_dir = RUN_DIR_PLACEHOLDER if run_dir is None else str(run_dir)
+    out_dir = f"{RUN_DIR_PLACEHOLDER}/export" if run_dir is None else str(Path(run_dir) / "export")
+    parts = ["autocomp", "export", "--study", study_dir, "--out", out_dir]
+    if chosen_trial is None:
+        parts += ["--trial", "baseline"]
+    return shlex.join(parts)
+
+
+def run_span(study: optuna.Study) -> tuple[float | None, int]:
+    """Seconds from the earliest finished trial's start to the latest one's end, and how many
+    finished trials (complete, pruned or failed) have both times. (None, 0) when none do.
+
+    Wall time, not summed trial time: parallel trials (``--jobs``) are counted once, and a
+    search interrupted and resumed later includes the pause.
+    """
+    finished = [
+        t for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None
+    ]  # fmt: skip
+    if not finished:
+        return None, 0
+    start = min(t.datetime_start for t in finished)
+    end = max(t.datetime_complete for t in finished)
+    return max(0.0, (end - start).total_seconds()), len(finished)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
+
+
+def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMeta | None = None) -> RunFacts:
+    """The "how this search ran" section: export command, seed, sampler, run time, versions.
+
+    Reads the study attrs ``settings`` (task, device, space, backend, and in newer studies
+    seed and sampler) and ``versions`` (package -> version); older studies lack some of them,
+    which then read "not recorded" (task, device, space and backend fall back to the study's
+    own attrs of those names first). ``run_dir`` is the folder holding the run's ``study.db``.
+    """
+    meta = meta or study_meta(study)
+    attrs = study.user_attrs
+    settings = attrs.get("settings") if isinstance(attrs.get("settings"), Mapping) else {}
+    raw_versions = attrs.get("versions") if isinstance(attrs.get("versions"), Mapping) else {}
+    versions = {str(k): _text_or_none(v) or NOT_RECORDED for k, v in raw_versions.items()}
+    seed = _int_or_none(settings.get("seed"))
+    sampler = _text_or_none(settings.get("sampler"))
+    seconds, n_finished = run_span(study)
+    run_time = NOT_RECORDED
+    if seconds is not None:
+        run_time = f"{format_duration(seconds)} (first trial start to last trial end, {n_finished} finished trial(s))"
+    rows = [
+        ("sampler", sampler or NOT_RECORDED),
+        ("seed", NOT_RECORDED if seed is None else str(seed)),
+        ("run time", run_time),
+    ]
+    # the arguments as given to the search; a study without them still has the header's names
+    for key, label, fallback in (("task", "task", meta.task), ("device", "device", meta.device),
+                                 ("space", "search space", meta.space), ("backend", "latency backend", meta.backend)):
+        rows.append((label, _text_or_none(settings.get(key)) or _text_or_none(fallback) or NOT_RECORDED))
+    return RunFacts(
+        export_command=export_command(run_dir, chosen_trial=meta.chosen_trial),
+        export_trial=meta.chosen_trial,
+        seed=seed,
+        sampler=sampler,
+        run_seconds=seconds,
+        n_finished=n_finished,
+        versions=versions,
+        rows=rows,
+        version_rows=list(versions.items()) or [("versions", NOT_RECORDED)],
     )
 
 
@@ -175,7 +313,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
     Pareto membership is computed among complete feasible trials with the study's directions,
     so it matches what the search chose from. Accuracy is shown in percent when stored as a
-    fraction; size in MB (10^6 bytes) beside the exact byte count.
+    fraction; size in MB (10^6 bytes) beside the exact byte count (the page shows sizes with
+    ``format_bytes``).
     """
     meta = study_meta(study)
     rows = []
@@ -224,11 +363,13 @@ def history_table(trials: pd.DataFrame) -> pd.DataFrame:
     Input is ``trials_table``'s output. The running best is NaN until the first feasible trial.
     """
     done = trials[trials["state"] == "COMPLETE"].sort_values("trial").reset_index(drop=True)
-    out = done[["trial", "accuracy_pct", "latency_ms", "size_mb", "feasible"]].copy()
+    out = done[["trial", "accuracy_pct", "latency_ms", "size_mb", "size_bytes", "feasible"]].copy()
+    out["size_bytes"] = out["size_bytes"].astype(float)  # NaN-able like the other columns
     feasible = out["feasible"] == True  # noqa: E712
     out["best_accuracy_pct"] = out["accuracy_pct"].where(feasible).cummax().ffill()
     out["best_latency_ms"] = out["latency_ms"].where(feasible).cummin().ffill()
     out["best_size_mb"] = out["size_mb"].where(feasible).cummin().ffill()
+    out["best_size_bytes"] = out["size_bytes"].where(feasible).cummin().ffill()
     return out
 
 
@@ -244,6 +385,7 @@ def baseline_point(meta: StudyMeta) -> dict[str, float] | None:
         "accuracy_pct": acc * meta.accuracy_scale if acc is not None else np.nan,
         "latency_ms": lat if lat is not None else np.nan,
         "size_mb": size / 1e6 if size is not None else np.nan,
+        "size_bytes": size if size is not None else np.nan,
     }
 
 
@@ -330,10 +472,12 @@ def chosen_summary(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any] | No
         "accuracy_pct": row["accuracy_pct"],
         "latency_ms": row["latency_ms"],
         "size_mb": row["size_mb"],
+        "size_bytes": np.nan if pd.isna(row["size_bytes"]) else float(row["size_bytes"]),
         "latency_source": row["latency_source"],
         "baseline_accuracy_pct": base.get("accuracy_pct", np.nan),
         "baseline_latency_ms": base.get("latency_ms", np.nan),
         "baseline_size_mb": base.get("size_mb", np.nan),
+        "baseline_size_bytes": base.get("size_bytes", np.nan),
     }
     out["accuracy_delta_pts"] = out["accuracy_pct"] - out["baseline_accuracy_pct"]
     out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"] if out["latency_ms"] else np.nan

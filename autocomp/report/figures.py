@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autocomp.report.data import OBJECTIVE_LABELS, Importances, StudyMeta, baseline_point
+from autocomp.report.data import OBJECTIVE_LABELS, Importances, StudyMeta, baseline_point, format_bytes
 
 TEMPLATE = "plotly_white"
 COLOURS = {
@@ -29,7 +29,14 @@ COLOURS = {
     "best": "#2ca02c",
 }
 OBJECTIVE_COLOURS = {"accuracy": "#1f6fb4", "latency_ms": "#ff7f0e", "size_bytes": "#2ca02c"}
-AXIS_LABELS = {"accuracy_pct": "accuracy (%)", "latency_ms": "latency (ms)", "size_mb": "size (MB)"}
+AXIS_LABELS = {"accuracy_pct": "accuracy (%)", "latency_ms": "latency (ms)", "size_mb": "size (MB)", "size_bytes": "size"}
+SIZE_TICKS = {"tickformat": ".3~s", "ticksuffix": "B"}
+"""Byte axes in SI units (4.58kB, 1.2MB), the units of ``format_bytes``. Plotly formats the
+ticks itself so that they follow a zoom; fixed tick text would not."""
+
+
+def _ticks(column: str) -> dict[str, Any]:
+    return dict(SIZE_TICKS) if column == "size_bytes" else {}
 
 
 def plot_text(name: Any) -> str:
@@ -42,7 +49,7 @@ def _hover(frame: pd.DataFrame) -> list[str]:
     for row in frame.itertuples(index=False):
         text = (
             f"trial {row.trial}<br>accuracy {row.accuracy_pct:.2f}%<br>latency {row.latency_ms:.3g} ms"
-            f"<br>size {row.size_mb:.3g} MB"
+            f"<br>size {format_bytes(row.size_bytes)}"
         )
         if isinstance(row.precisions, str) and row.precisions:
             text += f"<br>{plot_text(row.precisions)}"
@@ -55,12 +62,13 @@ def _hover(frame: pd.DataFrame) -> list[str]:
 
 
 def pareto_figure(
-    trials: pd.DataFrame, meta: StudyMeta, *, x: str = "latency_ms", colour: str = "size_mb", title: str | None = None
+    trials: pd.DataFrame, meta: StudyMeta, *, x: str = "latency_ms", colour: str = "size_bytes", title: str | None = None
 ) -> go.Figure:
     """Accuracy (y) against ``x``, coloured by ``colour``: feasible trials, the Pareto front
     (outlined diamonds), infeasible trials (grey crosses), the baseline (star) and the chosen
-    trial (ring), with the accuracy floor and latency budget as dashed lines."""
-    done = trials[trials["state"] == "COMPLETE"]
+    trial (ring), with the accuracy floor and latency budget as dashed lines. Sizes are plotted
+    as ``size_bytes`` with SI tick labels."""
+    done = trials[trials["state"] == "COMPLETE"].astype({"size_bytes": float})
     feasible = done[done["feasible"] == True]  # noqa: E712
     infeasible = done[done["feasible"] != True]  # noqa: E712
     front = feasible[feasible["pareto"]]
@@ -102,7 +110,7 @@ def pareto_figure(
                 marker=dict(size=18, symbol="star", color=COLOURS["baseline"], line=dict(width=1, color="white")),
                 text=["baseline"], textposition="bottom center", textfont=dict(color=COLOURS["baseline"]),
                 hovertext=[f"baseline<br>accuracy {base['accuracy_pct']:.2f}%<br>latency {base['latency_ms']:.3g} ms"
-                           f"<br>size {base['size_mb']:.3g} MB"],
+                           f"<br>size {format_bytes(base['size_bytes'])}"],
                 hoverinfo="text",
             )
         )
@@ -129,8 +137,9 @@ def pareto_figure(
     fig.update_layout(
         template=TEMPLATE,
         title=title or f"accuracy vs {AXIS_LABELS[x]} (colour: {AXIS_LABELS[colour]})",
-        xaxis_title=AXIS_LABELS[x], yaxis_title="accuracy (%)",
-        coloraxis=dict(colorscale="Viridis", cmin=cmin, cmax=cmax, colorbar=dict(title=AXIS_LABELS[colour], len=0.75)),
+        xaxis=dict(title=AXIS_LABELS[x], **_ticks(x)), yaxis_title="accuracy (%)",
+        coloraxis=dict(colorscale="Viridis", cmin=cmin, cmax=cmax,
+                       colorbar=dict(title=AXIS_LABELS[colour], len=0.75, **_ticks(colour))),
         legend=dict(orientation="h", yanchor="bottom", y=-0.32, xanchor="left", x=0),
         height=520, margin=dict(l=60, r=30, t=60, b=110),
     )
@@ -140,7 +149,7 @@ def pareto_figure(
 def history_figure(history: pd.DataFrame, meta: StudyMeta) -> go.Figure:
     """One panel per objective against trial number: each trial (grey when infeasible) and
     the running best among feasible trials, with the baseline as a dashed line."""
-    specs = [("accuracy_pct", "best_accuracy_pct"), ("latency_ms", "best_latency_ms"), ("size_mb", "best_size_mb")]
+    specs = [("accuracy_pct", "best_accuracy_pct"), ("latency_ms", "best_latency_ms"), ("size_bytes", "best_size_bytes")]
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[AXIS_LABELS[c] for c, _ in specs])
     base = baseline_point(meta) or {}
@@ -163,6 +172,7 @@ def history_figure(history: pd.DataFrame, meta: StudyMeta) -> go.Figure:
                           annotation_text="baseline", annotation_position="top left",
                           annotation_font_color=COLOURS["baseline"])
     fig.update_xaxes(title_text="trial", row=3, col=1)
+    fig.update_yaxes(row=3, col=1, **SIZE_TICKS)
     fig.update_layout(template=TEMPLATE, height=700,
                       legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0),
                       margin=dict(l=60, r=30, t=60, b=50))

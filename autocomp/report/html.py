@@ -3,14 +3,16 @@
 plotly.js is inlined once in the head (about 5 MB; no CDN, so the page opens on a machine
 with no network), every figure is a ``full_html=False`` fragment, and the trials table is
 sorted by a few lines of vanilla JavaScript. Every user-supplied name (study, task, device,
-layers, parameters, sources, failure reasons) is HTML-escaped here or in ``figures.py``.
+layers, parameters, sources, failure reasons, paths, versions) is HTML-escaped here or in
+``figures.py``.
 """
 
 from __future__ import annotations
 
 import math
 from html import escape
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Collection, Iterable
 
 import optuna
 import pandas as pd
@@ -48,8 +50,19 @@ th { background: var(--bg); position: sticky; top: 0; }
 table.sortable th { cursor: pointer; user-select: none; white-space: nowrap; }
 table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; }
 table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
-.scroll { max-height: 640px; overflow: auto; border: 1px solid var(--line); }
-#trials td, #layers td { white-space: nowrap; } #trials td:last-child { white-space: normal; min-width: 260px; }
+/* A table wider than the page scrolls sideways inside its box instead of running past the edge.
+   The shadows (local covers over fixed shades) show there is more to the side even where
+   scrollbars are hidden: overlay scrollbars, screenshots. */
+.scroll { max-height: 640px; max-width: 100%; overflow: auto; border: 1px solid var(--line);
+          background: linear-gradient(to right, #fff 30%, rgba(255,255,255,0)) left center / 40px 100% no-repeat local,
+                      linear-gradient(to left, #fff 30%, rgba(255,255,255,0)) right center / 40px 100% no-repeat local,
+                      radial-gradient(farthest-side at 0 50%, rgba(0,0,0,.2), rgba(0,0,0,0)) left center / 14px 100% no-repeat scroll,
+                      radial-gradient(farthest-side at 100% 50%, rgba(0,0,0,.2), rgba(0,0,0,0)) right center / 14px 100% no-repeat scroll; }
+#trials td, #layers td { white-space: nowrap; } #trials th, #trials td { padding: 4px 6px; }
+#trials th { white-space: normal; } #trials td.wrap { white-space: normal; min-width: 100px; }
+pre.cmd { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; margin: 6px 0;
+          white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; }
+pre.cmd code { background: none; padding: 0; }
 tr.chosen td { background: #fff1e0; font-weight: 600; } tr.pareto td:first-child { border-left: 4px solid var(--ink); }
 tr.infeasible td { color: #8a8f98; } tr.FAIL td, tr.PRUNED td { color: var(--bad); }
 .facts td:first-child { color: var(--muted); white-space: nowrap; width: 1%; }
@@ -114,15 +127,19 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
 
 
 def table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[str, Any]]]], *, table_id: str,
-           sortable: bool = False) -> str:
-    """Rows are (css class, [(display html, sort value)]); headers are (label, numeric)."""
+           sortable: bool = False, wrap: Collection[str] = ()) -> str:
+    """Rows are (css class, [(display html, sort value)]); headers are (label, numeric).
+
+    Cells of the columns labelled in ``wrap`` (long free text) may wrap, so the table stays narrow.
+    """
     head = "".join(f'<th class="{"num" if num else ""}" scope="col">{esc(label)}</th>' for label, num in headers)
     body = []
     for css, cells in rows:
         tds = []
         for (label, num), (shown, sort_value) in zip(headers, cells):
             attr = "" if sort_value is None or _isnan(sort_value) else f' data-v="{esc(sort_value)}"'
-            tds.append(f'<td class="{"num" if num else ""}"{attr}>{shown}</td>')
+            classes = " ".join(c for c, on in (("num", num), ("wrap", label in wrap)) if on)
+            tds.append(f'<td class="{classes}"{attr}>{shown}</td>')
         body.append(f'<tr class="{esc(css)}">{"".join(tds)}</tr>')
     cls = ' class="sortable"' if sortable else ""
     return f'<table id="{table_id}"{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -131,7 +148,7 @@ def table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[
 def _trials_table_html(trials: pd.DataFrame) -> str:
     headers = [
         ("trial", True), ("state", False), ("accuracy %", True), ("latency ms", True), ("p90 ms", True),
-        ("size MB", True), ("params", True), ("feasible", False), ("Pareto", False), ("violations", False),
+        ("size", True), ("params", True), ("feasible", False), ("Pareto", False), ("violations", False),
         ("width", True), ("mean prune", True), ("precisions", False), ("latency source", False),
         ("seconds", True), ("fail reason", False),
     ]
@@ -151,7 +168,7 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
             (_fmt(r.accuracy_pct, ".2f"), r.accuracy_pct),
             (_fmt(r.latency_ms), r.latency_ms),
             (_fmt(r.latency_p90_ms), r.latency_p90_ms),
-            (_fmt(r.size_mb, ".3f"), r.size_mb),
+            (esc(data.format_bytes(r.size_bytes)), r.size_bytes),
             (_fmt(r.params, ","), r.params),
             (feasible, feasible),
             ("yes" if r.pareto else "", "yes" if r.pareto else ""),
@@ -163,7 +180,7 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
             (_fmt(r.seconds, ".1f"), r.seconds),
             (esc(r.fail_reason), r.fail_reason),
         ]))
-    return table(headers, rows, table_id="trials", sortable=True)
+    return table(headers, rows, table_id="trials", sortable=True, wrap=("violations", "precisions", "fail reason"))
 
 
 def _layers_table_html(layers: pd.DataFrame) -> str:
@@ -196,7 +213,7 @@ def _header(meta: data.StudyMeta) -> str:
     return (
         f'<header><h1>autocomp report: <span id="study-name">{esc(meta.study_name)}</span></h1>'
         f'<p class="meta">{facts}</p><p class="meta">trials: {esc(counts)}</p>'
-        '<nav><a href="#summary">summary</a><a href="#pareto">Pareto front</a><a href="#plan">chosen plan</a>'
+        '<nav><a href="#summary">summary</a><a href="#run">how this search ran</a><a href="#pareto">Pareto front</a><a href="#plan">chosen plan</a>'
         '<a href="#history">history</a><a href="#importance">importances</a><a href="#trials-section">all trials</a></nav>'
         "</header>"
     )
@@ -231,8 +248,8 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
              f'<span class="delta {cls}">({_fmt(delta, "+.2f")} pts)</span>'),
             ("latency", _fmt(summary["latency_ms"], ".3g", " ms"),
              f'baseline {_fmt(summary["baseline_latency_ms"], ".3g", " ms")} · {_fmt(summary["speedup"], ".2f", "× faster")}'),
-            ("size", _fmt(summary["size_mb"], ".3g", " MB"),
-             f'baseline {_fmt(summary["baseline_size_mb"], ".3g", " MB")} · {_fmt(summary["size_ratio"], ".2f", "× smaller")}'),
+            ("size", esc(data.format_bytes(summary["size_bytes"])),
+             f'baseline {esc(data.format_bytes(summary["baseline_size_bytes"]))} · {_fmt(summary["size_ratio"], ".2f", "× smaller")}'),
         ]
         parts.append('<div class="cards">' + "".join(
             f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="s">{s}</div></div>'
@@ -247,6 +264,29 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
     parts.append(_provenance_html(prov, meta))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _run_html(run: data.RunFacts) -> str:
+    """The "how this search ran" section: the export command first, then what a rerun needs."""
+    if run.export_trial is None:
+        lead = ("No trial was chosen, so there is no compressed model to export; this exports the uncompressed "
+                "baseline (<code>--trial baseline</code>):")
+    else:
+        lead = f"Export the chosen trial (#{run.export_trial}), its model files and metrics:"
+
+    def facts(rows: list[tuple[str, str]], table_id: str) -> str:
+        return (f'<table class="facts" id="{table_id}">'
+                + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>")
+
+    return (
+        '<section id="run"><h2>how this search ran</h2><div class="grid2">'
+        f'<div><h3>export</h3><p>{lead}</p>'
+        f'<pre class="cmd" id="export-command"><code>{esc(run.export_command)}</code></pre>'
+        f'<p class="meta"><code>--study</code> is the run folder holding <code>study.db</code> (where '
+        "<code>autocomp search</code> wrote this report); the command exports into its <code>export</code> folder.</p></div>"
+        f'<div><h3>search</h3>{facts(run.rows, "run-facts")}<h3>versions</h3>{facts(run.version_rows, "run-versions")}</div>'
+        "</div></section>"
+    )
 
 
 def _device_html(meta: data.StudyMeta, layers: pd.DataFrame) -> str:
@@ -277,11 +317,16 @@ def _importance_html(result: data.Importances) -> str:
     return "".join(out)
 
 
-def render(study: optuna.Study) -> str:
-    """The whole report page for ``study`` as one HTML string."""
+def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
+    """The whole report page for ``study`` as one HTML string.
+
+    ``run_dir`` is the run folder (holding ``study.db``) that the export command names; None
+    writes a ``RUN_DIR`` placeholder there.
+    """
     meta = data.study_meta(study)
     trials = data.trials_table(study)
     prov = data.latency_provenance(trials, meta)
+    run = _run_html(data.run_facts(study, run_dir=run_dir, meta=meta))
     n_complete = int((trials["state"] == "COMPLETE").sum())
     body = [_header(meta)]
     has_figures = n_complete > 0
@@ -291,20 +336,22 @@ def render(study: optuna.Study) -> str:
             f"is no Pareto front, history or importance to show. {len(trials)} trial(s) finished without a result; their "
             "reasons are listed below.</p></section>"
         )
+        body.append(run)
         if meta.profile:
             body.append(f'<section id="plan"><h2>device</h2>{_device_html(meta, pd.DataFrame())}</section>')
     else:
         layers = data.chosen_layers(study, meta)
         body.append(_summary_html(data.chosen_summary(trials, meta), meta, prov))
+        body.append(run)
         body.append(
             '<section id="pareto"><h2>Pareto front</h2>'
             '<p class="meta">Feasible trials are coloured dots; the Pareto front (best trade-offs among feasible trials '
             "over all three objectives) is outlined diamonds; infeasible trials are grey crosses; the star is the "
             "uncompressed baseline; the ring is the chosen trial.</p>"
             '<div class="grid2f">'
-            + _figure_html(figures.pareto_figure(trials, meta, x="latency_ms", colour="size_mb",
+            + _figure_html(figures.pareto_figure(trials, meta, x="latency_ms", colour="size_bytes",
                                                  title="accuracy vs latency (colour: size)"), "fig-pareto-latency")
-            + _figure_html(figures.pareto_figure(trials, meta, x="size_mb", colour="latency_ms",
+            + _figure_html(figures.pareto_figure(trials, meta, x="size_bytes", colour="latency_ms",
                                                  title="accuracy vs size (colour: latency)"), "fig-pareto-size")
             + "</div></section>"
         )
@@ -324,8 +371,8 @@ def render(study: optuna.Study) -> str:
         body.append(_importance_html(data.importances(study)))
     body.append(
         f'<section id="trials-section"><h2>all trials ({len(trials)})</h2>'
-        '<p class="meta">Click a column header to sort. ★ chosen trial; a dark left edge marks the Pareto front; '
-        "grey rows are infeasible; red rows failed or were stopped early.</p>"
+        '<p class="meta">Click a column header to sort; a table wider than the page scrolls sideways. ★ chosen trial; '
+        "a dark left edge marks the Pareto front; grey rows are infeasible; red rows failed or were stopped early.</p>"
         f'<div class="scroll">{_trials_table_html(trials)}</div></section>'
     )
     return page(f"autocomp report: {meta.study_name}", "".join(body), with_plotly=has_figures)

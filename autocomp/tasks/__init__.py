@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from autocomp.errors import TaskError
-from autocomp.tasks.base import Batch, Predict, Task, accepts_width, task_name, torch_predictor
+from autocomp.tasks.base import Batch, Predict, Task, accepts_width, model_fingerprint, score, task_name, torch_predictor
 
-__all__ = ["Batch", "Predict", "Task", "accepts_width", "load_task", "task_name", "torch_predictor", "BUILTIN_TASKS"]
+__all__ = ["Batch", "Predict", "Task", "accepts_width", "load_task", "model_fingerprint", "score", "task_name", "torch_predictor", "BUILTIN_TASKS"]
 
 
 def _digits() -> Task:

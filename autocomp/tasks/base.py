@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import math
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
@@ -51,11 +53,16 @@ def task_name(task: Any) -> str:
     return str(getattr(task, "name", type(task).__name__))
 
 
-def torch_predictor(model: nn.Module) -> Predict:
-    """A ``predict`` callable that runs a PyTorch model in eval mode without gradients."""
+def torch_predictor(model: nn.Module, *, set_eval: bool = True) -> Predict:
+    """A ``predict`` callable that runs a PyTorch model in eval mode without gradients.
+
+    ``set_eval=False`` for a ``torch.export`` program's module, which is already
+    exported in eval mode and refuses ``.eval()``.
+    """
 
     def predict(*inputs: np.ndarray) -> np.ndarray:
-        model.eval()
+        if set_eval:
+            model.eval()
         with torch.no_grad():
             out = model(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
         if isinstance(out, (tuple, list)):
@@ -63,3 +70,45 @@ def torch_predictor(model: nn.Module) -> Predict:
         return out.detach().cpu().numpy()
 
     return predict
+
+
+def score(task: Task, predict: Predict, *, what: str) -> float:
+    """``task.evaluate(predict)`` as a finite float; a metric that raises or is not finite is the task's error.
+
+    ``what`` names the model being scored (``"the uncompressed model in PyTorch"``) so the
+    one-line message says which evaluation went wrong.
+    """
+    from autocomp.errors import AutocompError, TaskError
+
+    name = task_name(task)
+    try:
+        value = task.evaluate(predict)
+    except AutocompError:
+        raise
+    except Exception as exc:  # a user's metric may raise anything; it becomes one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TaskError(f"task {name!r}: evaluate() raised {type(exc).__name__}: {first} (scoring {what}); fix the task's metric") from exc
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TaskError(f"task {name!r}: evaluate() returned {value!r} (scoring {what}); it must return a float, higher is better") from None
+    if not math.isfinite(number):
+        raise TaskError(
+            f"task {name!r}: evaluate() returned {number} (scoring {what}); it must return a finite float "
+            "(higher is better): fix the task's metric"
+        )
+    return number
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, values): which trained weights these are.
+
+    A study stores its teacher's fingerprint, so a resumed search or an export
+    notices when the task now builds a different model (retrained, edited).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous().reshape(-1)  # 1-d: a 0-d tensor cannot be viewed as bytes
+        digest.update(f"{name}|{value.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()

@@ -1,20 +1,22 @@
 """A realistic synthetic autocomp study, built in memory, for the report tests and the screenshot.
 
 It follows the data contract the search code writes (study and trial user attrs,
-constraints, failed and pruned trials with a ``fail_reason``) without running any
-model: the numbers come from a small made-up cost model of a Jetson Nano, where fp16
-is accelerated and int8 is not, so the example report tells a hardware-aware story.
+constraints, failed and pruned trials with a ``fail_reason``, trial start and end times)
+without running any model: the numbers come from a small made-up cost model of a Jetson
+Nano, where fp16 is accelerated and int8 is not, so the example report tells a
+hardware-aware story.
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 # (layer, baseline output channels, parameters, baseline estimated fp32 latency in ms)
 LAYERS: list[tuple[str, int, int, float]] = [
@@ -33,6 +35,12 @@ BASELINE_ACCURACY = 0.981
 ACCURACY_FLOOR = 0.95
 LATENCY_BUDGET_MS = 4.0
 PRECISION_FACTOR = {32: 1.0, 16: 0.52, 8: 1.15}  # Jetson Nano: int8 is slower than fp16 (no int8 instructions)
+VERSIONS = {"autocomp": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu", "onnx": "1.23.2", "onnxruntime": "1.32.0", "optuna": "5.0.0"}
+SAMPLER = "random"
+STARTED_AT = datetime(2026, 11, 2, 14, 3, 0)
+"""When the synthetic search's first trial starts; each trial runs its ``seconds`` then a pause."""
+FAILED_TRIAL_S = 4.0
+BETWEEN_TRIALS_S = 1.5
 
 JETSON_NANO_PROFILE: dict[str, Any] = {
     "name": "jetson-nano",
@@ -112,6 +120,12 @@ def _baseline(layers: list[tuple[str, int, int, float]]) -> dict[str, Any]:
     return result
 
 
+def _timed(trial: FrozenTrial, start: datetime, seconds: float) -> FrozenTrial:
+    trial.datetime_start = start
+    trial.datetime_complete = start + timedelta(seconds=seconds)
+    return trial
+
+
 def make_study(
     *,
     study_name: str = "resnet8-cifar-nano",
@@ -122,11 +136,15 @@ def make_study(
     extra_layer: str | None = None,
     n_failed: int = 2,
     n_pruned: int = 2,
+    versions: dict[str, str] | None = None,
+    legacy: bool = False,
 ) -> optuna.Study:
     """An in-memory study following the report's data contract.
 
     ``extra_layer`` adds a layer with that (possibly hostile) name, to test escaping.
-    ``n_trials`` counts complete trials; failed and pruned ones come on top.
+    ``n_trials`` counts complete trials; failed and pruned ones come on top. ``versions``
+    replaces ``VERSIONS``; ``legacy`` writes the study as a search did before the seed, the
+    sampler and the versions were recorded (``settings`` without them, no ``versions``).
     """
     layers = list(LAYERS)
     if extra_layer is not None:
@@ -142,7 +160,12 @@ def make_study(
         sampler=optuna.samplers.RandomSampler(seed=seed),
     )
     baseline = _baseline(layers)
+    settings: dict[str, Any] = {"task": task_name, "device": device_name, "space": "cnn-default", "backend": "estimate"}
+    if not legacy:
+        settings.update(seed=seed, sampler=SAMPLER)
+        study.set_user_attr("versions", dict(VERSIONS if versions is None else versions))
     for key, value in {
+        "settings": settings,
         "device": device_name,
         "profile": profile,
         "backend": "estimate",
@@ -159,6 +182,7 @@ def make_study(
     fail_slots = sorted(fail_at)[:n_failed]
     complete: list[tuple[int, dict[str, Any]]] = []
     number = 0
+    clock = STARTED_AT
     for i in range(n_trials + n_failed + n_pruned):
         params: dict[str, Any] = {}
         for pname, dist in dists.items():
@@ -175,7 +199,9 @@ def make_study(
                 if failed
                 else f"latency estimate {rng.uniform(4.5, 7):.2f} ms exceeds the budget {LATENCY_BUDGET_MS} ms before fine-tuning"
             )
-            study.add_trial(create_trial(state=state, params=params, distributions=dists, user_attrs={"fail_reason": reason}))
+            trial = create_trial(state=state, params=params, distributions=dists, user_attrs={"fail_reason": reason})
+            study.add_trial(_timed(trial, clock, FAILED_TRIAL_S))
+            clock += timedelta(seconds=FAILED_TRIAL_S + BETWEEN_TRIALS_S)
             number += 1
             continue
         result = _evaluate(params, layers, rng)
@@ -184,23 +210,24 @@ def make_study(
             "latency_budget": round(result["latency_ms"] - LATENCY_BUDGET_MS, 3),
         }
         digest = hashlib.sha256(repr(sorted(params.items())).encode()).hexdigest()
-        study.add_trial(
-            create_trial(
-                values=[result["accuracy"], result["latency_ms"], result["size_bytes"]],
-                params=params,
-                distributions=dists,
-                constraints=constraints,
-                user_attrs={
-                    "latency_source": f"estimate:{device_name}",
-                    "latency_p90_ms": round(result["latency_ms"] * 1.08, 3),
-                    "params": result["params"],
-                    "onnx_sha256": digest,
-                    "artifact": f"runs/{study_name}/trial-{number:04d}/model.onnx",
-                    "layers": result["layers"],
-                    "seconds": round(float(rng.uniform(8, 25)), 2),
-                },
-            )
+        seconds = round(float(rng.uniform(8, 25)), 2)
+        trial = create_trial(
+            values=[result["accuracy"], result["latency_ms"], result["size_bytes"]],
+            params=params,
+            distributions=dists,
+            constraints=constraints,
+            user_attrs={
+                "latency_source": f"estimate:{device_name}",
+                "latency_p90_ms": round(result["latency_ms"] * 1.08, 3),
+                "params": result["params"],
+                "onnx_sha256": digest,
+                "artifact": f"runs/{study_name}/trial-{number:04d}/model.onnx",
+                "layers": result["layers"],
+                "seconds": seconds,
+            },
         )
+        study.add_trial(_timed(trial, clock, seconds))
+        clock += timedelta(seconds=seconds + BETWEEN_TRIALS_S)
         complete.append((number, result))
         number += 1
 

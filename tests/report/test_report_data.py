@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import shlex
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -12,7 +15,17 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from autocomp.report import data
-from study_factory import ACCURACY_FLOOR, LATENCY_BUDGET_MS, LAYERS, make_empty_study, make_study
+from study_factory import (
+    ACCURACY_FLOOR,
+    BETWEEN_TRIALS_S,
+    FAILED_TRIAL_S,
+    LATENCY_BUDGET_MS,
+    LAYERS,
+    SAMPLER,
+    VERSIONS,
+    make_empty_study,
+    make_study,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIRECTIONS = ["maximize", "minimize", "minimize"]
@@ -93,6 +106,8 @@ def test_history_running_best_is_monotone_and_feasible_only(trials):
     feasible = history[history["feasible"] == True]  # noqa: E712
     assert history["best_accuracy_pct"].iloc[-1] == feasible["accuracy_pct"].max()
     assert history.loc[first_feasible:, ["best_accuracy_pct", "best_latency_ms", "best_size_mb"]].notna().all().all()
+    assert (history["best_size_bytes"].dropna().diff().dropna() <= 0).all()
+    assert history["best_size_bytes"].iloc[-1] == feasible["size_bytes"].min()
 
 
 def test_chosen_layers_against_baseline(study):
@@ -117,6 +132,102 @@ def test_chosen_summary_compares_with_baseline(study, trials):
     assert summary["accuracy_delta_pts"] == pytest.approx((chosen.values[0] - baseline["accuracy"]) * 100)
     assert summary["speedup"] == pytest.approx(baseline["latency_ms"] / chosen.values[1])
     assert summary["size_ratio"] == pytest.approx(baseline["size_bytes"] / chosen.values[2])
+    assert summary["size_bytes"] == chosen.values[2] and summary["baseline_size_bytes"] == baseline["size_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("size_bytes", "shown"),
+    [
+        (0, "0 B"),
+        (512, "512 B"),
+        (999, "999 B"),
+        (1_000, "1 kB"),
+        (4_580, "4.58 kB"),  # the bug report's 0.00458 MB
+        (219_000, "219 kB"),
+        (999_499, "999 kB"),
+        (999_999, "1 MB"),  # the unit is picked after rounding: not "1e+03 kB"
+        (1_200_000, "1.2 MB"),
+        (12_345_678, "12.3 MB"),
+        (2.5e9, "2.5 GB"),
+        (None, "–"),
+        (float("nan"), "–"),
+    ],
+)
+def test_format_bytes_picks_the_unit_by_magnitude(size_bytes, shown):
+    assert data.format_bytes(size_bytes) == shown
+
+
+def test_format_duration_is_minutes_and_seconds():
+    assert data.format_duration(0) == "0 min 00 s"
+    assert data.format_duration(65.4) == "1 min 05 s"
+    assert data.format_duration(3_600) == "60 min 00 s"
+    assert data.format_duration(None) == "not recorded"
+
+
+def test_run_facts_record_seed_sampler_versions_and_run_time(study):
+    facts = data.run_facts(study, run_dir=Path("/runs/cifar nano"))
+    assert facts.seed == 7 and facts.sampler == SAMPLER
+    assert facts.versions == VERSIONS and facts.version_rows == list(VERSIONS.items())
+    rows = dict(facts.rows)
+    assert rows["seed"] == "7" and rows["sampler"] == SAMPLER
+    assert rows["task"] == "cifar10-resnet8" and rows["device"] == "jetson-nano"
+    assert rows["search space"] == "cnn-default" and rows["latency backend"] == "estimate"
+    # the factory runs its trials back to back: each its own seconds, then a pause
+    trials = study.trials
+    expected = sum(t.user_attrs.get("seconds", FAILED_TRIAL_S) for t in trials) + BETWEEN_TRIALS_S * (len(trials) - 1)
+    assert facts.run_seconds == pytest.approx(expected) and facts.n_finished == len(trials)
+    assert rows["run time"] == f"{data.format_duration(expected)} (first trial start to last trial end, 44 finished trial(s))"
+
+
+def test_run_time_spans_finished_trials_only():
+    study = optuna.create_study(directions=DIRECTIONS)
+    start = datetime(2026, 1, 2, 10, 0, 0)
+    for state, begin_s, end_s in [
+        (TrialState.COMPLETE, 30, 90),
+        (TrialState.COMPLETE, 0, 100),  # parallel with the first: the span counts the wall time once
+        (TrialState.FAIL, 100, 125),  # a failed trial still ran
+        (TrialState.RUNNING, 5, None),  # unfinished: no end, not counted
+    ]:
+        values = [0.9, 1.0, 100] if state == TrialState.COMPLETE else None
+        trial = create_trial(state=state, values=values)
+        trial.datetime_start = start + timedelta(seconds=begin_s)
+        trial.datetime_complete = None if end_s is None else start + timedelta(seconds=end_s)
+        study.add_trial(trial)
+    assert data.run_span(study) == (125.0, 3)
+    assert dict(data.run_facts(study, run_dir=None).rows)["run time"].startswith("2 min 05 s (")
+    nothing = optuna.create_study(directions=DIRECTIONS)
+    assert data.run_span(nothing) == (None, 0)
+    assert dict(data.run_facts(nothing, run_dir=None).rows)["run time"] == "not recorded"
+
+
+def test_old_study_without_seed_sampler_versions_says_not_recorded():
+    legacy = data.run_facts(make_study(n_trials=10, legacy=True), run_dir=Path("/runs/old"))
+    assert legacy.seed is None and legacy.sampler is None and legacy.versions == {}
+    rows = dict(legacy.rows)
+    assert rows["seed"] == rows["sampler"] == "not recorded"
+    assert rows["task"] == "cifar10-resnet8"  # the settings it did record still show
+    assert legacy.version_rows == [("versions", "not recorded")]
+    # older still: no settings at all, or attrs of the wrong shape, read as not recorded too
+    for attrs in ({}, {"settings": "tpe", "versions": ["torch"]}, {"settings": {"seed": None, "sampler": ""}, "versions": {}}):
+        facts = data.run_facts(bare_study(2, user_attrs=attrs), run_dir=None)
+        assert {label: text for label, text in facts.rows if label != "run time"} == dict.fromkeys(
+            ["sampler", "seed", "task", "device", "search space", "latency backend"], "not recorded"
+        )
+        assert facts.version_rows == [("versions", "not recorded")]
+    empty = data.run_facts(make_empty_study(), run_dir=None)  # no settings attr, but the study's own task and device
+    assert dict(empty.rows)["task"] == "digits-cnn" and dict(empty.rows)["device"] == "raspberry-pi-4"
+    assert empty.version_rows == [("versions", "not recorded")]
+
+
+def test_export_command_names_the_run_dir(study):
+    run_dir = Path("/home/me/reports/cifar nano")  # a space: the command must still be one argument per path
+    facts = data.run_facts(study, run_dir=run_dir)
+    assert facts.export_trial == study.user_attrs["chosen_trial"]
+    assert shlex.split(facts.export_command) == ["autocomp", "export", "--study", str(run_dir), "--out", str(run_dir / "export")]
+    unchosen = data.run_facts(bare_study(2), run_dir=run_dir)  # no chosen trial: only the baseline can be exported
+    assert unchosen.export_trial is None
+    assert shlex.split(unchosen.export_command)[-4:] == ["--out", str(run_dir / "export"), "--trial", "baseline"]
+    assert data.export_command(None, chosen_trial=3) == "autocomp export --study RUN_DIR --out RUN_DIR/export"
 
 
 def test_device_section_says_why(study):

@@ -1,10 +1,11 @@
 """The report page in a real headless Chromium: every figure renders, no script errors,
-the table sorts, hostile names stay text, and nothing needs the network.
+the table sorts and scrolls sideways instead of clipping, hostile names (and paths and
+versions) stay text, and nothing needs the network.
 
 A copy of the report gets a small probe script at the top of <head>: it records window
 errors, unhandled rejections, console.error and any alert() call, then (after load) checks
-that every Plotly div holds Plotly's ``main-svg``, clicks a table header, and writes the
-result as JSON into a <pre> that ``--dump-dom`` hands back. Chromium runs with the network
+that every Plotly div holds Plotly's ``main-svg``, clicks a table header, measures the trials
+table's box scrolled to its right end, and writes the result as JSON into a <pre> that ``--dump-dom`` hands back. Chromium runs with the network
 switched off, so a CDN reference would fail to render. Missing Chromium is a failure with
 an install hint, not a skip: CI installs it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -23,12 +25,14 @@ import pytest
 
 from autocomp.report import write_report
 from make_screenshot import INSTALL_HINT, chromium_command, find_chromium
-from study_factory import make_empty_study, make_study
+from study_factory import VERSIONS, make_empty_study, make_study
 
 HOSTILE_STUDY = "<script>alert(1)</script>"
 HOSTILE_LAYER = "<img src=x onerror=alert(2)>"
 HOSTILE_DEVICE = '"><svg onload=alert(3)>'
 HOSTILE_TASK = "<b>bold&task</b>"
+HOSTILE_VERSION = "2.13.0+<img src=y onerror=alert(4)>"
+HOSTILE_RUN_DIR = "<svg onload=alert(5)> 'run' & \"co\""  # a folder name: no slash
 EXPECTED_PLOTS = {"fig-pareto-latency", "fig-pareto-size", "fig-layers", "fig-history", "fig-importance"}
 
 PROBE = """<script>
@@ -58,7 +62,14 @@ PROBE = """<script>
         };
         heads[col].click(); sorted.asc = read();
         heads[col].click(); sorted.desc = read();
+        var box = table.parentElement, wider = box.scrollWidth > box.clientWidth;
+        box.scrollLeft = box.scrollWidth;
+        var last = heads[heads.length - 1].getBoundingClientRect(), edge = box.getBoundingClientRect();
+        var clip = { overflowX: getComputedStyle(box).overflowX, wider: wider, lastRight: last.right,
+                     boxLeft: edge.left, boxRight: edge.right, viewport: document.documentElement.clientWidth };
+        box.scrollLeft = 0;
       }
+      var command = document.getElementById('export-command');
       var name = document.getElementById('study-name');
       var tickText = Array.prototype.map.call(document.querySelectorAll('#fig-layers text'), function (t) { return t.textContent; });
       var out = document.createElement('pre');
@@ -67,7 +78,7 @@ PROBE = """<script>
         errors: errors, plots: plots, sorted: sorted, title: document.title,
         studyName: name ? name.textContent : null, imgs: document.querySelectorAll('img').length,
         svgOnload: document.querySelectorAll('svg[onload]').length, tickText: tickText,
-        bodyText: document.body.innerText
+        clip: clip || null, exportCommand: command ? command.textContent : null, bodyText: document.body.innerText
       });
       document.body.appendChild(out);
     }, 1500);
@@ -76,8 +87,11 @@ PROBE = """<script>
 </script>"""
 
 
-def render_in_chromium(report: Path, tmp_path: Path) -> dict:
-    """Open a probed copy of ``report`` in headless Chromium; return the probe's JSON."""
+def render_in_chromium(report: Path, tmp_path: Path, *, window_size: str | None = None) -> dict:
+    """Open a probed copy of ``report`` in headless Chromium; return the probe's JSON.
+
+    ``window_size`` ("1400,3000") replaces Chromium's default window (800 x 600).
+    """
     binary = find_chromium()
     if binary is None:
         pytest.fail(INSTALL_HINT, pytrace=False)
@@ -85,7 +99,8 @@ def render_in_chromium(report: Path, tmp_path: Path) -> dict:
     assert page.count("<head>") == 1
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    cmd = chromium_command(binary, tmp_path / "chromium-profile", "--dump-dom", "--virtual-time-budget=30000", probed.as_uri())
+    window = [f"--window-size={window_size}"] if window_size else []
+    cmd = chromium_command(binary, tmp_path / "chromium-profile", *window, "--dump-dom", "--virtual-time-budget=30000", probed.as_uri())
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     found = re.search(r'<pre id="__report_check">(.*?)</pre>', result.stdout, re.S)
@@ -98,9 +113,15 @@ def hostile_report(tmp_path_factory) -> Path:
     """A realistic study in which every user-supplied name tries to inject markup."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(
-        study_name=HOSTILE_STUDY, task_name=HOSTILE_TASK, device_name=HOSTILE_DEVICE, extra_layer=HOSTILE_LAYER, n_trials=30
-    )
-    return write_report(study, tmp_path_factory.mktemp("report") / "reports" / "x" / "report.html")
+        study_name=HOSTILE_STUDY, task_name=HOSTILE_TASK, device_name=HOSTILE_DEVICE, extra_layer=HOSTILE_LAYER, n_trials=30,
+        versions={**VERSIONS, "torch": HOSTILE_VERSION},
+    )  # fmt: skip
+    return write_report(study, tmp_path_factory.mktemp("report") / "reports" / HOSTILE_RUN_DIR / "report.html")
+
+
+def export_command_of(report: Path) -> str:
+    run_dir = report.parent.resolve()
+    return shlex.join(["autocomp", "export", "--study", str(run_dir), "--out", str(run_dir / "export")])
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +154,56 @@ def test_user_supplied_names_render_as_text(hostile_probe, hostile_report):
     assert HOSTILE_STUDY in hostile_probe["title"]
     assert hostile_probe["imgs"] == 0 and hostile_probe["svgOnload"] == 0
     text = hostile_probe["bodyText"]
-    for name in (HOSTILE_TASK, HOSTILE_DEVICE, HOSTILE_LAYER):
+    for name in (HOSTILE_TASK, HOSTILE_DEVICE, HOSTILE_LAYER, HOSTILE_VERSION):
         assert name in text
     assert HOSTILE_LAYER in hostile_probe["tickText"]  # literal in Plotly's axis labels too
+    assert hostile_probe["exportCommand"] == export_command_of(hostile_report)  # the path, shell-quoted, as text
     page = hostile_report.read_text(encoding="utf-8")
     assert HOSTILE_STUDY not in page and HOSTILE_LAYER not in page
+
+
+def test_trials_table_scrolls_sideways_instead_of_clipping(hostile_probe):
+    """Chromium's default window is narrower than the table: its box scrolls, and scrolled to
+    the end the last column lies inside the box, which itself fits the window."""
+    clip = hostile_probe["clip"]
+    assert clip["overflowX"] in ("auto", "scroll")
+    assert clip["wider"], "the table fits the default window: this test no longer checks scrolling"
+    assert clip["boxRight"] <= clip["viewport"] + 0.5
+    assert clip["boxLeft"] - 0.5 <= clip["lastRight"] <= clip["boxRight"] + 0.5
+
+
+def test_trials_table_fits_the_screenshot_width(tmp_path):
+    """At the 1400 px of the example screenshot (which hides scrollbars) the whole table of a
+    realistic study shows: long free-text cells wrap rather than push the last columns out of sight."""
+    report = write_report(make_study(n_trials=30), tmp_path / "run" / "report.html")
+    clip = render_in_chromium(report, tmp_path, window_size="1400,1000")["clip"]
+    assert clip["viewport"] == 1400
+    assert not clip["wider"], f"the trials table is wider than its box at 1400 px: {clip}"
+
+
+def test_run_section_shows_export_command_seed_sampler_versions(hostile_report):
+    page = hostile_report.read_text(encoding="utf-8")
+    section = re.search(r'<section id="run">(.*?)</section>', page, re.S)
+    assert section, "no 'how this search ran' section"
+    run = section.group(1)
+    assert "how this search ran" in run and 'href="#run"' in page
+    assert f'<pre class="cmd" id="export-command"><code>{html.escape(export_command_of(hostile_report))}</code></pre>' in run
+    assert "chosen trial (#" in run and "--trial baseline" not in run
+    facts = dict(re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", run))
+    assert facts["sampler"] == "random" and facts["seed"] == "7"
+    assert re.fullmatch(r"\d+ min \d\d s \(first trial start to last trial end, 34 finished trial\(s\)\)", facts["run time"])
+    assert facts["task"] == html.escape(HOSTILE_TASK) and facts["device"] == html.escape(HOSTILE_DEVICE)
+    assert facts["torch"] == html.escape(HOSTILE_VERSION) and facts["onnxruntime"] == VERSIONS["onnxruntime"]
+    for raw in (HOSTILE_VERSION, HOSTILE_RUN_DIR, HOSTILE_TASK, HOSTILE_DEVICE):
+        assert raw not in page
+
+
+def test_sizes_are_in_human_units(hostile_report):
+    page = hostile_report.read_text(encoding="utf-8").replace(plotly.offline.get_plotlyjs(), "")
+    assert re.findall(r"\b0\.\d+ ?MB", page) == [], "a size below 1 MB is printed in MB"
+    sizes = re.findall(r'<td class="num" data-v="(\d+)">([^<]*B)</td>', page)
+    assert len(sizes) == 30  # one per complete trial
+    assert all(re.fullmatch(r"\d+(\.\d+)? (B|kB|MB)", text) for _, text in sizes)
 
 
 def test_page_is_self_contained(hostile_report):
@@ -175,6 +241,13 @@ def test_study_without_optional_attrs_renders(tmp_path):
     )
     page = write_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "No trial was chosen" in page
+    command = shlex.join(["autocomp", "export", "--study", str(tmp_path.resolve()), "--out", str(tmp_path.resolve() / "export"),
+                          "--trial", "baseline"])  # fmt: skip
+    assert f'id="export-command"><code>{html.escape(command)}</code>' in page
+    run = re.search(r'<section id="run">(.*?)</section>', page, re.S).group(1)
+    facts = dict(re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", run))
+    assert facts["seed"] == facts["sampler"] == facts["versions"] == "not recorded"
+    assert "12.3 kB" in page and not re.findall(r"\b0\.\d+ ?MB", page.replace(plotly.offline.get_plotlyjs(), ""))
     assert "only 1 complete trial(s)" in page
     assert "does not record the device profile" in page
     assert 'id="fig-pareto-latency"' in page and 'id="fig-layers"' not in page

@@ -1,0 +1,49 @@
+"""Validation of numeric command-line options at the boundary, before any work.
+
+Typer's own ``min=``/``max=`` messages do not quote the value given, so the
+commands declare plain types and check ranges here: one line naming the
+option, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+
+from autocomp.errors import ConfigError
+
+SEED_LIMIT = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds in [0, 2**32)
+
+
+def check_range(
+    option: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ConfigError unless ``low <= value <= high`` (``<`` where open); None means the option was not given."""
+    if value is None:
+        return
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{option} {value:g} is out of range; allowed: {_interval(low, high, low_open, high_open)}")
+
+
+def check_seed(option: str, value: int) -> None:
+    check_range(option, value, low=0, high=SEED_LIMIT, high_open=True)
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"{low:g} {'<' if low_open else '<='} x {'<' if high_open else '<='} {high:g}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return "a finite number"

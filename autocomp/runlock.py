@@ -1,0 +1,76 @@
+"""One search process per study at a time, enforced with OS file locks.
+
+A resumed search closes the trials it finds RUNNING as killed, and the
+baseline is written into the run folder: both are only right when no other
+process is working on the same study. Until several workers are made safe
+(heartbeats on a shared storage), a second ``autocomp search`` on the same run
+folder, or on the same storage and study name, is refused in one line.
+
+``fcntl.flock`` locks are released by the kernel when their process dies, so
+a SIGKILLed search never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Iterator
+
+from autocomp.errors import ConfigError
+from autocomp.paths import cache_dir
+
+LOCK_NAME = ".autocomp.lock"
+
+
+@contextlib.contextmanager
+def exclusive_run(out_dir: Path, *, storage: str, study_name: str) -> Iterator[None]:
+    """Hold the run folder's lock and the study's lock for the block; ConfigError if another process holds either.
+
+    ``out_dir`` is created when missing, and removed again when the block fails
+    before anything but the lock was written there (a rejected first run leaves
+    no folder behind).
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_lock = cache_dir() / "locks" / f"{hashlib.sha256(f'{storage}|{study_name}'.encode()).hexdigest()[:24]}.lock"
+    study_lock.parent.mkdir(parents=True, exist_ok=True)
+    failed = False
+    try:
+        with _locked(out_dir / LOCK_NAME, f"run folder {out_dir}"), _locked(study_lock, f"study {study_name!r}"):
+            yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed and created and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, what: str) -> Iterator[IO[str]]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before this module existed
+        yield None  # type: ignore[misc]
+        return
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"another autocomp search ({holder}) is running on the {what}; wait for it to finish, "
+                "or use another --out and --study-name for a separate search"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
