@@ -9,15 +9,17 @@ running trial as FAILED ("interrupted") and keeps everything finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
+import signal
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -301,6 +303,11 @@ INTERRUPTED = "interrupted"
 FAILED with its reason, and does not count towards --trials."""
 
 
+def phase_name(phase: str | None) -> str:
+    """How a trial's recorded phase reads in a reason ("fine-tuning"); none recorded yet is its setup."""
+    return PHASE_NAMES.get(phase, phase) if phase else "its setup"
+
+
 def close_orphans(study: optuna.Study) -> list[int]:
     """Mark trials left RUNNING by a killed process as FAILED, with the phase it died in; returns their numbers.
 
@@ -308,8 +315,7 @@ def close_orphans(study: optuna.Study) -> list[int]:
     """
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        phase = trial.user_attrs.get(PHASE)
-        during = f" during {PHASE_NAMES.get(phase, phase)}" if phase else ""
+        during = f" during {phase_name(trial.user_attrs.get(PHASE))}"
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"the process running this trial was killed{during}")
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -389,7 +395,8 @@ def run_search(
 
     if jobs <= 1:
         try:
-            worker()
+            with _interrupt_flag(interrupted):
+                worker()
         except KeyboardInterrupt:
             interrupted.set()
     else:
@@ -410,6 +417,39 @@ def run_search(
     return SearchOutcome(study, chosen, rule, interrupted.is_set())
 
 
+@contextlib.contextmanager
+def _interrupt_flag(interrupted: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets ``interrupted`` as well as raising KeyboardInterrupt.
+
+    The flag survives a library that catches the KeyboardInterrupt and raises
+    something else (or nothing): the trial is then still closed as interrupted
+    and no further trial starts. Only the main thread can own signal handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _close_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    try:
+        during = f" during {phase_name(trial.user_attrs.get(PHASE))}"
+        trial.set_user_attr("fail_reason", f"interrupted by the user{during}")
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # Ctrl-C landed just after the trial was told: it stays finished, with its result
+
+
 def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, interrupted: threading.Event) -> FrozenTrial | None:
     """Run one trial and tell the study how it ended; never lets one trial end the search."""
     try:
@@ -422,16 +462,12 @@ def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, inte
         return study.tell(trial, state=TrialState.PRUNED)
     except KeyboardInterrupt:
         interrupted.set()
-        try:
-            phase = trial.user_attrs.get(PHASE)
-            during = f" during {PHASE_NAMES.get(phase, phase)}" if phase else ""
-            trial.set_user_attr("fail_reason", f"interrupted by the user{during}")
-            trial.set_user_attr(INTERRUPTED, True)
-            study.tell(trial, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # Ctrl-C landed just after the trial was told: it stays finished, with its result
+        _close_interrupted(study, trial)
         raise
     except Exception as exc:  # any trial failure is recorded with its reason; the search goes on
+        if interrupted.is_set():  # Ctrl-C that a library turned into its own error (torch's argument parser does)
+            _close_interrupted(study, trial)
+            raise KeyboardInterrupt from exc
         reason = str(exc).splitlines()[0] if isinstance(exc, AutocompError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
         log.warning("trial %d failed: %s", trial.number, reason)
         log.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())

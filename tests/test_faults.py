@@ -1,0 +1,219 @@
+"""Fault suite: a search killed (SIGKILL) or interrupted (SIGINT) at random moments loses nothing.
+
+One test run kills the same ``autocomp search`` command again and again, each
+time in a chosen phase (the baseline, fine-tuning, export, evaluation, the
+latency measurement, between trials), reruns it, and checks after every stop
+and at the end that:
+
+* every trial that had finished before a stop is still there, with the same
+  state, plan and objective values, and none is run twice;
+* the trial a stop cut short is closed FAILED, with the phase it died in as its
+  reason, and does not count towards ``--trials``;
+* the final study holds exactly ``--trials`` counted trials and nothing RUNNING.
+
+The phase of a running trial is read from the study itself (the ``phase``
+user attr that the search records), read-only with sqlite3 while the search
+writes it. Kills land a random 0-80 ms after the phase is seen, so the exact
+moment varies from run to run (seeded by ``AUTOCOMP_FAULT_SEED``, printed).
+``-s`` shows the per-stop figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autocomp.objective import PHASE_NAMES
+from autocomp.study import INTERRUPTED, default_storage, load_existing_study
+
+TESTS = Path(__file__).parent
+TRIALS = 12
+# fine-tuning long enough to be hit, a local latency measurement (a timing process of about a second)
+SPACE = """
+schema_version: 1
+finetune: {steps: 20, lr: 0.003, early_stop: {after_steps: 0}}
+exclude: ["<first>", "<last>"]
+distill:
+  width: {type: categorical, choices: [0.5, 1.0]}
+prune:
+  - layers: ["block1_conv1", "block2_conv1"]
+    ratio: {type: float, low: 0.0, high: 0.5, step: 0.25}
+bits:
+  - layers: ["*"]
+    choices: [32, 8]
+"""
+# The stops of one run, in order: (signal, phase). "baseline" is only possible before the first baseline is stored.
+STOPS = [
+    (signal.SIGKILL, "baseline"),
+    (signal.SIGKILL, "finetune"),
+    (signal.SIGKILL, "export"),
+    (signal.SIGKILL, "latency"),
+    (signal.SIGKILL, "between"),
+    (signal.SIGINT, "finetune"),
+    (signal.SIGKILL, "evaluate"),
+    (signal.SIGKILL, "finetune"),
+    (signal.SIGINT, "latency"),
+    (signal.SIGKILL, "export"),
+    (signal.SIGKILL, "latency"),
+    (signal.SIGKILL, "between"),
+    (signal.SIGINT, "export"),
+    (signal.SIGKILL, "finetune"),
+]
+
+
+def _read(db: Path, query: str) -> list[tuple]:
+    """A read-only query on the search's sqlite file (empty while it does not exist or is being created)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute(query).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def _running_phase(db: Path) -> str | None:
+    rows = _read(
+        db,
+        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND a.key = 'phase'",
+    )
+    return json.loads(rows[0][0]) if rows else None
+
+
+def _has_baseline(db: Path) -> bool:
+    return bool(_read(db, "SELECT 1 FROM study_user_attributes WHERE key = 'baseline'"))
+
+
+def _has_study(db: Path) -> bool:
+    return bool(_read(db, "SELECT 1 FROM studies"))
+
+
+def _finished_count(db: Path) -> int:
+    rows = _read(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')")
+    return rows[0][0] if rows else 0
+
+
+def _snapshot(out: Path) -> dict[int, tuple]:
+    """Finished trials: number -> (state, params, values, fail reason)."""
+    if not (out / "study.db").is_file() or not _has_study(out / "study.db"):
+        return {}
+    study = load_existing_study(default_storage(out), "t")
+    return {
+        t.number: (t.state, t.params, t.values, t.user_attrs.get("fail_reason"))
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished()
+    }
+
+
+def _stop_in(proc: subprocess.Popen, db: Path, phase: str, sig: int, rng: random.Random, *, timeout_s: float = 240) -> bool:
+    """Send ``sig`` once the search is in ``phase``; False if the search ended first."""
+    deadline = time.monotonic() + timeout_s
+    finished_at_start = _finished_count(db)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if phase == "baseline":
+            hit = _has_study(db) and not _has_baseline(db)
+        elif phase == "between":
+            hit = _finished_count(db) > finished_at_start  # a trial has just been told: the next one is being asked
+        else:
+            hit = _running_phase(db) == phase
+        if hit:
+            time.sleep(rng.uniform(0.0, 0.08))
+            proc.send_signal(sig)
+            return True
+        time.sleep(0.01)
+    raise AssertionError(f"the search never reached phase {phase!r} in {timeout_s:.0f} s")
+
+
+def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
+    seed = int(os.environ.get("AUTOCOMP_FAULT_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    print(f"\nfault suite seed {seed} (AUTOCOMP_FAULT_SEED={seed} repeats this run's kill delays)")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "run"
+    db = out / "study.db"
+    command = [
+        sys.executable, "-m", "autocomp", "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes",
+        "--space", str(space), "--trials", str(TRIALS), "--backend", "local", "--out", str(out), "--study-name", "t",
+        "--seed", "3",
+    ]
+    # its own cache: latency results are cached by file, and a cached file's measurement cannot be hit
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "AUTOCOMP_CACHE_DIR": str(tmp_path / "cache")}
+    kept: dict[int, tuple] = {}
+    baseline: dict | None = None
+    stops: list[dict] = []
+    for sig, phase in STOPS:
+        if phase == "baseline" and baseline is not None:
+            continue
+        before = _snapshot(out)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        try:
+            sent = _stop_in(proc, db, phase, sig, rng)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert "Traceback" not in stderr, stderr[-3000:]
+        if not sent:  # the study finished before this phase came round
+            assert proc.returncode == 0, stderr[-2000:]
+            break
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+            assert "interrupted" in stderr
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        after = _snapshot(out)
+        # what had finished before this stop is untouched
+        for number, record in before.items():
+            assert after.get(number) == record, (number, record, after.get(number))
+        stops.append({"signal": signal.Signals(sig).name, "aimed_at": phase, "new_finished": len(after) - len(before)})
+        kept.update(after)
+        if _has_baseline(db):
+            study = load_existing_study(default_storage(out), "t")
+            if baseline is None:
+                baseline = study.user_attrs["baseline"]
+            assert study.user_attrs["baseline"] == baseline  # evaluated once, never redone or changed
+
+    # the same command, run to the end
+    final = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert final.returncode == 0, final.stderr[-3000:]
+    study = load_existing_study(default_storage(out), "t")
+    trials = study.get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    by_number = {t.number: t for t in trials}
+    assert len(by_number) == len(trials)
+    for number, (state, params, values, reason) in kept.items():
+        trial = by_number[number]
+        assert (trial.state, trial.params, trial.values, trial.user_attrs.get("fail_reason")) == (state, params, values, reason)
+    closed = [t for t in trials if t.user_attrs.get(INTERRUPTED)]
+    counted = [t for t in trials if not t.user_attrs.get(INTERRUPTED)]
+    assert len(counted) == TRIALS, [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials]
+    assert all(t.state != TrialState.FAIL for t in counted), [t.user_attrs.get("fail_reason") for t in counted]
+    for trial in closed:
+        assert trial.state == TrialState.FAIL
+        reason = trial.user_attrs["fail_reason"]
+        assert reason.startswith(("the process running this trial was killed during ", "interrupted by the user during ")), reason
+        assert trial.user_attrs["fail_reason"].rsplit(" during ", 1)[1] in {*PHASE_NAMES.values(), "its setup"}, reason
+    assert study.user_attrs["baseline"] == baseline
+    kills = sum(s["signal"] == "SIGKILL" for s in stops)
+    interrupts = sum(s["signal"] == "SIGINT" for s in stops)
+    assert kills >= 10 and interrupts >= 2, stops
+    phases = sorted({t.user_attrs["fail_reason"].rsplit(" during ", 1)[1] for t in closed})
+    print(
+        f"fault suite: {kills} SIGKILLs and {interrupts} SIGINTs; {len(counted)} trials kept (of {TRIALS} asked), "
+        f"{len(closed)} cut-short trials closed with their phase ({', '.join(phases)}), trials lost: 0"
+    )
+    for stop in stops:
+        print(f"  {stop['signal']} aimed at {stop['aimed_at']}: {stop['new_finished']} newly finished trials")
+    assert {"fine-tuning", "export and quantization", "the latency measurement"} <= set(phases), phases
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
