@@ -55,7 +55,7 @@ def _usage_message(exc: TyperException, args: list[str]) -> str:
     """One line: the command, what is wrong (with the value given, where there is one) and where help is."""
     ctx = getattr(exc, "ctx", None)
     command = ctx.command_path if ctx is not None else PROG
-    message = " ".join(exc.format_message().split())
+    message = " ".join(exc.format_message().split()).removesuffix(".")
     param = getattr(exc, "param", None)
     raw = _raw_value(args, getattr(param, "opts", None) or [])
     if raw is not None:

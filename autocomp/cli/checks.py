@@ -32,7 +32,7 @@ def check_range(
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        raise ConfigError(f"{option} {value:g} is out of range; allowed: {_interval(low, high, low_open, high_open)}")
+        raise ConfigError(f"{option} {_number(value)} is out of range; allowed: {_interval(low, high, low_open, high_open)}")
 
 
 def check_seed(option: str, value: int) -> None:
@@ -41,9 +41,13 @@ def check_seed(option: str, value: int) -> None:
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"{low:g} {'<' if low_open else '<='} x {'<' if high_open else '<='} {high:g}"
+        return f"{_number(low)} {'<' if low_open else '<='} x {'<' if high_open else '<='} {_number(high)}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_number(low)}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {_number(high)}"
     return "a finite number"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

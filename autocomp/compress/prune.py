@@ -188,6 +188,16 @@ def _refuse_masked(model: nn.Module) -> None:
             )
 
 
+def _tensors_only(out: object) -> bool:
+    if isinstance(out, Tensor):
+        return True
+    if isinstance(out, (tuple, list)):
+        return all(_tensors_only(item) for item in out)
+    if isinstance(out, dict):
+        return all(_tensors_only(item) for item in out.values())
+    return False
+
+
 def _trace_graph(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tp.DependencyGraph:
     was_training = model.training
     try:
@@ -195,8 +205,19 @@ def _trace_graph(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tp.Dep
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs))
     except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
+        with torch.no_grad():
+            try:
+                out = model(*example_inputs)
+            except Exception:
+                out = None
+        if out is not None and not _tensors_only(out):
+            raise CompressionError(
+                f"{type(model).__name__}.forward() returns a {type(out).__name__}, not tensors; make it return a tensor "
+                "(or a tuple or dict of tensors), e.g. with a wrapper module around the model"
+            ) from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise CompressionError(
-            f"torch-pruning could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+            f"torch-pruning could not trace {type(model).__name__} ({type(exc).__name__}: {first}); "
             "check that example_inputs is one valid batch of model inputs"
         ) from exc
     finally:
