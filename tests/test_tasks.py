@@ -6,7 +6,8 @@ import torch
 
 from autocomp.errors import TaskError
 from autocomp.tasks import Task, accepts_width, load_task, torch_predictor
-from autocomp.tasks.digits import DigitsTask, load_data
+from autocomp.tasks import digits
+from autocomp.tasks.digits import DigitsTask, TrainRecipe, load_data
 from autocomp.tasks.models import MobileNetDigits, ResNetDigits
 
 GOOD_TASK = """
@@ -103,3 +104,97 @@ def test_digits_teacher_is_trained_and_cached():
     assert any(task.cache_key() in path.name for path in cached)
     reloaded = task.build_model()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+SHORT_RECIPE = TrainRecipe(epochs=1)  # the same code path as the default recipe, a seventh of the time
+
+
+def _caller_state() -> tuple:
+    return (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.random.get_rng_state(),
+    )
+
+
+def _assert_same_state(before: tuple, after: tuple) -> None:
+    assert after[:3] == before[:3]
+    assert torch.equal(after[3], before[3])
+
+
+@pytest.fixture(scope="module")
+def two_short_trainings(tmp_path_factory):
+    """The short recipe trained twice, each in a fresh cache dir, under different caller settings.
+
+    First: 1 thread, deterministic algorithms off, generator seeded 1. Second: 2
+    threads, deterministic algorithms on (warn only), generator seeded 2. Yields
+    (state_dict, caller state before, caller state after) for each.
+    """
+    saved = _caller_state()
+    runs = []
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for threads, deterministic, seed in ((1, False, 1), (2, True, 2)):
+                patch.setenv("AUTOCOMP_CACHE_DIR", str(tmp_path_factory.mktemp(f"cache-{threads}")))
+                torch.set_num_threads(threads)
+                torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
+                torch.manual_seed(seed)
+                torch.rand(seed)  # a caller that has drawn before
+                before = _caller_state()
+                model = DigitsTask(recipe=SHORT_RECIPE).build_model()
+                runs.append((model.state_dict(), before, _caller_state()))
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.random.set_rng_state(saved[3])
+    return runs
+
+
+def test_digits_training_gives_the_same_weights_whatever_the_callers_threads_and_seed(two_short_trainings):
+    (first, _, _), (second, _, _) = two_short_trainings
+    assert list(first) == list(second)
+    for name in first:
+        # bit for bit: bytes, not a tolerance (torch.equal would also call -0.0 and 0.0 equal)
+        assert first[name].numpy().tobytes() == second[name].numpy().tobytes(), name
+
+
+def test_digits_training_leaves_the_callers_threads_flags_and_generator_as_they_were(two_short_trainings):
+    for _, before, after in two_short_trainings:
+        _assert_same_state(before, after)
+
+
+def test_digits_cached_load_leaves_the_callers_generator_as_it_was(two_short_trainings, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMP_CACHE_DIR", str(tmp_path))
+    task = DigitsTask(recipe=SHORT_RECIPE)
+    path = tmp_path / "models" / f"digits-resnet-{task.cache_key()}.pt"
+    path.parent.mkdir()
+    torch.save(two_short_trainings[0][0], path)  # a cache hit, without training a third time
+    before = _caller_state()
+    task.build_model()
+    _assert_same_state(before, _caller_state())
+
+
+def test_digits_training_restores_the_callers_state_when_it_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMP_CACHE_DIR", str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits.F, "cross_entropy", interrupted)
+    before = _caller_state()
+    with pytest.raises(KeyboardInterrupt):
+        DigitsTask(recipe=SHORT_RECIPE).build_model()
+    _assert_same_state(before, _caller_state())
+    assert not list(tmp_path.glob("models/*.pt"))
+
+
+def test_digits_cache_key_covers_the_training_threads():
+    assert DigitsTask(recipe=TrainRecipe(threads=2)).cache_key() != DigitsTask().cache_key()
+    assert DigitsTask(recipe=SHORT_RECIPE).cache_key() != DigitsTask().cache_key()
+
+
+@pytest.mark.parametrize("field, value", [("threads", 0), ("epochs", 0), ("batch_size", -1)])
+def test_train_recipe_rejects_bad_values_with_the_value(field, value):
+    with pytest.raises(TaskError, match=f"TrainRecipe.{field} must be at least 1, got {value}"):
+        TrainRecipe(**{field: value})

@@ -4,7 +4,9 @@ The 8x8 images are upsampled so that the models do enough work per image for
 compression to matter on real hardware (about 1.5 ms per image in fp32 on a
 2-core x86 host for the residual CNN). The trained weights are cached per user,
 keyed by a hash of the architecture's source and the training recipe, so only
-the first run trains.
+the first run trains. Training is deterministic on CPU: the same torch build on
+the same instruction set gives the same weights bit for bit, whatever the
+caller's thread count or random state.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import inspect
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Iterator
@@ -36,11 +39,28 @@ ARCHITECTURES = {"resnet": models.ResNetDigits, "mobilenet": models.MobileNetDig
 
 @dataclass(frozen=True)
 class TrainRecipe:
+    """How the teacher is trained; every field is part of the cache key.
+
+    ``threads`` is the intra-op thread count used for training, whatever the
+    caller's: CPU kernels split their reductions by thread, so the floats, and
+    after training the accuracy, depend on it. Fixing it is what makes two
+    machines with different core counts train the same weights.
+    """
+
     epochs: int = 7
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise TaskError(f"TrainRecipe.epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise TaskError(f"TrainRecipe.batch_size must be at least 1, got {self.batch_size}")
+        if self.threads < 1:
+            raise TaskError(f"TrainRecipe.threads must be at least 1, got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +112,14 @@ class DigitsTask:
         if width is not None:
             return ARCHITECTURES[self.arch](width=width)
         path = cache_dir() / "models" / f"digits-{self.arch}-{self.cache_key()}.pt"
-        model = ARCHITECTURES[self.arch]()
         if path.exists():
+            # The throwaway initialisation must not advance the caller's generator: a cached
+            # load, like a fresh training, leaves the caller's random state as it was.
+            with torch.random.fork_rng(devices=[]):
+                model = ARCHITECTURES[self.arch]()
             model.load_state_dict(torch.load(path, weights_only=True))
             return model.eval()
-        self._train(model)
+        model = self._train()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
@@ -104,9 +127,15 @@ class DigitsTask:
         return model.eval()
 
     def cache_key(self) -> str:
-        """Hash of the architecture source, the training recipe and the torch version."""
+        """Hash of the architecture and training source, the training recipe and the torch version."""
         payload = json.dumps(
-            {"source": inspect.getsource(models), "recipe": asdict(self.recipe), "arch": self.arch, "torch": torch.__version__},
+            {
+                "source": inspect.getsource(models),
+                "training": inspect.getsource(DigitsTask._train) + inspect.getsource(_deterministic_cpu),
+                "recipe": asdict(self.recipe),
+                "arch": self.arch,
+                "torch": torch.__version__,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -115,35 +144,64 @@ class DigitsTask:
         return (load_data().x_val[:1].clone(),)
 
     def train_batches(self) -> Iterator[Batch]:
-        """One shuffled pass over the training split."""
-        data = load_data()
-        order = torch.randperm(len(data.y_train))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield (data.x_train[idx],), data.y_train[idx]
+        """One pass over the training split, shuffled by torch's global generator (callers seed it)."""
+        yield from _batches(load_data(), batch_size=self.batch_size, generator=None)
 
     def evaluate(self, predict: Predict) -> float:
         data = load_data()
         return accuracy(predict, data.x_val, data.y_val)
 
-    def _train(self, model: nn.Module) -> None:
+    def _train(self) -> nn.Module:
+        """A freshly initialised model trained by the recipe, the same bit for bit on every call."""
         recipe, data = self.recipe, load_data()
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(recipe.seed)
         steps_per_epoch = -(-len(data.y_train) // recipe.batch_size)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch
-        )
         started = time.perf_counter()
-        for epoch in range(recipe.epochs):
-            model.train()
-            for (x,), y in self.train_batches():
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-            log.info("training %s: epoch %d/%d (%.0f s)", self.name, epoch + 1, recipe.epochs, time.perf_counter() - started)
-        torch.random.set_rng_state(generator_state)
-        model.eval()
+        with _deterministic_cpu(seed=recipe.seed, threads=recipe.threads):
+            model = ARCHITECTURES[self.arch]()
+            # The data order has its own generator, so it is the same whatever else draws.
+            order_generator = torch.Generator().manual_seed(recipe.seed)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch
+            )
+            for epoch in range(recipe.epochs):
+                model.train()
+                for (x,), y in _batches(data, batch_size=recipe.batch_size, generator=order_generator):
+                    loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                log.info(
+                    "training %s: epoch %d/%d (%.0f s)", self.name, epoch + 1, recipe.epochs, time.perf_counter() - started
+                )
+        return model.eval()
+
+
+def _batches(data: DigitsData, *, batch_size: int, generator: torch.Generator | None) -> Iterator[Batch]:
+    order = torch.randperm(len(data.y_train), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield (data.x_train[idx],), data.y_train[idx]
+
+
+@contextmanager
+def _deterministic_cpu(*, seed: int, threads: int) -> Iterator[None]:
+    """Seeded torch generator, deterministic algorithms and ``threads`` intra-op threads, for the block only.
+
+    The caller's generator state, thread count and deterministic-algorithms
+    setting are restored afterwards, also when the block raises. Only torch
+    draws during training, so numpy's and Python's generators are left alone.
+    """
+    caller_threads = torch.get_num_threads()
+    caller_deterministic = torch.are_deterministic_algorithms_enabled()
+    caller_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(True)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(caller_deterministic, warn_only=caller_warn_only)
+        torch.set_num_threads(caller_threads)
