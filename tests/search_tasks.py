@@ -25,3 +25,28 @@ def shapes():
 
 def flaky():
     return FlakyShapes(train_epochs=4)
+
+
+class AlwaysFailing(ShapesTask):
+    """The baseline scores; every trial's evaluation raises (a metric that breaks on compressed models)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def evaluate(self, predict):
+        self.calls += 1
+        if self.calls > 2:  # the baseline's ONNX file and PyTorch model
+            raise RuntimeError("metric crashed on purpose")
+        return super().evaluate(predict)
+
+
+def always_failing():
+    return AlwaysFailing(train_epochs=4)
+
+
+def shapes_from_env():
+    """The same task spec trains another teacher when SHAPES_EPOCHS changes (a retrained or edited model)."""
+    import os
+
+    return ShapesTask(train_epochs=int(os.environ.get("SHAPES_EPOCHS", "4")))

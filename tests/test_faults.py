@@ -157,6 +157,7 @@ def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
         if phase == "baseline" and baseline is not None:
             continue
         before = _snapshot(out)
+        orphans = [n for (n,) in _read(db, "SELECT number FROM trials WHERE state = 'RUNNING' ORDER BY number")]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         try:
             sent = _stop_in(proc, db, phase, sig, rng)
@@ -164,6 +165,9 @@ def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
         finally:
             proc.kill()
         assert "Traceback" not in stderr, stderr[-3000:]
+        if orphans:  # the resumed run says which trials it closed
+            numbers = ", ".join(f"#{n}" for n in orphans)
+            assert f"closed {len(orphans)} left running by a killed process ({numbers})" in stdout, stdout[:2000]
         if not sent:  # the study finished before this phase came round
             assert proc.returncode == 0, stderr[-2000:]
             break

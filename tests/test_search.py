@@ -268,3 +268,82 @@ def test_malformed_space_yaml_fails_with_one_line(tmp_path):
     bad.write_text("schema_version: 1\nbits: [\n")
     code, _, stderr = cli("search", "--device", "local", "--space", str(bad))
     assert code == 2 and "not valid YAML" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_every_trial_failing_exits_1_with_one_line(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, _, stderr = cli(*search_args(out, space_file, trials=2, task="always_failing"))
+    assert code == 1
+    assert "failed: all 2 trials of this run failed" in stderr
+    assert [t.state for t in open_study(out).trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_resume_and_export_refuse_a_changed_teacher(tmp_path, space_file, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("SHAPES_EPOCHS", "4")
+    code, _, stderr = cli(*search_args(out, space_file, trials=1, task="shapes_from_env"))
+    assert code == 0, stderr
+    monkeypatch.setenv("SHAPES_EPOCHS", "2")  # the same task spec now builds another trained model
+    code, _, stderr = cli(*search_args(out, space_file, trials=2, task="shapes_from_env"))
+    assert code == 2
+    assert "study 't' was searched on another trained model" in stderr and len(stderr.strip().splitlines()) == 1
+    assert len(open_study(out).trials) == 1  # nothing ran on the wrong baseline
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", "baseline")
+    assert code == 2
+    assert "now builds another trained model than the study used" in stderr
+    monkeypatch.setenv("SHAPES_EPOCHS", "4")  # the model the study used: export works, both files checked
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", "baseline")
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert metrics["model"]["pt2_accuracy"] == metrics["model"]["torch_accuracy"] == metrics["baseline"]["accuracy"]
+
+
+def test_a_second_search_on_the_same_run_is_refused_and_the_first_goes_on(tmp_path, space_file):
+    import sqlite3
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "autocomp", *search_args(out, space_file, trials=50)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(TESTS)}, text=True)
+    try:
+        def running() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"search exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            try:
+                with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True) as db:
+                    return bool(db.execute("SELECT 1 FROM trials WHERE state = 'RUNNING'").fetchall())
+            except sqlite3.Error:
+                return False
+
+        _wait_for(running, timeout_s=300)
+        code, _, stderr = cli(*search_args(out, space_file, trials=50))
+        assert code == 2
+        assert f"another autocomp search (pid {proc.pid}) is running on the run folder {out}" in stderr
+        assert len(stderr.strip().splitlines()) == 1
+        # a separate --out with the same storage and study name is the same study: refused too
+        storage = default_storage(out)
+        code, _, stderr = cli(*search_args(tmp_path / "other", space_file, trials=50, extra=("--storage", storage)))
+        assert code == 2 and "is running on the study 't'" in stderr
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    failed = [t for t in open_study(out).trials if t.state == TrialState.FAIL]
+    # the only trial closed is the one Ctrl-C cut short: the refused processes touched nothing
+    assert len(failed) <= 1 and all(t.user_attrs["fail_reason"].startswith("interrupted by the user") for t in failed)
+    assert not (tmp_path / "other").exists()
+
+
+def test_progress_shows_the_time_left_from_this_runs_trials():
+    from rich.progress import Progress
+
+    from autocomp.cli.search_cmd import TrialsLeftColumn
+
+    column = TrialsLeftColumn()
+    with Progress(disable=True) as progress:
+        bar = progress.add_task("", total=10, completed=3, done_here=0, started_s=time.monotonic() - 60)
+        assert column.render(progress.tasks[bar]).plain == "left: after the first trial"
+        # 2 trials in this run took 60 s (3 were done before it): the 5 left take about 150 s
+        progress.update(bar, completed=5, done_here=2)
+        assert column.render(progress.tasks[bar]).plain in {"0:02:30 left", "0:02:29 left"}
