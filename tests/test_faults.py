@@ -21,6 +21,7 @@ moment varies from run to run (seeded by ``AUTOCOMP_FAULT_SEED``, printed).
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import random
 import signal
@@ -35,23 +36,13 @@ from optuna.trial import TrialState
 
 from autocomp.objective import PHASE_NAMES
 from autocomp.study import INTERRUPTED, default_storage, load_existing_study
+from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent
 TRIALS = 12
-# fine-tuning long enough to be hit, a local latency measurement (a timing process of about a second)
-SPACE = """
-schema_version: 1
-finetune: {steps: 20, lr: 0.003, early_stop: {after_steps: 0}}
-exclude: ["<first>", "<last>"]
-distill:
-  width: {type: categorical, choices: [0.5, 1.0]}
-prune:
-  - layers: ["block1_conv1", "block2_conv1"]
-    ratio: {type: float, low: 0.0, high: 0.5, step: 0.25}
-bits:
-  - layers: ["*"]
-    choices: [32, 8]
-"""
+# the search tests' tiny space with fine-tuning long enough to be hit
+SPACE = BASE_SPACE.replace("finetune: {steps: 8,", "finetune: {steps: 20,")
+assert SPACE != BASE_SPACE
 # The stops of one run, in order: (signal, phase). "baseline" is only possible before the first baseline is stored.
 STOPS = [
     (signal.SIGKILL, "baseline"),
@@ -212,12 +203,13 @@ def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
     kills = sum(s["signal"] == "SIGKILL" for s in stops)
     interrupts = sum(s["signal"] == "SIGINT" for s in stops)
     assert kills >= 10 and interrupts >= 2, stops
-    phases = sorted({t.user_attrs["fail_reason"].rsplit(" during ", 1)[1] for t in closed})
+    hit = Counter(t.user_attrs["fail_reason"].rsplit(" during ", 1)[1] for t in closed)
+    phases = sorted(hit)
     print(
-        f"fault suite: {kills} SIGKILLs and {interrupts} SIGINTs; {len(counted)} trials kept (of {TRIALS} asked), "
-        f"{len(closed)} cut-short trials closed with their phase ({', '.join(phases)}), trials lost: 0"
+        f"fault suite: {kills} SIGKILLs and {interrupts} SIGINTs ({sum(s['aimed_at'] == 'baseline' for s in stops)} during "
+        f"the baseline); {len(counted)} trials kept (of {TRIALS} asked), {len(closed)} cut-short trials closed with "
+        f"their phase ({', '.join(f'{p}: {n}' for p, n in sorted(hit.items()))}), {len(kept)} finished trials checked "
+        "after every stop, trials lost: 0"
     )
-    for stop in stops:
-        print(f"  {stop['signal']} aimed at {stop['aimed_at']}: {stop['new_finished']} newly finished trials")
     assert {"fine-tuning", "export and quantization", "the latency measurement"} <= set(phases), phases
     optuna.logging.set_verbosity(optuna.logging.WARNING)
