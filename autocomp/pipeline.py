@@ -109,9 +109,13 @@ def build_artifact(
     """Export ``model`` and apply the plan's per-layer bit-widths; returns ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "model.onnx"
-    check = training_samples(task, max_samples=EXPORT_CHECK_SAMPLES, max_batches=EXPORT_CHECK_BATCHES)
+    example = task.example_inputs()
+    check = [
+        batch for batch in training_samples(task, max_samples=EXPORT_CHECK_SAMPLES, max_batches=EXPORT_CHECK_BATCHES)
+        if _same_layout(batch, example)  # the file takes the example's shapes but for the batch axis
+    ]
     with _ONNX_STAGE:
-        fp32_path = export_onnx(model, task.example_inputs(), out_dir / "model_fp32.onnx", check_batches=check)
+        fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
         if any(bits != 32 for bits in plan.bits.values()):
             calibration = calibration_inputs(task, max_samples=calibration_samples)
             quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
@@ -119,6 +123,13 @@ def build_artifact(
         else:
             shutil.move(fp32_path, final)
     return Artifact(final, onnx_stats(final), channel_counts(model))
+
+
+def _same_layout(batch: tuple[Any, ...], example: tuple[Any, ...]) -> bool:
+    """True when ``batch`` has the example inputs' count, dtypes and shapes except the batch size."""
+    return len(batch) == len(example) and all(
+        b.dtype == e.dtype and tuple(b.shape[1:]) == tuple(e.shape[1:]) for b, e in zip(batch, example)
+    )
 
 
 @dataclass(frozen=True)

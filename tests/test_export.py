@@ -171,3 +171,28 @@ def test_dynamo_exporter_maps_layers_through_node_metadata(tmp_path):
     mapping = layer_nodes(path)
     assert set(mapping) == set(compressible_layers(model))
     assert all(n.startswith("node_") for nodes in mapping.values() for n in nodes)
+
+
+def test_the_search_checks_exports_on_training_batches_of_the_example_layout_only():
+    """Batches of another sequence length cannot run in a file exported at the example's length: they are left out."""
+    import torch
+
+    from autocomp.pipeline import _same_layout
+
+    example = (torch.zeros(1, 12, dtype=torch.long), torch.ones(1, 12, dtype=torch.long))
+    assert _same_layout((torch.zeros(32, 12, dtype=torch.long), torch.ones(32, 12, dtype=torch.long)), example)
+    assert not _same_layout((torch.zeros(32, 16, dtype=torch.long), torch.ones(32, 16, dtype=torch.long)), example)
+    assert not _same_layout((torch.zeros(32, 12),  torch.ones(32, 12, dtype=torch.long)), example)
+    assert not _same_layout((torch.zeros(32, 12, dtype=torch.long),), example)
+
+
+def test_an_export_traced_down_one_branch_is_caught_on_training_batches(tmp_path):
+    from bad_tasks import branchy
+
+    task = branchy()
+    model = task.build_model()
+    (inputs,), _ = next(iter(task.train_batches()))
+    # on the example input alone the traced file looks right: that was the hole
+    export_onnx(model, task.example_inputs(), tmp_path / "alone.onnx")
+    with pytest.raises(ExportError, match=r"on training batch 1 of 1 .* data-dependent Python control flow"):
+        export_onnx(model, task.example_inputs(), tmp_path / "checked.onnx", check_batches=[(inputs,)])
