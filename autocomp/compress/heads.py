@@ -1,0 +1,128 @@
+"""Head-aware pruning of multi-head self-attention: whole heads go, q, k, v and the output projection together.
+
+Pruning the output features of ``query``/``key``/``value`` one by one breaks
+the reshape into heads (``shape '[2, 16, -1, 32]' is invalid``): attention has
+to be pruned as attention. torch-pruning knows heads (``num_heads=`` with
+``prune_num_heads=True``) and removes the matching input columns of the output
+projection through its dependency graph; this module finds the attention
+blocks, turns a plan's ratio into a whole number of heads, and updates the
+module's head count afterwards so its forward keeps working.
+
+Supported: Hugging Face BERT-style self-attention (BERT, RoBERTa, ViT: Linear
+children ``query``, ``key``, ``value`` and the attributes
+``num_attention_heads``, ``attention_head_size``, ``all_head_size``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from autocomp.errors import CompressionError, PlanError
+
+_PROJECTIONS = ("query", "key", "value")
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One self-attention module: its path, its q/k/v projection paths and its head layout."""
+
+    path: str
+    projections: tuple[str, str, str]
+    num_heads: int
+    head_size: int
+
+
+def attention_blocks(model: nn.Module) -> dict[str, AttentionBlock]:
+    """Module path -> AttentionBlock for every BERT-style self-attention module, in model order."""
+    blocks = {}
+    for path, module in model.named_modules():
+        children = dict(module.named_children())
+        if not all(isinstance(children.get(name), nn.Linear) for name in _PROJECTIONS):
+            continue
+        heads, size = getattr(module, "num_attention_heads", None), getattr(module, "attention_head_size", None)
+        if not isinstance(heads, int) or not isinstance(size, int):
+            continue
+        prefix = f"{path}." if path else ""
+        blocks[path] = AttentionBlock(path, tuple(prefix + name for name in _PROJECTIONS), heads, size)  # type: ignore[arg-type]
+    return blocks
+
+
+def heads_kept(num_heads: int, ratio: float) -> int:
+    """How many of ``num_heads`` heads a pruning ratio keeps: the nearest whole number, at least one."""
+    return max(1, min(num_heads, round(num_heads * (1.0 - ratio))))
+
+
+def prune_heads(
+    model: nn.Module,
+    ratios: Mapping[str, float],
+    example_inputs: tuple[Tensor, ...],
+    *,
+    output_transform: Callable[[Any], Tensor] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with a fraction of the heads of each named attention block removed.
+
+    ``ratios`` maps an attention module's path (see ``attention_blocks``) to
+    the fraction of its heads to remove, in [0, 1); the heads with the smallest
+    L2 norm over their q, k, v weights and output-projection columns go, and at
+    least one head stays. The residual stream, the head size and every other
+    layer are left as they are. ``output_transform`` reduces a model output
+    that is not a tensor (a ``ModelOutput``) to one for tracing; by default the
+    first tensor in it is used. The input model is never modified.
+
+    Raises PlanError for a path that is not an attention block or a ratio
+    outside [0, 1); CompressionError when torch-pruning cannot trace the model.
+    """
+    blocks = attention_blocks(model)
+    for path, ratio in ratios.items():
+        if path not in blocks:
+            known = ", ".join(blocks) or "none"
+            raise PlanError(f"prune heads: {path!r} is not a self-attention module of the model; attention modules: {known}")
+        if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+            raise PlanError(f"prune heads: ratio {ratio!r} for {path!r} is outside [0, 1)")
+    removed = {path: blocks[path].num_heads - heads_kept(blocks[path].num_heads, ratio) for path, ratio in ratios.items()}
+    removed = {path: n for path, n in removed.items() if n > 0}
+    pruned = copy.deepcopy(model)
+    if not removed:
+        return pruned
+    modules = dict(pruned.named_modules())
+    num_heads = {modules[p]: b.num_heads for b in attention_blocks(pruned).values() for p in b.projections}
+    channel_ratios, head_ratios = {}, {}
+    for path, n in removed.items():
+        block = blocks[path]
+        for projection in block.projections:
+            # torch-pruning removes ceil(ratio * heads) heads: (n - 0.5) / heads gives exactly n whatever the rounding
+            channel_ratios[modules[projection]] = head_ratios[modules[projection]] = (n - 0.5) / block.num_heads
+    try:
+        pruner = tp.pruner.MetaPruner(
+            pruned, tuple(example_inputs), importance=tp.importance.GroupMagnitudeImportance(p=2),
+            num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, pruning_ratio=0.0,
+            pruning_ratio_dict=channel_ratios, head_pruning_ratio_dict=head_ratios, round_to=None,
+            output_transform=output_transform or _first_tensor,
+        )
+        with torch.enable_grad():
+            pruner.step()
+    except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CompressionError(f"torch-pruning could not prune the heads of {type(model).__name__} ({type(exc).__name__}: {first})") from exc
+    for path in removed:
+        attention = modules[path]
+        query = modules[blocks[path].projections[0]]
+        attention.num_attention_heads = query.out_features // blocks[path].head_size
+        attention.all_head_size = query.out_features
+    return pruned.train(model.training)  # tracing switches the copy to eval mode
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out.sum()
+    values = out.values() if isinstance(out, Mapping) else out
+    for value in values:
+        if isinstance(value, Tensor):
+            return value.sum()
+    raise CompressionError(f"the model returns a {type(out).__name__} holding no tensor; pass output_transform")

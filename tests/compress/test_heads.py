@@ -1,0 +1,90 @@
+"""Head-aware pruning on a Hugging Face BERT encoder built from its config class (random init, no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import transformers  # a dev dependency (".[dev]"): the base install does not need it
+
+from autocomp.compress.heads import attention_blocks, heads_kept, prune_heads
+from autocomp.errors import PlanError
+from autocomp.export import export_onnx
+from autocomp.runtime import onnx_session
+
+
+class Encoder(nn.Module):
+    """A BERT encoder returning its last hidden state: a tensor, as export needs."""
+
+    def __init__(self, heads: int = 4) -> None:
+        super().__init__()
+        config = transformers.BertConfig(
+            vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=128,
+            max_position_embeddings=32,
+        )
+        self.bert = transformers.BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def inputs(batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(batch * 100 + seq)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, seq // 2 :] = 0
+    return torch.randint(0, 100, (batch, seq), generator=generator), mask
+
+
+@pytest.fixture
+def encoder() -> Encoder:
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
+def test_attention_blocks_are_found_with_their_heads(encoder):
+    blocks = attention_blocks(encoder)
+    assert list(blocks) == ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
+    block = blocks["bert.encoder.layer.0.attention.self"]
+    assert block.projections[0] == "bert.encoder.layer.0.attention.self.query"
+    assert (block.num_heads, block.head_size) == (4, 16)
+
+
+def test_pruned_heads_keep_the_model_running_and_exporting(encoder, tmp_path):
+    example = inputs()
+    pruned = prune_heads(
+        encoder, {"bert.encoder.layer.0.attention.self": 0.5, "bert.encoder.layer.1.attention.self": 0.25}, example
+    )
+    layers = pruned.bert.encoder.layer
+    assert [layer.attention.self.num_attention_heads for layer in layers] == [2, 3]
+    assert [layer.attention.self.query.out_features for layer in layers] == [32, 48]
+    assert [layer.attention.output.dense.in_features for layer in layers] == [32, 48]
+    assert [layer.attention.output.dense.out_features for layer in layers] == [64, 64]  # the residual stream stays
+    assert encoder.bert.encoder.layer[0].attention.self.num_attention_heads == 4  # the input is untouched
+    # other batch sizes and sequence lengths run: no shape is baked in
+    assert pruned(*inputs(batch=3, seq=9)).shape == (3, 9, 64)
+    path = export_onnx(pruned, example, tmp_path / "heads.onnx", check_batches=[inputs(batch=4)])
+    assert [i.name for i in onnx_session(path).get_inputs()] == ["input_ids", "attention_mask"]
+
+
+def test_the_strongest_heads_are_kept(encoder):
+    attention = encoder.bert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        for projection in (attention.query, attention.key, attention.value):
+            projection.weight[48:64] *= 20.0  # head 3 becomes by far the largest
+    pruned = prune_heads(encoder, {"bert.encoder.layer.0.attention.self": 0.75}, inputs())
+    kept = pruned.bert.encoder.layer[0].attention.self
+    assert kept.num_attention_heads == 1
+    torch.testing.assert_close(kept.query.weight, attention.query.weight[48:64])
+
+
+def test_ratios_become_whole_heads_and_at_least_one_stays():
+    assert [heads_kept(4, r) for r in (0.0, 0.2, 0.25, 0.5, 0.75, 0.95)] == [4, 3, 3, 2, 1, 1]
+    assert heads_kept(12, 1 / 3) == 8
+
+
+def test_a_plan_naming_no_attention_block_or_a_bad_ratio_is_refused(encoder):
+    with pytest.raises(PlanError, match="'bert.encoder.layer.0.intermediate.dense' is not a self-attention module"):
+        prune_heads(encoder, {"bert.encoder.layer.0.intermediate.dense": 0.5}, inputs())
+    with pytest.raises(PlanError, match=r"ratio 1.0 .* outside \[0, 1\)"):
+        prune_heads(encoder, {"bert.encoder.layer.0.attention.self": 1.0}, inputs())
