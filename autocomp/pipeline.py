@@ -17,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from autocomp.compress.distill import DistillConfig, build_student, distill
+from autocomp.compress.heads import prune_heads
 from autocomp.compress.prune import channel_counts, prune_channels, prune_to_width
 from autocomp.compress.quantize import quantize_onnx
 from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
@@ -75,20 +76,26 @@ def compress_model(
     """
     plan.validate(teacher)
     example = task.example_inputs()
-    if plan.width == 1.0 and not any(plan.prune.values()) and not any(plan.sparsity.values()):
+    if plan.width == 1.0 and not any(plan.prune.values()) and not any(plan.sparsity.values()) and not any(plan.heads.values()):
         return teacher  # bit-widths act on the ONNX graph; nothing to fine-tune
     prune_ratios = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0}
+    head_ratios = {path: ratio for path, ratio in plan.heads.items() if ratio > 0}
+
+    def prune_structure(model: nn.Module) -> nn.Module:
+        """Whole attention heads first (their own dependency), then channels."""
+        if head_ratios:
+            model = prune_heads(model, head_ratios, example)
+        return prune_channels(model, prune_ratios, example, round_to=round_to) if prune_ratios else model
+
     steps = finetune.steps
-    if order[0] == "prune" and prune_ratios and plan.width < 1.0:
+    if order[0] == "prune" and (prune_ratios or head_ratios) and plan.width < 1.0:
         steps = finetune.steps // 2
-        model = prune_channels(teacher, prune_ratios, example, round_to=round_to)
+        model = prune_structure(teacher)
         if steps:
             model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
         model = prune_to_width(model, plan.width, example, round_to=round_to)
     else:
-        model = build_student(task, teacher, plan.width, round_to=round_to, init=student)
-        if prune_ratios:
-            model = prune_channels(model, prune_ratios, example, round_to=round_to)
+        model = prune_structure(build_student(task, teacher, plan.width, round_to=round_to, init=student))
     sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0}
     if sparsity:
         model = apply_sparsity(model, sparsity)

@@ -4,6 +4,7 @@ Optuna parameter names are stored in studies, so they are stable:
 
 * ``prune/<module path>``    structured (channel) sparsity ratio in [0, 1)
 * ``sparsity/<module path>`` unstructured magnitude sparsity ratio in [0, 1)
+* ``heads/<module path>``    fraction of a self-attention module's heads to remove, in [0, 1)
 * ``bits/<module path>``     bit-width of that layer in the exported graph: 32, 16 or 8
 * ``distill/width``          student width multiplier in (0, 1]
 
@@ -24,6 +25,7 @@ from autocomp.errors import PlanError
 
 SUPPORTED_BITS = (32, 16, 8)
 PRUNE, SPARSITY, BITS, WIDTH = "prune/", "sparsity/", "bits/", "distill/width"
+HEADS = "heads/"
 COMPRESSIBLE = (nn.Conv2d, nn.Conv1d, nn.Linear)
 """Layer types a plan may name: they own the weights that pruning, sparsity and bit-widths act on."""
 
@@ -40,9 +42,10 @@ class CompressionPlan:
     sparsity: Mapping[str, float] = field(default_factory=dict)
     bits: Mapping[str, int] = field(default_factory=dict)
     width: float = 1.0
+    heads: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for kind, ratios in (("prune", self.prune), ("sparsity", self.sparsity)):
+        for kind, ratios in (("prune", self.prune), ("sparsity", self.sparsity), ("heads", self.heads)):
             for layer, ratio in ratios.items():
                 if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
                     raise PlanError(f"{kind}/{layer}: ratio {ratio!r} is outside [0, 1); use e.g. 0.5 for half the channels")
@@ -53,16 +56,19 @@ class CompressionPlan:
             raise PlanError(f"{WIDTH}: width {self.width!r} is outside (0, 1]; 1.0 keeps the original width")
         object.__setattr__(self, "prune", _frozen({k: float(v) for k, v in self.prune.items()}))
         object.__setattr__(self, "sparsity", _frozen({k: float(v) for k, v in self.sparsity.items()}))
+        object.__setattr__(self, "heads", _frozen({k: float(v) for k, v in self.heads.items()}))
         object.__setattr__(self, "bits", _frozen({k: int(v) for k, v in self.bits.items()}))
         object.__setattr__(self, "width", float(self.width))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "CompressionPlan":
         """Build a plan from Optuna ``trial.params`` (unknown names are an error, not ignored)."""
-        prune, sparsity, bits, width = {}, {}, {}, 1.0
+        prune, sparsity, bits, heads, width = {}, {}, {}, {}, 1.0
         for name, value in params.items():
             if name == WIDTH:
                 width = value
+            elif name.startswith(HEADS):
+                heads[name[len(HEADS) :]] = value
             elif name.startswith(PRUNE):
                 prune[name[len(PRUNE) :]] = value
             elif name.startswith(SPARSITY):
@@ -71,15 +77,17 @@ class CompressionPlan:
                 bits[name[len(BITS) :]] = int(value)
             else:
                 raise PlanError(
-                    f"unknown plan parameter {name!r}; expected {PRUNE}<layer>, {SPARSITY}<layer>, {BITS}<layer> or {WIDTH}"
+                    f"unknown plan parameter {name!r}; expected {PRUNE}<layer>, {SPARSITY}<layer>, {BITS}<layer>, "
+                    f"{HEADS}<attention module> or {WIDTH}"
                 )
-        return cls(prune=prune, sparsity=sparsity, bits=bits, width=width)
+        return cls(prune=prune, sparsity=sparsity, bits=bits, width=width, heads=heads)
 
     def to_params(self) -> dict[str, Any]:
         """The Optuna parameter dict for this plan (inverse of ``from_params``)."""
         params: dict[str, Any] = {f"{PRUNE}{k}": v for k, v in self.prune.items()}
         params.update({f"{SPARSITY}{k}": v for k, v in self.sparsity.items()})
         params.update({f"{BITS}{k}": v for k, v in self.bits.items()})
+        params.update({f"{HEADS}{k}": v for k, v in self.heads.items()})
         params[WIDTH] = self.width
         return params
 
@@ -93,6 +101,7 @@ class CompressionPlan:
             self.width == 1.0
             and not any(self.prune.values())
             and not any(self.sparsity.values())
+            and not any(self.heads.values())
             and all(b == 32 for b in self.bits.values())
         )
 
@@ -109,6 +118,16 @@ class CompressionPlan:
                 if not isinstance(module, COMPRESSIBLE):
                     raise PlanError(
                         f"{kind}/{layer}: {layer!r} is a {type(module).__name__}; plans name Conv or Linear layers"
+                    )
+        if self.heads:
+            from autocomp.compress.heads import attention_blocks
+
+            blocks = attention_blocks(model)
+            for path in self.heads:
+                if path not in blocks:
+                    raise PlanError(
+                        f"{HEADS}{path}: {path!r} is not a self-attention module of the model; "
+                        f"attention modules: {', '.join(blocks) or 'none'}"
                     )
 
 

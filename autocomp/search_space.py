@@ -21,12 +21,13 @@ from torch import nn
 from autocomp.compress.distill import STUDENT_INITS, DistillConfig
 from autocomp.errors import ConfigError
 from autocomp.paths import data_dirs
-from autocomp.plan import BITS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
+from autocomp.compress.heads import attention_blocks
+from autocomp.plan import BITS, HEADS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
 from autocomp.yamlio import check_keys, load_yaml
 
 SCHEMA_VERSION = 1
 PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quantize"))
-_TOP_KEYS = ("schema_version", "description", "pipeline", "finetune", "exclude", "distill", "prune", "sparsity", "bits")
+_TOP_KEYS = ("schema_version", "description", "pipeline", "finetune", "exclude", "distill", "prune", "heads", "sparsity", "bits")
 _FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
 _RULE_KEYS = ("layers", "ratio", "choices")
@@ -68,6 +69,7 @@ class SearchSpace:
     width: od.BaseDistribution | None = None
     student: str = "pruned"  # how a narrower student starts: the teacher channel-pruned, or the task's fresh model
     prune: tuple[LayerRule, ...] = ()
+    heads: tuple[LayerRule, ...] = ()  # patterns over self-attention module paths; ratio of heads removed
     sparsity: tuple[LayerRule, ...] = ()
     bits: tuple[LayerRule, ...] = ()
     path: Path | None = None
@@ -93,15 +95,20 @@ class SearchSpace:
         if self.width is not None:
             result[WIDTH] = self.width
         prunable = layers if example_inputs is None else _group_leaders(model, example_inputs, layers, excluded=set(every) - set(layers))
-        for prefix, rules in ((PRUNE, self.prune), (SPARSITY, self.sparsity), (BITS, self.bits)):
-            candidates = prunable if prefix == PRUNE else layers
+        attention = [path for path in attention_blocks(model) if not _matches(path, self.exclude)] if self.heads else []
+        for prefix, rules in ((PRUNE, self.prune), (HEADS, self.heads), (SPARSITY, self.sparsity), (BITS, self.bits)):
+            candidates = {PRUNE: prunable, HEADS: attention}.get(prefix, layers)
             for rule in rules:
                 matched = [layer for layer in candidates if _matches(layer, rule.patterns) and prefix + layer not in result]
                 if not matched:
+                    what, label, listing = (
+                        ("self-attention module", "attention modules", attention) if prefix == HEADS
+                        else ("compressible layer", "layers", layers)
+                    )
                     raise ConfigError(
                         f"search space {self.name!r}: {prefix.rstrip('/')} patterns {list(rule.patterns)} match no "
-                        f"compressible layer of the model (after exclude); layers: {', '.join(layers[:8])}"
-                        + (", ..." if len(layers) > 8 else "")
+                        f"{what} of the model (after exclude); {label}: {', '.join(listing[:8]) or 'none'}"
+                        + (", ..." if len(listing) > 8 else "")
                     )
                 for layer in matched:
                     result[prefix + layer] = rule.distribution
@@ -163,6 +170,7 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None)
         width=_width(data["distill"], where=f"{where}: distill") if data.get("distill") else None,
         student=_student(data.get("distill") or {}, where=f"{where}: distill.student"),
         prune=_rules(data.get("prune") or [], kind="ratio", where=f"{where}: prune"),
+        heads=_rules(data.get("heads") or [], kind="ratio", where=f"{where}: heads"),
         sparsity=_rules(data.get("sparsity") or [], kind="ratio", where=f"{where}: sparsity"),
         bits=_rules(data.get("bits") or [], kind="choices", where=f"{where}: bits"),
         path=path,

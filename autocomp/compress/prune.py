@@ -9,7 +9,9 @@ This module adds what a compression *plan* needs on top of it:
 
 * plan names are ``named_modules()`` paths and are validated (``CompressionPlan``);
 * layers whose output channels are the model's outputs (the classifier) cannot
-  be output-pruned, and a plan naming one is a ``PlanError``;
+  be output-pruned, and a plan naming one is a ``PlanError``; nor can the
+  q/k/v projections of self-attention, whose channels go only as whole heads
+  (``autocomp.compress.heads``);
 * a ratio is turned into an exact channel count, rounded to ``round_to``;
 * layers whose output channels are *coupled* (a residual stream, a depthwise
   conv and the 1x1 conv feeding it, transformer layers writing the residual
@@ -99,6 +101,15 @@ def prune_channels(
     _check_round_to(round_to)
     ignored = _checked_ignored(model, ignored_layers)
     requested = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0.0}
+    heads = _attention_projections(model)
+    named = sorted(set(requested) & set(heads))
+    if named:
+        layer = named[0]
+        raise PlanError(
+            f"prune/{layer}: {layer!r} projects attention heads, and pruning its channels breaks the reshape into "
+            f"heads; prune whole heads with heads/{heads[layer]} instead"
+        )
+    ignored = ignored | frozenset(heads)  # a group coupled to a head projection cannot be channel-pruned either
     if not requested:
         return clone_model(model)
     _refuse_masked(model)
@@ -127,7 +138,7 @@ def prune_to_width(
     _refuse_masked(model)
     pruned = copy.deepcopy(model)
     structure = _analyze(pruned, example_inputs)
-    blocked = _output_bound(structure)
+    blocked = _output_bound(structure) | frozenset(_attention_projections(model))  # attention narrows by heads
     ratios = {
         layer: 1.0 - float(width)
         for group in structure.groups
@@ -158,7 +169,7 @@ def coupled_groups(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> list
     _refuse_masked(model)
     probe = copy.deepcopy(model)
     structure = _analyze(probe, example_inputs)
-    blocked = _output_bound(structure)
+    blocked = _output_bound(structure) | frozenset(_attention_projections(model))  # pruned as heads, not channels
     return [group for group in structure.groups if not blocked.intersection(group)]
 
 
@@ -264,6 +275,13 @@ def _reaches_output(node) -> bool:
             return True
         stack.extend(current.outputs)
     return False
+
+
+def _attention_projections(model: nn.Module) -> dict[str, str]:
+    """q/k/v projection path -> its self-attention module's path: their channels go only as whole heads."""
+    from autocomp.compress.heads import attention_blocks
+
+    return {projection: block.path for block in attention_blocks(model).values() for projection in block.projections}
 
 
 def _output_bound(structure: _Structure) -> frozenset[str]:

@@ -88,3 +88,81 @@ def test_a_plan_naming_no_attention_block_or_a_bad_ratio_is_refused(encoder):
         prune_heads(encoder, {"bert.encoder.layer.0.intermediate.dense": 0.5}, inputs())
     with pytest.raises(PlanError, match=r"ratio 1.0 .* outside \[0, 1\)"):
         prune_heads(encoder, {"bert.encoder.layer.0.attention.self": 1.0}, inputs())
+
+
+class EncoderTask:
+    """The BERT encoder as a Task: token ids and a mask in, a logit per sequence out (a tensor)."""
+
+    name = "bert-tiny"
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = Encoder().eval()
+
+    def build_model(self) -> nn.Module:
+        return self.model
+
+    def example_inputs(self):
+        return inputs()
+
+    def train_batches(self):
+        for batch in range(3):
+            yield inputs(batch=4 + batch), None
+
+    def evaluate(self, predict) -> float:
+        return 1.0
+
+
+SPACE = """
+schema_version: 1
+heads:
+  - layers: ["*.attention.self"]
+    ratio: {type: float, low: 0.0, high: 0.75, step: 0.25}
+prune:
+  - layers: ["*"]
+    ratio: {type: float, low: 0.0, high: 0.5, step: 0.25}
+"""
+
+
+def test_a_space_gives_one_heads_parameter_per_attention_module_and_no_channel_ratio_to_its_projections(tmp_path):
+    from autocomp.search_space import load_space
+
+    path = tmp_path / "bert.yaml"
+    path.write_text(SPACE)
+    task = EncoderTask()
+    names = set(load_space(str(path)).distributions(task.model, supported_bits=(32,), example_inputs=task.example_inputs()))
+    assert {n for n in names if n.startswith("heads/")} == {
+        "heads/bert.encoder.layer.0.attention.self", "heads/bert.encoder.layer.1.attention.self"
+    }
+    pruned = {n for n in names if n.startswith("prune/")}
+    assert "prune/bert.encoder.layer.0.intermediate.dense" in pruned  # feed-forward widths are searched
+    assert not [n for n in pruned if n.endswith((".query", ".key", ".value"))]
+
+
+def test_channel_pruning_refuses_head_projections_and_a_narrow_student_keeps_attention_whole(encoder):
+    from autocomp.compress.prune import prune_channels, prune_to_width
+
+    with pytest.raises(PlanError, match=r"prune/bert.encoder.layer.0.attention.self.query: .* prune whole heads with heads/bert.encoder.layer.0.attention.self"):
+        prune_channels(encoder, {"bert.encoder.layer.0.attention.self.query": 0.5}, inputs())
+    student = prune_to_width(encoder, 0.5, inputs())
+    assert student.bert.encoder.layer[0].intermediate.dense.out_features == 64
+    assert student.bert.encoder.layer[0].attention.self.query.out_features == 64
+    assert student(*inputs(batch=3, seq=7)).shape[:2] == (3, 7)
+
+
+def test_a_plan_with_heads_and_feed_forward_pruning_builds_runs_and_exports(tmp_path):
+    from autocomp.compress.distill import DistillConfig
+    from autocomp.pipeline import compress_model
+    from autocomp.plan import CompressionPlan
+
+    task = EncoderTask()
+    plan = CompressionPlan.from_params({
+        "heads/bert.encoder.layer.0.attention.self": 0.5, "heads/bert.encoder.layer.1.attention.self": 0.25,
+        "prune/bert.encoder.layer.1.intermediate.dense": 0.5, "distill/width": 1.0,
+    })
+    model = compress_model(task, task.model, plan, finetune=DistillConfig(steps=2))
+    assert [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer] == [2, 3]
+    assert model.bert.encoder.layer[1].intermediate.dense.out_features == 64
+    export_onnx(model, task.example_inputs(), tmp_path / "plan.onnx", check_batches=[inputs(batch=5)])
+    with pytest.raises(PlanError, match="heads/bert.encoder.layer.0.intermediate.dense: .* is not a self-attention module"):
+        CompressionPlan(heads={"bert.encoder.layer.0.intermediate.dense": 0.5}).validate(task.model)
