@@ -1,0 +1,46 @@
+"""A Hugging Face BERT encoder searched end to end with the shipped transformer space (heads and feed-forward widths)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from optuna.trial import TrialState
+
+import transformers  # noqa: F401  (a dev dependency; the encoder below is built from its config classes)
+from autocomp.study import default_storage, load_existing_study
+from test_search import cli
+
+TASK = f"{Path(__file__).parent / 'bert_task.py'}:make_task"
+
+
+def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
+    out = tmp_path / "run"
+    args = ["search", "--device", "local", "--task", TASK, "--space", "transformer", "--trials", "5",
+            "--sampler", "random", "--seed", "2", "--out", str(out), "--study-name", "bert"]  # fmt: skip
+    code, stdout, stderr = cli(*args)
+    assert code == 0, stderr
+    study = load_existing_study(default_storage(out), "bert")
+    trials = study.trials
+    # no sampled plan breaks the model: every trial completes (no reshape error from a pruned q/k/v)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5, [t.user_attrs.get("fail_reason") for t in trials]
+    assert not [n for t in trials for n in t.params if n.startswith("prune/") and n.endswith((".query", ".key", ".value"))]
+    headed = [t for t in trials if any(v > 0 for n, v in t.params.items() if n.startswith("heads/"))]
+    assert headed
+    for trial in headed:
+        for name, ratio in trial.params.items():
+            if name.startswith("heads/"):
+                block = name[len("heads/"):]
+                rows = {r["layer"]: r for r in trial.user_attrs["layers"]}
+                kept_heads = rows[f"{block}.query"]["channels"] // 16
+                assert kept_heads == max(1, round(4 * (1 - ratio))), (name, ratio, kept_heads)
+    assert all(t.values[0] > 0.9 for t in trials)  # cosine to the original on unseen inputs
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", str(headed[0].number))
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert metrics["model"]["pt2_accuracy"] == metrics["model"]["torch_accuracy"]
+    program = torch.export.load(tmp_path / "export" / "model.pt2").module()
+    # any batch size; the sequence length is the example's (only the batch axis is dynamic in exports so far)
+    ids, mask = torch.randint(1, 100, (3, 16)), torch.ones(3, 16, dtype=torch.long)
+    assert program(ids, mask).shape == (3, 64)
