@@ -34,7 +34,12 @@ def exclusive_run(out_dir: Path, *, storage: str, study_name: str) -> Iterator[N
     no folder behind).
     """
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not created and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder; give a folder for the run (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {out_dir}: {exc.strerror or exc}; choose another --out") from None
     study_lock = cache_dir() / "locks" / f"{hashlib.sha256(f'{storage}|{study_name}'.encode()).hexdigest()[:24]}.lock"
     study_lock.parent.mkdir(parents=True, exist_ok=True)
     failed = False

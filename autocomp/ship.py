@@ -126,6 +126,8 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
 def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
     """Refuse an output folder that is the run folder or lies among its artifacts (export would overwrite them)."""
     run, out = run_dir.resolve(), out_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder; give a folder to write the model files into")
     artifacts = (run / "baseline", run / "trials")
     if out == run or any(out == a or a in out.parents for a in artifacts):
         raise ConfigError(

@@ -347,3 +347,22 @@ def test_progress_shows_the_time_left_from_this_runs_trials():
         # 2 trials in this run took 60 s (3 were done before it): the 5 left take about 150 s
         progress.update(bar, completed=5, done_here=2)
         assert column.render(progress.tasks[bar]).plain in {"0:02:30 left", "0:02:29 left"}
+
+
+def test_a_bug_is_one_line_exit_3_and_its_traceback_is_kept(monkeypatch, tmp_path):
+    import autocomp.profiles
+
+    monkeypatch.setenv("AUTOCOMP_CACHE_DIR", str(tmp_path / "cache"))
+
+    def broken():
+        raise RuntimeError("profile index corrupted on purpose")
+
+    monkeypatch.setattr(autocomp.profiles, "list_profiles", broken)
+    code, stdout, stderr = cli("profiles", "list")
+    assert code == 3
+    assert stderr.strip().splitlines() == [
+        f"error: unexpected RuntimeError: profile index corrupted on purpose (a bug in autocomp, not your input; "
+        f"the traceback is in {tmp_path / 'cache' / 'last-error.log'}: please attach it to a bug report)"
+    ]
+    assert "Traceback" not in stdout + stderr
+    assert "in broken" in (tmp_path / "cache" / "last-error.log").read_text()

@@ -29,10 +29,14 @@ __all__ = ["app", "console", "err_console", "main"]
 PROG = "autocomp"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BUG = 3
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The console script: run one command and exit with its code (0 ok, 1 a failed outcome, 2 bad input, 130 Ctrl-C)."""
+    """The console script: run one command and exit with its code.
+
+    0 ok, 1 a failed outcome, 2 bad input, 3 a bug in autocomp (traceback saved to a file), 130 Ctrl-C.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -47,8 +51,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         if exc.format_message().strip():  # empty for a bare 'autocomp', whose help Typer has just printed
             error_line(_usage_message(exc, args))
         sys.exit(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback in a file for the report
+        log_path = _save_traceback()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        error_line(
+            f"unexpected {type(exc).__name__}: {first} (a bug in autocomp, not your input; the traceback is in "
+            f"{log_path}: please attach it to a bug report)"
+        )
+        sys.exit(EXIT_BUG)
     # In non-standalone mode Typer returns typer.Exit's code (Ctrl-C arrives as Exit(130)) instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    from autocomp.paths import cache_dir
+
+    text = traceback.format_exc()
+    try:
+        path = cache_dir() / "last-error.log"
+        path.write_text(text)
+    except OSError:  # an unwritable cache: a temp file still keeps it
+        with tempfile.NamedTemporaryFile("w", prefix="autocomp-error-", suffix=".log", delete=False) as handle:
+            handle.write(text)
+            path = handle.name
+    return str(path)
 
 
 def _usage_message(exc: TyperException, args: list[str]) -> str:
