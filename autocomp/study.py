@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocomp.errors import AutocompError, ConfigError
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
-from autocomp.plan import CompressionPlan
+from autocomp.plan import HEADS, CompressionPlan
 from autocomp.tasks import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,8 @@ def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ..
     strength (fp16 on a Nano, int8 on a Pi) on the front from the start, so a
     20-trial search does not have to find it by chance among 3^14 bit plans.
     """
+    if any(name.startswith(HEADS) for name in distributions):
+        return _attention_anchors(distributions)
     bit_params = [name for name in distributions if name.startswith("bits/")]
     gentlest = {}
     for name, dist in distributions.items():
@@ -288,6 +290,35 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def _attention_anchors(distributions: dict[str, Any]) -> list[dict[str, Any]]:
+    """Safe hand-made plans for a transformer: feed-forward widths cut 25% and 50% everywhere, every head
+    kept, full width, fp32. A narrow student in static int8 is what wrecked pretrained encoders; these are
+    what users try first (torch-pruning's uniform FFN pruning), so the search must beat them."""
+    anchors = []
+    for ratio in (0.25, 0.5):
+        plan: dict[str, Any] = {}
+        for name, dist in distributions.items():
+            if name == "distill/width":
+                plan[name] = max(dist.choices)
+            elif name.startswith(HEADS) or name.startswith("sparsity/"):
+                plan[name] = dist.low
+            elif name.startswith("prune/"):
+                plan[name] = _nearest(dist, ratio)
+            elif name.startswith("bits/"):
+                plan[name] = 32 if 32 in dist.choices else max(dist.choices)
+        if plan not in anchors:
+            anchors.append(plan)
+    return anchors
+
+
+def _nearest(dist: Any, value: float) -> float:
+    """The value of a float distribution closest to ``value`` (on its step grid, within its bounds)."""
+    value = min(max(value, dist.low), dist.high)
+    if dist.step:
+        value = dist.low + round((value - dist.low) / dist.step) * dist.step
+    return float(min(max(value, dist.low), dist.high))
 
 
 @dataclass

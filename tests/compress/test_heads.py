@@ -166,3 +166,18 @@ def test_a_plan_with_heads_and_feed_forward_pruning_builds_runs_and_exports(tmp_
     export_onnx(model, task.example_inputs(), tmp_path / "plan.onnx", check_batches=[inputs(batch=5)])
     with pytest.raises(PlanError, match="heads/bert.encoder.layer.0.intermediate.dense: .* is not a self-attention module"):
         CompressionPlan(heads={"bert.encoder.layer.0.intermediate.dense": 0.5}).validate(task.model)
+
+
+def test_a_transformer_search_starts_from_safe_uniform_plans(tmp_path):
+    from autocomp.search_space import load_space
+    from autocomp.study import anchor_plans
+
+    task = EncoderTask()
+    distributions = load_space("transformer").distributions(task.model, supported_bits=(32, 16, 8), example_inputs=task.example_inputs())
+    anchors = anchor_plans(distributions, supported_bits=(32, 16, 8))
+    assert len(anchors) == 2
+    for anchor, ratio in zip(anchors, (0.25, 0.5)):
+        assert set(anchor) == set(distributions)
+        assert {v for k, v in anchor.items() if k.startswith("prune/")} == {ratio}  # feed-forward widths
+        assert {v for k, v in anchor.items() if k.startswith("heads/")} == {0.0}  # every head kept
+        assert {v for k, v in anchor.items() if k.startswith("bits/")} == {32}  # no static int8 on a transformer
