@@ -71,21 +71,27 @@ class SearchContext:
 
 def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, layer_ms: dict[str, float]) -> list[dict[str, Any]]:
     """Per-layer facts for the report: what the plan did to each layer and what it costs."""
+    from autocomp.compress.heads import attention_blocks
     from autocomp.compress.prune import channel_counts
 
     baseline = channel_counts(teacher)
-    return [
-        {
+    # q/k/v projections carry their attention module's head count (kept heads = channels / head size)
+    blocks = {projection: block for block in attention_blocks(teacher).values() for projection in block.projections}
+    rows = []
+    for layer in compressible_layers(teacher):
+        block, channels = blocks.get(layer), artifact.channels.get(layer)
+        rows.append({
             "layer": layer,
             "prune_ratio": plan.prune.get(layer, 0.0),
             "sparsity_ratio": plan.sparsity.get(layer, 0.0),
             "bits": plan.bits.get(layer, 32),
-            "channels": artifact.channels.get(layer),
+            "channels": channels,
             "baseline_channels": baseline.get(layer),
+            "heads": None if block is None or channels is None else channels // block.head_size,
+            "baseline_heads": None if block is None else block.num_heads,
             "est_latency_ms": layer_ms.get(layer),
-        }
-        for layer in compressible_layers(teacher)
-    ]
+        })
+    return rows
 
 
 def layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:

@@ -35,6 +35,12 @@ def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
                 rows = {r["layer"]: r for r in trial.user_attrs["layers"]}
                 kept_heads = rows[f"{block}.query"]["channels"] // 16
                 assert kept_heads == max(1, round(4 * (1 - ratio))), (name, ratio, kept_heads)
+                assert (rows[f"{block}.query"]["heads"], rows[f"{block}.query"]["baseline_heads"]) == (kept_heads, 4)
+    # the report speaks of heads: a column in the chosen plan's layer table and a line on why
+    page = (out / "report.html").read_text()
+    assert study.user_attrs["chosen_trial"] is not None
+    assert '<th class="num" scope="col">heads</th>' in page
+    assert "attention pruned as whole heads:" in page
     assert all(t.values[0] > 0.9 for t in trials)  # cosine to the original on unseen inputs
     code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", str(headed[0].number))
     assert code == 0, stderr

@@ -410,6 +410,8 @@ LAYER_COLUMNS = [
     "layer",
     "baseline_channels",
     "channels",
+    "baseline_heads",
+    "heads",
     "prune_ratio",
     "sparsity_ratio",
     "baseline_bits",
@@ -580,6 +582,16 @@ def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
             reasons.append(
                 f"unstructured sparsity gives no speedup on {device} → channel pruning instead ({pruned} of {n} layers pruned)"
             )
+    heads = pd.to_numeric(layers["heads"], errors="coerce") if "heads" in layers else pd.Series(dtype=float)
+    if heads.notna().any():
+        query = layers[layers["layer"].astype(str).str.endswith(".query")]
+        kept = pd.to_numeric(query["heads"], errors="coerce")
+        total = pd.to_numeric(query["baseline_heads"], errors="coerce")
+        ffn = [layer for layer, ratio in zip(layers["layer"], layers["prune_ratio"]) if ratio and "intermediate" in str(layer)]
+        reasons.append(
+            f"attention pruned as whole heads: {int((total - kept).sum())} of {int(total.sum())} heads removed over "
+            f"{len(query)} attention modules; feed-forward widths pruned in {len(ffn)} layers"
+        )
     if profile.get("channel_multiple"):
         reasons.append(f"{device} runs channel counts in multiples of {profile['channel_multiple']} best → pruned widths rounded to them")
     return reasons

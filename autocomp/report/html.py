@@ -184,9 +184,11 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
 
 
 def _layers_table_html(layers: pd.DataFrame) -> str:
+    # attention heads are a column only for models that have them (transformers)
+    with_heads = "heads" in layers and pd.to_numeric(layers["heads"], errors="coerce").notna().any()
     headers = [
-        ("layer", False), ("channels", True), ("pruned", True), ("sparsity", True),
-        ("bits", True), ("est. ms", True), ("speedup", True),
+        ("layer", False), ("channels", True), *([("heads", True)] if with_heads else []), ("pruned", True),
+        ("sparsity", True), ("bits", True), ("est. ms", True), ("speedup", True),
     ]
 
     def arrow(a: Any, b: Any, spec: str) -> str:
@@ -194,9 +196,11 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
 
     rows = []
     for r in layers.itertuples(index=False):
+        heads = [(arrow(r.baseline_heads, r.heads, "g"), r.heads)] if with_heads else []
         rows.append(("", [
             (f"<code>{esc(r.layer)}</code>", r.layer),
             (arrow(r.baseline_channels, r.channels, "g"), r.channels),
+            *heads,
             (_fmt(r.prune_ratio * 100, ".0f", "%"), r.prune_ratio),
             (_fmt(r.sparsity_ratio * 100, ".0f", "%"), r.sparsity_ratio),
             (arrow(r.baseline_bits, r.bits, "g"), r.bits),
