@@ -55,7 +55,7 @@ def default_storage(out_dir: Path) -> str:
 
 def masked_url(url: str) -> str:
     """``url`` with any password replaced by ``***``: storage URLs are printed, logged and stored."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)  # up to the authority's last @: a password may hold one
 
 
 def check_storage(url: str) -> None:

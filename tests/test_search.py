@@ -366,3 +366,18 @@ def test_a_bug_is_one_line_exit_3_and_its_traceback_is_kept(monkeypatch, tmp_pat
     ]
     assert "Traceback" not in stdout + stderr
     assert "in broken" in (tmp_path / "cache" / "last-error.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://ac:s3cret@127.0.0.1:5432/autocomp", "postgresql://ac:***@127.0.0.1:5432/autocomp"),
+        ("postgresql+psycopg://ac:p@ss:w0rd@db/autocomp", "postgresql+psycopg://ac:***@db/autocomp"),
+        ("postgresql://ac@db/autocomp", "postgresql://ac@db/autocomp"),
+        ("sqlite:////tmp/run/study.db", "sqlite:////tmp/run/study.db"),
+    ],
+)
+def test_storage_passwords_are_masked(url, shown):
+    from autocomp.study import masked_url
+
+    assert masked_url(url) == shown
