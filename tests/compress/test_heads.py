@@ -181,3 +181,25 @@ def test_a_transformer_search_starts_from_safe_uniform_plans(tmp_path):
         assert {v for k, v in anchor.items() if k.startswith("prune/")} == {ratio}  # feed-forward widths
         assert {v for k, v in anchor.items() if k.startswith("heads/")} == {0.0}  # every head kept
         assert {v for k, v in anchor.items() if k.startswith("bits/")} == {32}  # no static int8 on a transformer
+
+
+def test_the_built_in_vit_prunes_by_heads_and_exports(tmp_path):
+    from autocomp.search_space import load_space
+    from autocomp.tasks import load_task
+    from autocomp.tasks.vit import ViTDigits
+
+    task = load_task("digits-vit")
+    assert task.name == "digits-vit"
+    torch.manual_seed(0)
+    model = ViTDigits().eval()  # untrained: the structure is what is tested (training takes about 80 s)
+    blocks = attention_blocks(model)
+    assert list(blocks) == [f"blocks.{i}.attention" for i in range(4)]
+    example = task.example_inputs()
+    names = load_space("transformer").distributions(model, supported_bits=(32, 16, 8), example_inputs=example)
+    assert {n for n in names if n.startswith("heads/")} == {f"heads/blocks.{i}.attention" for i in range(4)}
+    assert {n for n in names if n.startswith("prune/")} == {f"prune/blocks.{i}.fc1" for i in range(4)}
+    pruned = prune_heads(model, {"blocks.0.attention": 0.5, "blocks.3.attention": 0.75}, example)
+    assert [b.attention.num_attention_heads for b in pruned.blocks] == [2, 4, 4, 1]
+    assert [b.proj.in_features for b in pruned.blocks] == [32, 64, 64, 16]
+    batch = torch.rand(5, 1, 32, 32)
+    export_onnx(pruned, example, tmp_path / "vit.onnx", check_batches=[(batch,)])
