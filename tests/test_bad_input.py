@@ -122,7 +122,7 @@ CASES = [
     # search: names and files
     ("unknown-device", ["search", "--device", "jetson-nanoo"], "unknown device 'jetson-nanoo'; known devices: jetson-nano, jetson-orin-nano, local, raspberry-pi-4, raspberry-pi-5"),
     ("unknown-space", [*SEARCH, "--space", "nope"], "unknown search space 'nope'; known spaces: default, distill, prune, quantize, sparsity, transformer (or pass a path to a .yaml file)"),
-    ("unknown-task", [*SEARCH, "--task", "nope"], "unknown task 'nope': use a built-in (digits, digits-mobilenet), 'package.module:factory' or 'path/to/file.py:factory'"),
+    ("unknown-task", [*SEARCH, "--task", "nope"], "unknown task 'nope': use a built-in (digits, digits-mobilenet, digits-vit), 'package.module:factory' or 'path/to/file.py:factory'"),
     ("task-file-missing", [*SEARCH, "--task", "{files}/missing.py:make"], "task '{files}/missing.py:make': file {files}/missing.py does not exist"),
     ("task-factory-raises", [*SEARCH, "--task", f"{TASK}:factory_raises"], "task '{tests}/bad_tasks.py:factory_raises': the factory raised RuntimeError: dataset folder not found"),
     ("unknown-sampler", [*SEARCH, "--sampler", "cmaes"], "unknown sampler 'cmaes'; choose one of tpe, nsga2, gp, random"),

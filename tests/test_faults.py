@@ -34,6 +34,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autocomp.errors import ConfigError
 from autocomp.objective import PHASE_NAMES
 from autocomp.study import INTERRUPTED, default_storage, load_existing_study
 from test_search import SPACE as BASE_SPACE
@@ -105,10 +106,17 @@ def _finished_count(db: Path) -> int:
 
 
 def _snapshot(out: Path) -> dict[int, tuple]:
-    """Finished trials: number -> (state, params, values, fail reason)."""
-    if not (out / "study.db").is_file() or not _has_study(out / "study.db"):
+    """Finished trials: number -> (state, params, values, fail reason).
+
+    Opened read-write, as the next search opens it: a process killed inside a write leaves a hot
+    journal, which only a writer rolls back (a read-only connection reports the file as locked).
+    """
+    if not (out / "study.db").is_file():
         return {}
-    study = load_existing_study(default_storage(out), "t")
+    try:
+        study = load_existing_study(default_storage(out), "t")
+    except ConfigError:  # killed before the study was created
+        return {}
     return {
         t.number: (t.state, t.params, t.values, t.user_attrs.get("fail_reason"))
         for t in study.get_trials(deepcopy=False)
