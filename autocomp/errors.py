@@ -34,3 +34,8 @@ class LatencyError(AutocompError):
 
 class DeviceError(AutocompError):
     """A real board is unreachable, untrusted, or lacks what a measurement needs."""
+
+
+def first_line(exc: BaseException, *, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: what a one-line error quotes."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]

@@ -39,7 +39,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from autocomp.errors import ExportError
+from autocomp.errors import ExportError, first_line
 from autocomp.plan import COMPRESSIBLE
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def _run_exporter(
     except ExportError:
         raise
     except Exception as exc:  # any exporter failure becomes one line for the user
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ExportError(f"cannot export {type(model).__name__} to ONNX: {type(exc).__name__}: {first}; {_HINT}") from exc
 
 
@@ -275,7 +275,7 @@ def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ExportError(f"{path.name} fails onnx.checker: {first}; re-export with a supported opset or ops") from exc
 
 
@@ -299,7 +299,7 @@ def _compare(
     try:
         got = session.run(None, feeds)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"onnxruntime cannot run {path.name} at batch {len(inputs[0])}: {type(exc).__name__}: {first}; "
             "shapes may be baked in at trace time (use dynamic_batch=False or avoid Python shape arithmetic)"

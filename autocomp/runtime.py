@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from autocomp.errors import ConfigError
+from autocomp.errors import ConfigError, first_line
 from autocomp.tasks.base import Predict, Task
 
 _NUMPY_TYPES = {
@@ -53,7 +53,7 @@ def onnx_session(path: Path, *, threads: int | None = None) -> ort.InferenceSess
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ConfigError(f"onnxruntime cannot load {path}: {type(exc).__name__}: {first}") from exc
 
 

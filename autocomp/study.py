@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocomp.errors import AutocompError, ConfigError
+from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import HEADS, CompressionPlan
@@ -93,7 +93,7 @@ def open_study(*, storage: str, study_name: str, sampler: optuna.samplers.BaseSa
             study_name=study_name, storage=storage, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
         )
     except (ValueError, ImportError, SQLAlchemyError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ConfigError(f"cannot open study storage {masked_url(storage)!r}: {masked_url(first)}") from None
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
         raise ConfigError(f"study {study_name!r} in {masked_url(storage)} was not created by autocomp search (different objectives)")
@@ -108,7 +108,7 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or file
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise ConfigError(f"cannot read study storage {shown!r}: {masked_url(first)}") from None
     if not names:
         raise ConfigError(f"no study in {shown}; run 'autocomp search' first")

@@ -19,7 +19,7 @@ from typing import Sequence
 from typer.exceptions import Abort, TyperException
 
 from autocomp.cli.app import app, console, err_console, error_line
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, first_line
 
 # Command modules register on import.
 from autocomp.cli import bench_cmd, board_cmd, latency_cmd, pipeline_cmd, search_cmd  # noqa: E402,F401
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         error_line(str(exc))
         sys.exit(EXIT_USAGE)
     except (KeyboardInterrupt, Abort):
-        err_console.print("interrupted", markup=False, highlight=False)
+        err_console.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except TyperException as exc:  # usage errors: bad value, unknown option or command, missing argument
         if exc.format_message().strip():  # empty for a bare 'autocomp', whose help Typer has just printed
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
     except Exception as exc:  # a bug of ours: one line for the user, the traceback in a file for the report
         log_path = _save_traceback()
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         error_line(
             f"unexpected {type(exc).__name__}: {first} (a bug in autocomp, not your input; the traceback is in "
             f"{log_path}: please attach it to a bug report)"

@@ -31,4 +31,4 @@ def styled(label: str, style: str, message: str) -> Text:
 
 def error_line(message: str) -> None:
     """The one line a user sees for a bad input: 'error: <what is wrong and the fix>' on stderr, never wrapped."""
-    err_console.print(styled("error:", "bold red", " ".join(message.split())), soft_wrap=True)
+    err_console.print(styled("error:", "bold red", " ".join(message.split())))

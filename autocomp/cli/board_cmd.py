@@ -120,7 +120,7 @@ def check(
         console.print(table)
         if info.problems:
             for problem in info.problems:
-                console.print(styled("missing:", "bold red", problem), soft_wrap=True)
+                console.print(styled("missing:", "bold red", problem))
         else:
             tool = profile.runtime.tool if profile else "onnxruntime"
             console.print(styled("ready:", "bold green", f"{info.board} can time models with {tool}"))

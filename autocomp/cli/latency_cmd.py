@@ -53,11 +53,8 @@ def measure(
     from autocomp.latency import get_backend
     from autocomp.profiles import load_profile, with_overrides
 
-    from autocomp.latency.base import check_onnx_file
-
     check_range("--batch-size", batch_size, low=1)
     check_range("--runs", runs, low=1)
-    check_onnx_file(model)
     profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
     if batch_size is not None:
         profile = with_overrides(profile, batch_size=batch_size)

@@ -24,7 +24,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from autocomp.compress.prune import quiet_unwrapped_parameters
-from autocomp.errors import CompressionError, PlanError
+from autocomp.errors import CompressionError, PlanError, first_line
 
 _PROJECTIONS = ("query", "key", "value")
 
@@ -92,7 +92,7 @@ def prune_heads(
     if not removed:
         return pruned
     modules = dict(pruned.named_modules())
-    num_heads = {modules[p]: b.num_heads for b in attention_blocks(pruned).values() for p in b.projections}
+    num_heads = {modules[p]: b.num_heads for b in blocks.values() for p in b.projections}  # the copy has the same paths
     channel_ratios, head_ratios = {}, {}
     for path, n in removed.items():
         block = blocks[path]
@@ -109,7 +109,7 @@ def prune_heads(
             )
             pruner.step()
     except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise CompressionError(f"torch-pruning could not prune the heads of {type(model).__name__} ({type(exc).__name__}: {first})") from exc
     for path in removed:
         attention = modules[path]

@@ -35,7 +35,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from autocomp.compress.sparsity import clone_model
-from autocomp.errors import CompressionError, PlanError
+from autocomp.errors import CompressionError, PlanError, first_line
 from autocomp.plan import COMPRESSIBLE, PRUNE, CompressionPlan
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def _trace_graph(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tp.Dep
                 f"{type(model).__name__}.forward() returns a {type(out).__name__}, not tensors; make it return a tensor "
                 "(or a tuple or dict of tensors), e.g. with a wrapper module around the model"
             ) from exc
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)
         raise CompressionError(
             f"torch-pruning could not trace {type(model).__name__} ({type(exc).__name__}: {first}); "
             "check that example_inputs is one valid batch of model inputs"

@@ -30,7 +30,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
-from autocomp.errors import CompressionError, PlanError
+from autocomp.errors import CompressionError, PlanError, first_line
 from autocomp.export import layer_nodes
 from autocomp.profiles import Int8Recipe
 
@@ -117,17 +117,13 @@ def quantize_onnx(
         onnx.save_model(model, str(dst), save_as_external_data=False)
         onnx.checker.check_model(str(dst))
     except Exception as exc:
-        raise CompressionError(f"the quantized model {dst.name} is invalid: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise CompressionError(f"the quantized model {dst.name} is invalid: {type(exc).__name__}: {first_line(exc)}") from exc
     log.debug("quantized %s -> %s: int8 %s, fp16 %s", src.name, dst.name, int8_layers, fp16_layers)
     return dst
 
 
 def _nodes_of(layers: Sequence[str], mapping: Mapping[str, list[str]]) -> list[str]:
     return [name for layer in layers for name in mapping[layer]]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _quant_type(name: str, what: str):
@@ -186,7 +182,7 @@ def _pre_process(model: onnx.ModelProto, work: Path) -> onnx.ModelProto:
                 quant_pre_process(str(raw), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
                 return onnx.load(str(out))
             except Exception as exc:  # documented to fail on some dynamic-shape graphs
-                log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, _first_line(exc))
+                log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, first_line(exc))
     finally:
         os.chdir(cwd)
     log.warning("quant_pre_process failed on this graph; quantizing it without pre-processing")
@@ -224,7 +220,7 @@ def _quantize_int8(
         raise
     except Exception as exc:
         raise CompressionError(
-            f"onnxruntime's quantize_static failed: {type(exc).__name__}: {_first_line(exc)}; "
+            f"onnxruntime's quantize_static failed: {type(exc).__name__}: {first_line(exc)}; "
             "keep the failing layers at 16 or 32 bits"
         ) from exc
     return onnx.load(str(target))
@@ -258,7 +254,7 @@ def _to_fp16(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     except Exception as exc:
         raise CompressionError(
-            f"fp16 conversion failed: {type(exc).__name__}: {_first_line(exc)}; keep these layers at 32 bits"
+            f"fp16 conversion failed: {type(exc).__name__}: {first_line(exc)}; keep these layers at 32 bits"
         ) from exc
     _drop_fp16_round_trips(converted.graph)
     _topological_sort(converted.graph)  # the converter appends its input Casts after their consumers

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from autocomp.errors import LatencyError
+from autocomp.errors import LatencyError, first_line
 
 if TYPE_CHECKING:
     from autocomp.profiles import DeviceProfile
@@ -65,6 +65,6 @@ def check_onnx_file(onnx_path: Path) -> Path:
     try:
         onnx.checker.check_model(str(path) if size >= 2**31 else model)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, limit=200)
         raise LatencyError(f"{path} fails onnx.checker ({first}); re-export it with a supported opset") from None
     return path

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from autocomp.errors import LatencyError
-from autocomp.latency.base import LatencyResult
+from autocomp.latency.base import LatencyResult, check_onnx_file
 
 
 def _result_from_dict(data: dict) -> LatencyResult:
@@ -54,6 +54,7 @@ class CachedBackend:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(chunk)
         except OSError as exc:
+            check_onnx_file(onnx_path)  # a missing file gets the message every backend gives
             raise LatencyError(f"cannot read ONNX file {onnx_path}: {exc.strerror or exc}") from exc
         extra = getattr(self.inner, "cache_key", "")
         digest.update(f"|{profile.fingerprint()}|{self.inner.name}|{extra}".encode())

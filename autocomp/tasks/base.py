@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocomp.errors import AutocompError, TaskError, first_line
+
 Batch = tuple[tuple[torch.Tensor, ...], "torch.Tensor | None"]
 Predict = Callable[..., np.ndarray]
 """``predict(*inputs)`` maps numpy arrays (one per model input) to the model's first output."""
@@ -78,15 +80,13 @@ def score(task: Task, predict: Predict, *, what: str) -> float:
     ``what`` names the model being scored (``"the uncompressed model in PyTorch"``) so the
     one-line message says which evaluation went wrong.
     """
-    from autocomp.errors import AutocompError, TaskError
-
     name = task_name(task)
     try:
         value = task.evaluate(predict)
     except AutocompError:
         raise
     except Exception as exc:  # a user's metric may raise anything; it becomes one line
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, limit=200)
         raise TaskError(f"task {name!r}: evaluate() raised {type(exc).__name__}: {first} (scoring {what}); fix the task's metric") from exc
     try:
         number = float(value)
