@@ -24,7 +24,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from autocomp.compress.prune import quiet_unwrapped_parameters
-from autocomp.errors import CompressionError, PlanError, first_line
+from autocomp.errors import CompressionError, first_line
+from autocomp.plan import CompressionPlan
 
 _PROJECTIONS = ("query", "key", "value")
 
@@ -79,13 +80,8 @@ def prune_heads(
     Raises PlanError for a path that is not an attention block or a ratio
     outside [0, 1); CompressionError when torch-pruning cannot trace the model.
     """
+    CompressionPlan(heads=ratios).validate(model)  # the plan's own checks: attention modules, ratios in [0, 1)
     blocks = attention_blocks(model)
-    for path, ratio in ratios.items():
-        if path not in blocks:
-            known = ", ".join(blocks) or "none"
-            raise PlanError(f"prune heads: {path!r} is not a self-attention module of the model; attention modules: {known}")
-        if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-            raise PlanError(f"prune heads: ratio {ratio!r} for {path!r} is outside [0, 1)")
     removed = {path: blocks[path].num_heads - heads_kept(blocks[path].num_heads, ratio) for path, ratio in ratios.items()}
     removed = {path: n for path, n in removed.items() if n > 0}
     pruned = copy.deepcopy(model)
