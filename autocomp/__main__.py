@@ -1,3 +1,3 @@
-from autocomp.cli import main
+from autocomp.console import main
 
 main()

@@ -76,13 +76,15 @@ def _read(db: Path, query: str) -> list[tuple]:
         return []
 
 
-def _running_phase(db: Path) -> str | None:
+def _running_phase(db: Path, *, orphans: list[int]) -> str | None:
+    """The phase of the trial this process runs (not of one a killed process left RUNNING, until it is closed)."""
     rows = _read(
         db,
-        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
         "WHERE t.state = 'RUNNING' AND a.key = 'phase'",
     )
-    return json.loads(rows[0][0]) if rows else None
+    live = [value for number, value in rows if number not in orphans]
+    return json.loads(live[0]) if live else None
 
 
 def _has_baseline(db: Path) -> bool:
@@ -124,7 +126,9 @@ def _snapshot(out: Path) -> dict[int, tuple]:
     }
 
 
-def _stop_in(proc: subprocess.Popen, db: Path, phase: str, sig: int, rng: random.Random, *, timeout_s: float = 240) -> bool:
+def _stop_in(
+    proc: subprocess.Popen, db: Path, phase: str, sig: int, rng: random.Random, *, orphans: list[int], timeout_s: float = 240
+) -> bool:
     """Send ``sig`` once the search is in ``phase``; False if the search ended first."""
     deadline = time.monotonic() + timeout_s
     finished_at_start = _finished_count(db)
@@ -136,7 +140,7 @@ def _stop_in(proc: subprocess.Popen, db: Path, phase: str, sig: int, rng: random
         elif phase == "between":
             hit = _finished_count(db) > finished_at_start  # a trial has just been told: the next one is being asked
         else:
-            hit = _running_phase(db) == phase
+            hit = _running_phase(db, orphans=orphans) == phase
         if hit:
             time.sleep(rng.uniform(0.0, MAX_DELAY_S.get(phase, 0.08)))
             proc.send_signal(sig)
@@ -170,7 +174,7 @@ def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
         orphans = [n for (n,) in _read(db, "SELECT number FROM trials WHERE state = 'RUNNING' ORDER BY number")]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         try:
-            sent = _stop_in(proc, db, phase, sig, rng)
+            sent = _stop_in(proc, db, phase, sig, rng, orphans=orphans)
             stdout, stderr = proc.communicate(timeout=120)
         finally:
             proc.kill()
