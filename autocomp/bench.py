@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.objective import SearchContext
+from autocomp.precision import SUPPORTED_BITS
 from autocomp.study import (
     DEFAULT_SAMPLER,
     choose_trial,
@@ -83,14 +84,14 @@ def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floo
     return float(compute_hypervolume(np.asarray(points), np.ones(3)))
 
 
-def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int]) -> list[dict[str, Any]]:
+def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int | str]) -> list[dict[str, Any]]:
     """What a user tries by hand: one pruning ratio for every layer, times one precision for the whole model.
 
     Full width (the student width is itself a uniform pruning), ratios clipped to
     the space's range, precisions only where every searchable layer can take them.
     """
     bit_dists = [dist for name, dist in distributions.items() if name.startswith("bits/")]
-    precisions = [b for b in (32, 16, 8) if b in supported_bits and all(b in dist.choices for dist in bit_dists)]
+    precisions = [b for b in SUPPORTED_BITS if b in supported_bits and all(b in dist.choices for dist in bit_dists)]
     plans: list[dict[str, Any]] = []
     for ratio in UNIFORM_PRUNE_RATIOS:
         for bits in precisions:

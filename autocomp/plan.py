@@ -5,7 +5,9 @@ Optuna parameter names are stored in studies, so they are stable:
 * ``prune/<module path>``    structured (channel) sparsity ratio in [0, 1)
 * ``sparsity/<module path>`` unstructured magnitude sparsity ratio in [0, 1)
 * ``heads/<module path>``    fraction of a self-attention module's heads to remove, in [0, 1)
-* ``bits/<module path>``     bit-width of that layer in the exported graph: 32, 16 or 8
+* ``bits/<module path>``     precision of that layer in the exported graph: 32, 16, 8 (static int8,
+                             calibrated) or ``"dyn8"`` (dynamic int8: int8 weights, activations
+                             quantized at run time, onnxruntime's ``quantize_dynamic``)
 * ``distill/width``          student width multiplier in (0, 1]
 
 Module paths are ``named_modules()`` names of the task's model (``layer1.0.conv1``).
@@ -22,8 +24,8 @@ from typing import Any, Mapping
 from torch import nn
 
 from autocomp.errors import PlanError
+from autocomp.precision import SUPPORTED_BITS, precision
 
-SUPPORTED_BITS = (32, 16, 8)
 PRUNE, SPARSITY, BITS, WIDTH = "prune/", "sparsity/", "bits/", "distill/width"
 HEADS = "heads/"
 COMPRESSIBLE = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -40,7 +42,7 @@ class CompressionPlan:
 
     prune: Mapping[str, float] = field(default_factory=dict)
     sparsity: Mapping[str, float] = field(default_factory=dict)
-    bits: Mapping[str, int] = field(default_factory=dict)
+    bits: Mapping[str, int | str] = field(default_factory=dict)
     width: float = 1.0
     heads: Mapping[str, float] = field(default_factory=dict)
 
@@ -50,14 +52,14 @@ class CompressionPlan:
                 if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
                     raise PlanError(f"{kind}/{layer}: ratio {ratio!r} is outside [0, 1); use e.g. 0.5 for half the channels")
         for layer, bits in self.bits.items():
-            if bits not in SUPPORTED_BITS:
+            if precision(bits) is None:
                 raise PlanError(f"bits/{layer}: bit-width {bits!r} is not supported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
         if not isinstance(self.width, (int, float)) or not 0.0 < float(self.width) <= 1.0:
             raise PlanError(f"{WIDTH}: width {self.width!r} is outside (0, 1]; 1.0 keeps the original width")
         object.__setattr__(self, "prune", _frozen({k: float(v) for k, v in self.prune.items()}))
         object.__setattr__(self, "sparsity", _frozen({k: float(v) for k, v in self.sparsity.items()}))
         object.__setattr__(self, "heads", _frozen({k: float(v) for k, v in self.heads.items()}))
-        object.__setattr__(self, "bits", _frozen({k: int(v) for k, v in self.bits.items()}))
+        object.__setattr__(self, "bits", _frozen({k: precision(v) for k, v in self.bits.items()}))
         object.__setattr__(self, "width", float(self.width))
 
     @classmethod
@@ -74,7 +76,7 @@ class CompressionPlan:
             elif name.startswith(SPARSITY):
                 sparsity[name[len(SPARSITY) :]] = value
             elif name.startswith(BITS):
-                bits[name[len(BITS) :]] = int(value)
+                bits[name[len(BITS) :]] = value
             else:
                 raise PlanError(
                     f"unknown plan parameter {name!r}; expected {PRUNE}<layer>, {SPARSITY}<layer>, {BITS}<layer>, "

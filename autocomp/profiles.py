@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from autocomp.errors import ConfigError
+from autocomp.precision import DYNAMIC_INT8
 from autocomp.yamlio import check_keys, load_yaml
 
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
@@ -102,14 +103,14 @@ class DeviceProfile:
         """True when the cost-model coefficients come from a calibration run, not a datasheet."""
         return self.calibration is not None
 
-    def require_bits(self, bits: Iterable[int], *, where: str = "search space") -> None:
+    def require_bits(self, bits: Iterable[int | str], *, where: str = "search space") -> None:
         """Raise ConfigError if ``bits`` asks for a precision this device cannot run."""
         supported = self.supported_bits
         for value in bits:
             if value not in supported:
                 raise ConfigError(
-                    f"{where}: {value}-bit is not supported by device {self.name!r} "
-                    f"(it runs {', '.join(map(str, supported))}-bit); remove {value} from the bits choices"
+                    f"{where}: bits {value} is not supported by device {self.name!r} "
+                    f"(it runs {', '.join(map(str, supported))}); remove {value} from the bits choices"
                 )
 
     def fingerprint(self) -> str:
@@ -120,9 +121,16 @@ class DeviceProfile:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
-    def supported_bits(self) -> tuple[int, ...]:
-        """Bit-widths this device can run, widest first."""
-        return tuple(sorted((PRECISION_BITS[p] for p in self.precisions), reverse=True))
+    def supported_bits(self) -> tuple[int | str, ...]:
+        """``bits/`` values this device can run, widest first, dynamic int8 (``"dyn8"``) last.
+
+        Dynamic int8 is onnxruntime's (DynamicQuantizeLinear -> MatMulInteger), so it needs int8 and
+        onnxruntime; TensorRT builds int8 engines from static scales (QDQ or its own calibration).
+        """
+        bits: list[int | str] = sorted((PRECISION_BITS[p] for p in self.precisions), reverse=True)
+        if "int8" in self.precisions and self.runtime.tool == "onnxruntime":
+            bits.append(DYNAMIC_INT8)
+        return tuple(bits)
 
 
 # --------------------------------------------------------------------------- loading

@@ -11,6 +11,7 @@ named as ``CompressionPlan`` names them.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,11 +20,13 @@ import optuna.distributions as od
 from torch import nn
 
 from autocomp.compress.distill import STUDENT_INITS, DistillConfig
+from autocomp.compress.heads import attention_blocks
 from autocomp.errors import ConfigError
 from autocomp.paths import data_dirs
-from autocomp.compress.heads import attention_blocks
 from autocomp.plan import BITS, HEADS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
 from autocomp.yamlio import check_keys, load_yaml
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quantize"))
@@ -75,9 +78,12 @@ class SearchSpace:
     path: Path | None = None
 
     def distributions(
-        self, model: nn.Module, *, supported_bits: tuple[int, ...], example_inputs: tuple | None = None
+        self, model: nn.Module, *, supported_bits: tuple[int | str, ...], example_inputs: tuple | None = None
     ) -> dict[str, od.BaseDistribution]:
         """One distribution per plan parameter for this model's layers, checked against the device.
+
+        Bit-width choices the device cannot run (``supported_bits``) are left out; a rule left
+        with none is an error.
 
         The first matching rule wins for a layer; excluded layers never get a parameter.
         With ``example_inputs``, structured pruning gets one parameter per group of
@@ -112,13 +118,25 @@ class SearchSpace:
                     )
                 for layer in matched:
                     result[prefix + layer] = rule.distribution
+        narrowed = {}
         for rule in self.bits:
-            unsupported = sorted(set(rule.distribution.choices) - set(supported_bits), reverse=True)  # type: ignore[attr-defined]
-            if unsupported:
+            choices = rule.distribution.choices  # type: ignore[attr-defined]
+            runnable = tuple(c for c in choices if c in supported_bits)
+            if not runnable:
                 raise ConfigError(
-                    f"search space {self.name!r} asks for {unsupported[0]}-bit layers, which the device cannot run "
-                    f"(it runs {', '.join(map(str, supported_bits))}-bit); remove {unsupported[0]} from the bits choices"
+                    f"search space {self.name!r} asks for bits {', '.join(map(str, choices))} on {list(rule.patterns)}, "
+                    f"which the device cannot run (it runs {', '.join(map(str, supported_bits))}); add one of those "
+                    "to the bits choices"
                 )
+            if len(runnable) < len(choices):
+                # a space serves every device: one it cannot run a precision on simply does not search it
+                dropped = [c for c in choices if c not in runnable]
+                log.info("search space %r: bits %s not offered (the device runs %s)", self.name,
+                         ", ".join(map(str, dropped)), ", ".join(map(str, supported_bits)))
+            narrowed[id(rule.distribution)] = od.CategoricalDistribution(runnable)
+        for name, dist in result.items():
+            if name.startswith(BITS) and id(dist) in narrowed:
+                result[name] = narrowed[id(dist)]
         return result
 
 

@@ -28,6 +28,7 @@ from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import HEADS, CompressionPlan
+from autocomp.precision import DYNAMIC_INT8
 from autocomp.tasks import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ..
     20-trial search does not have to find it by chance among 3^14 bit plans.
     """
     if any(name.startswith(HEADS) for name in distributions):
-        return _attention_anchors(distributions)
+        return _attention_anchors(distributions, supported_bits=supported_bits)
     bit_params = [name for name in distributions if name.startswith("bits/")]
     gentlest = {}
     for name, dist in distributions.items():
@@ -292,12 +293,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _attention_anchors(distributions: dict[str, Any]) -> list[dict[str, Any]]:
-    """Safe hand-made plans for a transformer: feed-forward widths cut 25% and 50% everywhere, every head
-    kept, full width, fp32. A narrow student in static int8 is what wrecked pretrained encoders; these are
-    what users try first (torch-pruning's uniform FFN pruning), so the search must beat them."""
+def _attention_anchors(distributions: dict[str, Any], *, supported_bits: tuple[int | str, ...]) -> list[dict[str, Any]]:
+    """Safe hand-made plans for a transformer, every head kept, full width: feed-forward widths cut 25%
+    and 50% everywhere in fp32, and (where the device runs it) dynamic int8 on every MatMul, unpruned.
+    A narrow student in static int8 is what wrecked pretrained encoders; these are what users try first
+    (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic), so the search must beat them."""
+    bit_params = [name for name in distributions if name.startswith("bits/")]
+    dynamic = bool(bit_params) and DYNAMIC_INT8 in supported_bits and all(
+        DYNAMIC_INT8 in distributions[n].choices for n in bit_params
+    )
     anchors = []
-    for ratio in (0.25, 0.5):
+    for ratio, bits in ((0.25, 32), (0.5, 32), *([(0.0, DYNAMIC_INT8)] if dynamic else [])):
         plan: dict[str, Any] = {}
         for name, dist in distributions.items():
             if name == "distill/width":
@@ -307,7 +313,7 @@ def _attention_anchors(distributions: dict[str, Any]) -> list[dict[str, Any]]:
             elif name.startswith("prune/"):
                 plan[name] = _nearest(dist, ratio)
             elif name.startswith("bits/"):
-                plan[name] = 32 if 32 in dist.choices else max(dist.choices)
+                plan[name] = bits if bits in dist.choices else 32 if 32 in dist.choices else dist.choices[0]
         if plan not in anchors:
             anchors.append(plan)
     return anchors

@@ -113,10 +113,17 @@ def test_precision_the_device_cannot_run_is_rejected(tmp_path):
     del data["precisions"]["fp16"]
     (tmp_path / "no16.yaml").write_text(yaml.safe_dump(data))
     profile = load_profile(tmp_path / "no16.yaml")
-    assert profile.supported_bits == (32, 8)
-    profile.require_bits([32, 8])
-    with pytest.raises(ConfigError, match="16-bit is not supported"):
+    assert profile.supported_bits == (32, 8, "dyn8")
+    profile.require_bits([32, 8, "dyn8"])
+    with pytest.raises(ConfigError, match="bits 16 is not supported"):
         profile.require_bits([32, 16, 8])
+
+
+def test_dynamic_int8_needs_onnxruntime_and_int8():
+    """dyn8 is onnxruntime's DynamicQuantizeLinear -> MatMulInteger: a TensorRT board never gets it."""
+    assert "dyn8" in load_profile("raspberry-pi-4").supported_bits
+    assert "dyn8" not in load_profile("jetson-nano").supported_bits  # trtexec
+    assert load_profile("jetson-nano").supported_bits == (32, 16, 8)
 
 
 def test_fingerprint_changes_with_coefficients():

@@ -32,9 +32,19 @@ def test_first_matching_rule_wins_and_globs_select_layers():
     assert dists["prune/block2_conv1"].choices == (0.0, 0.75)
 
 
-def test_device_that_cannot_run_int8_rejects_the_space():
-    with pytest.raises(ConfigError, match="asks for 8-bit layers, which the device cannot run"):
-        load_space("default").distributions(TinyResNet(), supported_bits=(32, 16))
+def test_a_device_searches_only_the_precisions_it_runs():
+    """One space serves every device: int8 is left out where the device has none, dyn8 off onnxruntime."""
+    dists = load_space("default").distributions(TinyResNet(), supported_bits=(32, 16))
+    bits = [d.choices for name, d in dists.items() if name.startswith("bits/")]
+    assert bits and all(choices == (32, 16) for choices in bits)
+    space = parse_space({"schema_version": 1, "bits": [{"layers": ["*"], "choices": [32, 8, "dyn8"]}]}, name="t")
+    assert {d.choices for d in space.distributions(TinyResNet(), supported_bits=(32, 16, 8)).values()} == {(32, 8)}
+
+
+def test_a_rule_the_device_cannot_run_at_all_is_rejected():
+    space = parse_space({"schema_version": 1, "bits": [{"layers": ["*"], "choices": [8, "dyn8"]}]}, name="t")
+    with pytest.raises(ConfigError, match=r"asks for bits 8, dyn8 on \['\*'\], which the device cannot run \(it runs 32, 16\)"):
+        space.distributions(TinyResNet(), supported_bits=(32, 16))
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from autocomp.cli.app import app, console, err_console, styled
 from autocomp.cli.checks import check_range, check_seed
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
+from autocomp.precision import precision_mix
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def _print_front(study, baseline: dict) -> None:
     chosen, rule = choose_trial(study)
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
-    for column in ("trial", "accuracy %", "latency ms", "speedup", "size kB", "width", "mean prune", "bits (32/16/8)", "latency source"):
+    for column in ("trial", "accuracy %", "latency ms", "speedup", "size kB", "width", "mean prune", "precisions", "latency source"):
         table.add_column(column, justify="right")
     table.add_row(
         "baseline", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00x",
@@ -206,7 +207,7 @@ def _print_front(study, baseline: dict) -> None:
             f"{mark}{trial.number}", f"{100 * trial.values[0]:.2f}", f"{trial.values[1]:.3f}",
             f"{baseline['latency_ms'] / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",
             f"{params.get('distill/width', 1.0):g}", f"{sum(prunes) / len(prunes):.2f}" if prunes else "-",
-            "/".join(str(bits.count(b)) for b in (32, 16, 8)) if bits else "-",
+            precision_mix(bits) or "-",
             str(trial.user_attrs.get("latency_source", "")),
         )
     console.print(table)

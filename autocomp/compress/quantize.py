@@ -1,4 +1,4 @@
-"""Per-layer int8 / fp16 / fp32 of an exported ONNX graph, with onnxruntime's own tools.
+"""Per-layer int8 / dynamic int8 / fp16 / fp32 of an exported ONNX graph, with onnxruntime's own tools.
 
 Bit-widths are applied to the ONNX file that ships (not to a fake-quant
 PyTorch model), so accuracy and latency are measured on what the device runs.
@@ -9,14 +9,21 @@ PyTorch model), so accuracy and latency are measured on what the device runs.
   training samples. ``quant_pre_process`` runs first, in a temporary
   directory, without graph optimization so that node names (and with them the
   layer mapping) survive; when it fails the raw graph is quantized instead.
+* dynamic int8 (``"dyn8"``): ``quantize_dynamic`` restricted to the layers'
+  MatMul nodes: int8 weights, each activation quantized at run time
+  (DynamicQuantizeLinear -> MatMulInteger). It needs no calibration and keeps
+  what static int8 breaks in a transformer: the ranges of activations around
+  LayerNorm, Softmax and GELU are measured per input, not fixed from a
+  calibration set. onnxruntime's dynamic quantizer covers MatMul only among
+  the weight ops that matter here (a Gemm or Conv layer at dyn8 is refused).
 * fp16: ``convert_float_to_float16`` with every node blocked except the 16-bit
   layers' nodes and the glue ops (activations, residual adds, pooling, views)
   fed by them, graph inputs/outputs kept fp32. Casts sit only where an fp16
   region meets an fp32 one: a Cast around every conv would cost a Nano's
   TensorRT two reformat layers per conv and undo the fp16 gain.
 
-int8 runs first (calibration needs the fp32 graph), then fp16, so one plan may
-mix both.
+int8 runs first (calibration needs the fp32 graph), then dynamic int8, then
+fp16, so one plan may mix all three.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ import numpy as np
 import onnx
 
 from autocomp.errors import CompressionError, PlanError, first_line
-from autocomp.export import layer_nodes
+from autocomp.export import MODULE_KEY, layer_nodes
+from autocomp.precision import DYNAMIC_INT8, SUPPORTED_BITS, precision
 from autocomp.profiles import Int8Recipe
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_BITS = (32, 16, 8)
+DYNAMIC_OP_TYPES = ("MatMul",)
+"""Weight ops onnxruntime's dynamic quantizer turns into integer kernels (MatMul -> MatMulInteger)."""
 _NUMPY_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,
@@ -50,22 +59,22 @@ _NUMPY_TYPES = {
 def quantize_onnx(
     src: Path,
     dst: Path,
-    bits: Mapping[str, int],
+    bits: Mapping[str, int | str],
     *,
     calibration: Sequence[tuple[np.ndarray, ...]],
     recipe: Int8Recipe = Int8Recipe(),
 ) -> Path:
-    """Write ``dst``: ``src`` with each named layer at its bit-width (32, 16 or 8); unnamed layers stay fp32.
+    """Write ``dst``: ``src`` with each named layer at its precision (32, 16, 8 or "dyn8"); unnamed layers stay fp32.
 
-    ``bits`` maps module paths (``layer1.0.conv1``) to bit-widths;
+    ``bits`` maps module paths (``layer1.0.conv1``) to precisions;
     ``calibration`` is a sequence of input tuples (one array per graph input,
     e.g. from ``autocomp.runtime.calibration_inputs``) used for int8 activation
     ranges. ``src`` is left untouched; ``dst`` is one self-contained file.
 
-    Raises PlanError for a bit-width other than 32/16/8, a layer with no ONNX
-    node, or an 8-bit layer whose op type the recipe does not quantize;
-    CompressionError when onnxruntime's tools fail or leave an 8-bit layer
-    unquantized.
+    Raises PlanError for a precision other than 32/16/8/dyn8, a layer with no
+    ONNX node, an 8-bit layer whose op type the recipe does not quantize, or a
+    dyn8 layer that is not a MatMul; CompressionError when onnxruntime's tools
+    fail or leave an 8-bit layer unquantized.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -73,8 +82,9 @@ def quantize_onnx(
     if src.resolve() == dst.resolve():
         raise PlanError(f"quantize_onnx would overwrite its input {src}; choose another dst")
     for layer, width in bits.items():
-        if width not in SUPPORTED_BITS:
-            raise PlanError(f"bits/{layer}: bit-width {width!r} is not supported; use 32, 16 or 8")
+        if precision(width) is None:
+            raise PlanError(f"bits/{layer}: bit-width {width!r} is not supported; use {', '.join(map(str, SUPPORTED_BITS))}")
+    bits = {layer: precision(width) for layer, width in bits.items()}
 
     model = onnx.load(str(src))
     mapping = layer_nodes(model)
@@ -86,31 +96,37 @@ def quantize_onnx(
             f"layers with nodes: {known}"
         )
     int8_layers = sorted(layer for layer, width in bits.items() if width == 8)
+    dynamic_layers = sorted(layer for layer, width in bits.items() if width == DYNAMIC_INT8)
     fp16_layers = sorted(layer for layer, width in bits.items() if width == 16)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if not int8_layers and not fp16_layers:
+    if not int8_layers and not dynamic_layers and not fp16_layers:
         shutil.copyfile(src, dst)
         return dst
 
-    int8_nodes = _nodes_of(int8_layers, mapping)
-    if int8_layers:
-        op_of = {node.name: node.op_type for node in model.graph.node}
-        for layer in int8_layers:
+    op_of = {node.name: node.op_type for node in model.graph.node}
+    for layers, op_types, fix in (
+        (int8_layers, recipe.op_types, "the int8 recipe does not quantize"),
+        (dynamic_layers, DYNAMIC_OP_TYPES, "onnxruntime's dynamic int8 does not cover"),
+    ):
+        for layer in layers:
             for name in mapping[layer]:
-                if op_of[name] not in recipe.op_types:
+                if op_of[name] not in op_types:
                     raise PlanError(
-                        f"bits/{layer}=8: its ONNX node {name} is a {op_of[name]}, which the int8 recipe does not "
-                        f"quantize (op_types={list(recipe.op_types)}); use 16 or 32 for this layer or add "
-                        f"{op_of[name]} to the recipe"
+                        f"bits/{layer}={bits[layer]}: its ONNX node {name} is a {op_of[name]}, which {fix} "
+                        f"(op types: {', '.join(op_types)}); use 16 or 32 for this layer"
                     )
+    if int8_layers:
         if not calibration:
             raise PlanError("int8 layers need calibration inputs; pass autocomp.runtime.calibration_inputs(task)")
 
     with tempfile.TemporaryDirectory(prefix="autocomp-quant-") as tmp:
         work = Path(tmp)
         if int8_layers:
-            model = _quantize_int8(model, int8_nodes, calibration, recipe, work)
+            model = _quantize_int8(model, _nodes_of(int8_layers, mapping), calibration, recipe, work)
             _check_quantized(model, int8_layers, mapping)
+        if dynamic_layers:
+            model = _quantize_dynamic(model, dynamic_layers, mapping, recipe, work)
+            mapping = layer_nodes(model)  # it rewrote every Gemm as MatMul + Add (see _quantize_dynamic)
         if fp16_layers:
             model = _to_fp16(model, _nodes_of(fp16_layers, mapping))
     try:
@@ -118,7 +134,7 @@ def quantize_onnx(
         onnx.checker.check_model(str(dst))
     except Exception as exc:
         raise CompressionError(f"the quantized model {dst.name} is invalid: {type(exc).__name__}: {first_line(exc)}") from exc
-    log.debug("quantized %s -> %s: int8 %s, fp16 %s", src.name, dst.name, int8_layers, fp16_layers)
+    log.debug("quantized %s -> %s: int8 %s, dyn8 %s, fp16 %s", src.name, dst.name, int8_layers, dynamic_layers, fp16_layers)
     return dst
 
 
@@ -224,6 +240,58 @@ def _quantize_int8(
             "keep the failing layers at 16 or 32 bits"
         ) from exc
     return onnx.load(str(target))
+
+
+def _quantize_dynamic(
+    model: onnx.ModelProto, layers: Sequence[str], mapping: Mapping[str, list[str]], recipe: Int8Recipe, work: Path
+) -> onnx.ModelProto:
+    """quantize_dynamic on exactly the layers' MatMul nodes; each becomes ``<node>_quant`` (MatMulInteger), stamped with its layer.
+
+    onnxruntime's dynamic mode also rewrites *every* Gemm of the graph as ``<gemm>_MatMul`` +
+    ``<gemm>_Add`` (quantized or not); those nodes get their Gemm's layer stamp back, so the
+    layer mapping (and a later fp16 pass) still finds them.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = _nodes_of(layers, mapping)
+    source, target = work / "dyn_in.onnx", work / "dyn_out.onnx"
+    onnx.save_model(_pre_process(model, work), str(source), save_as_external_data=False)
+    previous = logging.root.manager.disable
+    # after static int8 it warns on the root logger that "the model is already quantized": that is the plan
+    logging.disable(logging.WARNING)
+    try:
+        # s8 weights: MLAS's u8 x s8 MatMulInteger kernel; per_channel/reduce_range follow the device's recipe
+        quantize_dynamic(
+            str(source), str(target), op_types_to_quantize=list(DYNAMIC_OP_TYPES), nodes_to_quantize=nodes,
+            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
+        )
+    except Exception as exc:
+        raise CompressionError(
+            f"onnxruntime's quantize_dynamic failed: {type(exc).__name__}: {first_line(exc)}; "
+            "keep the failing layers at 16 or 32 bits"
+        ) from exc
+    finally:
+        logging.disable(previous)
+    quantized = onnx.load(str(target))
+    gemm_layers = {
+        node.name: prop.value for node in model.graph.node if node.op_type == "Gemm"
+        for prop in node.metadata_props if prop.key == MODULE_KEY
+    }
+    for node in quantized.graph.node:
+        base, _, part = node.name.rpartition("_")
+        if part in ("MatMul", "Add") and base in gemm_layers and not any(p.key == MODULE_KEY for p in node.metadata_props):
+            node.metadata_props.add(key=MODULE_KEY, value=gemm_layers[base])
+    by_name = {node.name: node for node in quantized.graph.node}
+    for layer in layers:
+        for name in mapping[layer]:
+            node = by_name.get(f"{name}_quant")
+            if name in by_name or node is None or node.op_type != "MatMulInteger":
+                raise CompressionError(
+                    f"bits/{layer}={DYNAMIC_INT8}: onnxruntime left ONNX node {name} unquantized; "
+                    "keep this layer at 16 or 32 bits"
+                )
+            node.metadata_props.add(key=MODULE_KEY, value=layer)  # the estimator's per-layer rows find it
+    return quantized
 
 
 def _check_quantized(model: onnx.ModelProto, layers: Sequence[str], mapping: Mapping[str, list[str]]) -> None:

@@ -20,6 +20,7 @@ which is the batch size, unless ``shapes`` names an input explicitly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -33,6 +34,8 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from autocomp.errors import LatencyError
 from autocomp.export import MODULE_KEY
+
+log = logging.getLogger(__name__)
 
 MAC_KINDS = ("conv", "dwconv", "gemm", "matmul")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -384,15 +387,58 @@ def _strip_weights(model: onnx.ModelProto) -> None:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes for every value: onnx's inference, then, where shapes are computed at run time
+    (Shape -> Gather -> Concat -> Reshape in every Hugging Face attention), onnxruntime's symbolic
+    inference, which evaluates those chains; onnx's data propagation left 191 of a BERT's values unknown."""
     try:
         inferred = shape_inference.infer_shapes(model)
-        known = {v.name for v in inferred.graph.value_info} | {o.name for o in inferred.graph.output}
-        if any(out and out not in known for node in inferred.graph.node for out in node.output if node.op_type != "Constant"):
-            # shapes computed at run time (Shape -> Gather -> Concat -> Reshape): propagate values too
-            inferred = shape_inference.infer_shapes(model, data_prop=True)
-        return inferred
     except Exception as exc:
         raise LatencyError(f"ONNX shape inference failed ({type(exc).__name__}: {exc}); check the file with onnx.checker") from exc
+    if not _unknown_values(inferred):
+        return inferred
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        symbolic = SymbolicShapeInference.infer_shapes(_stripped_as_inputs(model), auto_merge=True, guess_output_rank=True)
+        if symbolic is not None and len(_unknown_values(symbolic)) < len(_unknown_values(inferred)):
+            return symbolic
+    except Exception as exc:  # it raises on ops it does not know; onnx's data propagation is the fallback
+        log.debug("symbolic shape inference failed: %s: %s", type(exc).__name__, exc)
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise LatencyError(f"ONNX shape inference failed ({type(exc).__name__}: {exc}); check the file with onnx.checker") from exc
+
+
+def _stripped_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose weight-stripped initializers are graph inputs of their shape: the symbolic
+    inference reads every initializer's values, and a stripped one has none."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = []
+    for tensor in copy.graph.initializer:
+        empty = not tensor.raw_data and not any(
+            len(getattr(tensor, name)) for name in ("float_data", "int32_data", "int64_data", "double_data")
+        )
+        if empty and math.prod(tensor.dims) > 0:
+            copy.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            kept.append(tensor)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    return copy
+
+
+def _unknown_values(model: onnx.ModelProto) -> list[str]:
+    """Node outputs without a fully known shape."""
+    known = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output)}
+
+    def full(name: str) -> bool:
+        value = known.get(name)
+        tensor = value.type.tensor_type if value is not None and value.type.HasField("tensor_type") else None
+        return tensor is not None and tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
+
+    return [out for node in model.graph.node if node.op_type != "Constant" for out in node.output if out and not full(out)]
 
 
 def _analyze_stripped(
@@ -535,6 +581,8 @@ def _analyze_stripped(
                     per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8,
                 )
             )
+            if g.shape(node.output[0]) is None or g.shape(node.input[0]) is None:
+                unpriced[f"{op_type} (shape unknown)"] += 1  # priced without its multiply-adds: say so
             continue
         tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
         elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)

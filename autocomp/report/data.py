@@ -22,6 +22,8 @@ import pandas as pd
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision, precision_mix
+
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 """Objective names in the order the search stores them in ``trial.values``."""
 
@@ -300,12 +302,7 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 
 def _precision_mix(params: Mapping[str, Any]) -> str:
-    bits = [int(v) for k, v in params.items() if k.startswith("bits/")]
-    if not bits:
-        return ""
-    names = {32: "fp32", 16: "fp16", 8: "int8"}
-    parts = [f"{names.get(b, f'{b}-bit')}×{bits.count(b)}" for b in sorted(set(bits), reverse=True)]
-    return " ".join(parts)
+    return precision_mix(v for k, v in params.items() if k.startswith("bits/"))
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -556,7 +553,7 @@ def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
     if layers.empty:
         return []
     precisions = profile.get("precisions") or {}
-    bits = pd.to_numeric(layers["bits"], errors="coerce").dropna().astype(int).tolist()
+    bits = [b for b in map(precision, layers["bits"]) if b is not None]
     n = len(bits)
     counts = {b: bits.count(b) for b in set(bits)}
     accelerated = {p for p, s in precisions.items() if isinstance(s, Mapping) and s.get("accelerated")}
@@ -573,6 +570,15 @@ def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
                 other = next((p for p in ("int8", "fp16") if p != name and p in accelerated), None)
                 tail = f"{other} preferred" if other else "kept only where it shrinks the file"
                 reasons.append(f"{name} not accelerated on {device} → {tail}; {name} used for {used} of {n} layers")
+        dynamic = PRECISION_NAMES[DYNAMIC_INT8]
+        tool = (profile.get("runtime") or {}).get("tool", "onnxruntime")
+        if "int8" in precisions and tool != "onnxruntime":
+            reasons.append(f"dynamic int8 is onnxruntime's; {device} runs {tool} → never offered")
+        elif counts.get(DYNAMIC_INT8):
+            reasons.append(
+                f"{dynamic} (int8 weights, activations quantized per input: no calibrated ranges to break "
+                f"around LayerNorm/Softmax/GELU) → chosen for {counts[DYNAMIC_INT8]} of {n} layers"
+            )
     sparsity = pd.to_numeric(layers["sparsity_ratio"], errors="coerce").fillna(0.0)
     if "unstructured_sparsity_speedup" in profile:
         if profile["unstructured_sparsity_speedup"]:

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autocomp.precision import weight_bits
 from autocomp.report.data import OBJECTIVE_LABELS, Importances, StudyMeta, baseline_point, format_bytes
 
 TEMPLATE = "plotly_white"
@@ -187,9 +188,12 @@ def layers_figure(layers: pd.DataFrame) -> go.Figure:
     panels = [("baseline_channels", "channels"), ("baseline_bits", "bits"), ("baseline_latency_ms", "est_latency_ms")]
     for row, (base_col, chosen_col) in enumerate(panels, start=1):
         first = row == 1
-        fig.add_trace(go.Bar(x=names, y=layers[base_col], name="baseline", legendgroup="b", showlegend=first,
+        base, chosen = layers[base_col], layers[chosen_col]
+        if chosen_col == "bits":  # dynamic int8 ("dyn8") stores 8-bit weights
+            base, chosen = base.map(weight_bits), chosen.map(weight_bits)
+        fig.add_trace(go.Bar(x=names, y=base, name="baseline", legendgroup="b", showlegend=first,
                              marker_color=COLOURS["base_bar"]), row=row, col=1)
-        fig.add_trace(go.Bar(x=names, y=layers[chosen_col], name="chosen plan", legendgroup="c", showlegend=first,
+        fig.add_trace(go.Bar(x=names, y=chosen, name="chosen plan", legendgroup="c", showlegend=first,
                              marker_color=COLOURS["chosen_bar"]), row=row, col=1)
     fig.update_yaxes(tickvals=[8, 16, 32], row=2, col=1)
     fig.update_layout(template=TEMPLATE, barmode="group", title="chosen plan vs baseline, layer by layer",

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
+from autocomp.precision import PRECISION_NAMES, precision
 from autocomp.report import data, figures
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -118,6 +119,11 @@ def _isnan(value: Any) -> bool:
         return False
 
 
+def _precision(bits: Any) -> str:
+    value = precision(bits)
+    return "–" if value is None else PRECISION_NAMES[value]
+
+
 def _fmt(value: Any, spec: str = ".3g", suffix: str = "") -> str:
     return "–" if _isnan(value) else f"{value:{spec}}{suffix}"
 
@@ -203,7 +209,7 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
             *heads,
             (_fmt(r.prune_ratio * 100, ".0f", "%"), r.prune_ratio),
             (_fmt(r.sparsity_ratio * 100, ".0f", "%"), r.sparsity_ratio),
-            (arrow(r.baseline_bits, r.bits, "g"), r.bits),
+            (f"{_precision(r.baseline_bits)} → {_precision(r.bits)}", _precision(r.bits)),
             (arrow(r.baseline_latency_ms, r.est_latency_ms, ".3g"), r.est_latency_ms),
             (_fmt(r.speedup, ".2f", "×"), r.speedup),
         ]))

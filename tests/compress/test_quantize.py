@@ -169,3 +169,31 @@ def test_quantization_leaves_no_temp_files_in_the_working_directory(cnn, tmp_pat
     monkeypatch.chdir(work)
     quantize_onnx(src, tmp_path / "q.onnx", {"stem.0": 8}, calibration=calibration)
     assert list(work.iterdir()) == []
+
+
+def test_dynamic_int8_turns_the_planned_matmuls_into_integer_kernels(text_task, text, tmp_path):
+    """dyn8: int8 weights, activations quantized per input (no calibration); mixes with int8 and fp16."""
+    src, calibration = text
+    layers = layer_nodes(src)
+    matmuls = sorted(layer for layer in layers if layer != "head")
+    bits = {layer: "dyn8" for layer in matmuls}
+    bits[matmuls[0]] = 8  # static int8, dynamic int8 and fp16 in one plan
+    bits["head"] = 16
+    dst = quantize_onnx(src, tmp_path / "dyn.onnx", bits, calibration=calibration)
+    onnx.checker.check_model(str(dst))
+    model = onnx.load(str(dst))
+    integer = {p.value for n in model.graph.node if n.op_type == "MatMulInteger" for p in n.metadata_props if p.key == "autocomp.module"}
+    assert integer == set(matmuls[1:])  # each planned MatMul, stamped with its layer for the per-layer rows
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in model.graph.node)
+    after = layer_nodes(dst)  # onnxruntime's dynamic mode rewrote the head's Gemm as MatMul + Add
+    assert _weight_precision(dst, {layer: after[layer] for layer in (matmuls[0], "head")}) == {
+        matmuls[0]: ("int8", 2), "head": ("fp16", 0)
+    }
+    assert evaluate_onnx(text_task, dst) >= evaluate_onnx(text_task, src) - 0.05
+
+
+def test_dynamic_int8_is_refused_for_an_op_it_does_not_cover(text, tmp_path):
+    src, calibration = text
+    with pytest.raises(PlanError, match=r"bits/head=dyn8: its ONNX node .* is a Gemm, which onnxruntime's dynamic int8 does not cover"):
+        quantize_onnx(src, tmp_path / "x.onnx", {"head": "dyn8"}, calibration=calibration)
+    assert not (tmp_path / "x.onnx").exists()
