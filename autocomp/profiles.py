@@ -132,6 +132,14 @@ class DeviceProfile:
             bits.append(DYNAMIC_INT8)
         return tuple(bits)
 
+    @property
+    def fast_bits(self) -> tuple[int | str, ...]:
+        """The reduced precisions this device runs faster than fp32 (its strengths), in ``supported_bits`` order."""
+        fast = {PRECISION_BITS[p] for p, spec in self.precisions.items() if spec.accelerated and p != "fp32"}
+        if 8 in fast:
+            fast.add(DYNAMIC_INT8)
+        return tuple(b for b in self.supported_bits if b in fast)
+
 
 # --------------------------------------------------------------------------- loading
 

@@ -254,7 +254,9 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
     return replace(ctx, accuracy_floor=floor), baseline
 
 
-def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ...]) -> list[dict[str, Any]]:
+def anchor_plans(
+    distributions: dict[str, Any], *, supported_bits: tuple[int | str, ...], fast_bits: tuple[int | str, ...] = ()
+) -> list[dict[str, Any]]:
     """The uniform plans a user would try by hand, queued first so the sampler starts from them.
 
     One per reduced precision the device supports: the narrowest student, no
@@ -264,7 +266,7 @@ def anchor_plans(distributions: dict[str, Any], *, supported_bits: tuple[int, ..
     20-trial search does not have to find it by chance among 3^14 bit plans.
     """
     if any(name.startswith(HEADS) for name in distributions):
-        return _attention_anchors(distributions, supported_bits=supported_bits)
+        return _attention_anchors(distributions, fast_bits=tuple(b for b in fast_bits if b in supported_bits))
     bit_params = [name for name in distributions if name.startswith("bits/")]
     gentlest = {}
     for name, dist in distributions.items():
@@ -293,17 +295,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _attention_anchors(distributions: dict[str, Any], *, supported_bits: tuple[int | str, ...]) -> list[dict[str, Any]]:
+def _attention_anchors(distributions: dict[str, Any], *, fast_bits: tuple[int | str, ...]) -> list[dict[str, Any]]:
     """Safe hand-made plans for a transformer, every head kept, full width: feed-forward widths cut 25%
-    and 50% everywhere in fp32, and (where the device runs it) dynamic int8 on every MatMul, unpruned.
-    A narrow student in static int8 is what wrecked pretrained encoders; these are what users try first
-    (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic), so the search must beat them."""
+    and 50% everywhere in fp32, then each precision the device runs fast that keeps an encoder intact
+    (fp16; dynamic int8 in onnxruntime), unpruned and with the 50% cut. Static int8 is left out: its
+    calibrated ranges are what wrecked pretrained encoders, as did a narrow student. These are what users
+    try first (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic, TensorRT's fp16), so
+    the search must beat them."""
     bit_params = [name for name in distributions if name.startswith("bits/")]
-    dynamic = bool(bit_params) and DYNAMIC_INT8 in supported_bits and all(
-        DYNAMIC_INT8 in distributions[n].choices for n in bit_params
-    )
+    safe = [b for b in (16, DYNAMIC_INT8) if b in fast_bits and bit_params and all(b in distributions[n].choices for n in bit_params)]
     anchors = []
-    for ratio, bits in ((0.25, 32), (0.5, 32), *([(0.0, DYNAMIC_INT8)] if dynamic else [])):
+    for ratio, bits in ((0.25, 32), (0.5, 32), *((r, b) for b in safe for r in (0.0, 0.5))):
         plan: dict[str, Any] = {}
         for name, dist in distributions.items():
             if name == "distill/width":
@@ -406,7 +408,7 @@ def run_search(
         raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
     close_orphans(study)
     if not study.get_trials(deepcopy=False):
-        for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits):
+        for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits, fast_bits=ctx.profile.fast_bits):
             study.enqueue_trial(params, skip_if_exists=True)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     lock = threading.Lock()

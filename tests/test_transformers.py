@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import torch
 from optuna.trial import TrialState
 
@@ -17,10 +18,11 @@ TASK = f"{Path(__file__).parent / 'bert_task.py'}:make_task"
 
 def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
     out = tmp_path / "run"
-    args = ["search", "--device", "local", "--task", TASK, "--space", "transformer", "--trials", "5",
+    args = ["search", "--device", "local", "--task", TASK, "--trials", "5",
             "--sampler", "random", "--seed", "2", "--out", str(out), "--study-name", "bert"]  # fmt: skip
     code, stdout, stderr = cli(*args)
     assert code == 0, stderr
+    assert "search space: transformer (the model has 4 self-attention modules" in stdout  # --space auto
     study = load_existing_study(default_storage(out), "bert")
     trials = study.trials
     # no sampled plan breaks the model: every trial completes (no reshape error from a pruned q/k/v)
@@ -33,20 +35,31 @@ def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
             if name.startswith("heads/"):
                 block = name[len("heads/"):]
                 rows = {r["layer"]: r for r in trial.user_attrs["layers"]}
-                kept_heads = rows[f"{block}.query"]["channels"] // 16
-                assert kept_heads == max(1, round(4 * (1 - ratio))), (name, ratio, kept_heads)
-                assert (rows[f"{block}.query"]["heads"], rows[f"{block}.query"]["baseline_heads"]) == (kept_heads, 4)
+                kept_heads = rows[f"{block}.query"]["channels"] // 32  # 8 heads of 32
+                assert kept_heads == max(1, round(8 * (1 - ratio))), (name, ratio, kept_heads)
+                assert (rows[f"{block}.query"]["heads"], rows[f"{block}.query"]["baseline_heads"]) == (kept_heads, 8)
+    # every precision the space offers went through quantization, evaluation and pricing
+    used = {v for t in trials for n, v in t.params.items() if n.startswith("bits/")}
+    assert used == {32, 16, 8, "dyn8"}, used
+    dynamic = [t for t in trials if all(v == "dyn8" for n, v in t.params.items() if n.startswith("bits/"))]
+    assert dynamic, "the dyn8 anchor is queued for a transformer on an onnxruntime device"
     # the report speaks of heads: a column in the chosen plan's layer table and a line on why
     page = (out / "report.html").read_text()
     assert study.user_attrs["chosen_trial"] is not None
     assert '<th class="num" scope="col">heads</th>' in page
     assert "attention pruned as whole heads:" in page
-    assert all(t.values[0] > 0.9 for t in trials)  # cosine to the original on unseen inputs
-    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", str(headed[0].number))
-    assert code == 0, stderr
-    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
-    assert metrics["model"]["pt2_accuracy"] == metrics["model"]["torch_accuracy"]
-    program = torch.export.load(tmp_path / "export" / "model.pt2").module()
-    # any batch size; the sequence length is the example's (only the batch axis is dynamic in exports so far)
-    ids, mask = torch.randint(1, 100, (3, 16)), torch.ones(3, 16, dtype=torch.long)
-    assert program(ids, mask).shape == (3, 64)
+    assert "int8-dyn" in page
+    # dynamic int8 keeps the unpruned encoder's embedding (cosine to the original on unseen sentences)
+    assert dynamic[0].values[0] >= 0.99, dynamic[0].values
+    for trial, where in ((headed[0], "headed"), (dynamic[0], "dynamic")):
+        code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / where), "--trial", str(trial.number))
+        assert code == 0, stderr
+        metrics = json.loads((tmp_path / where / "metrics.json").read_text())
+        assert metrics["model"]["pt2_accuracy"] == metrics["model"]["torch_accuracy"]
+        program = torch.export.load(tmp_path / where / "model.pt2").module()
+        # any batch size; the sequence length is the example's (only the batch axis is dynamic in exports so far)
+        ids, mask = torch.randint(1, 100, (3, 16)), torch.ones(3, 16, dtype=torch.long)
+        assert program(ids, mask).shape == (3, 256)
+    exported = onnx.load(str(tmp_path / "dynamic" / "model.onnx"))
+    onnx.checker.check_model(exported)
+    assert any(node.op_type == "MatMulInteger" for node in exported.graph.node)

@@ -23,6 +23,7 @@ from autocomp.precision import precision_mix
 log = logging.getLogger(__name__)
 
 _SETTINGS = ("task", "device", "space", "backend")
+AUTO_SPACE = "auto"
 
 
 def _study_name(task: str, device: str) -> str:
@@ -33,7 +34,10 @@ def _study_name(task: str, device: str) -> str:
 def search(
     device: str = typer.Option(..., "--device", "-d", help="Target device profile (see 'autocomp profiles list')."),
     task: str = typer.Option("digits", help="Built-in task, 'package.module:factory' or 'path/to/file.py:factory'."),
-    space: str = typer.Option("default", help="Search space name (search_spaces/) or path to a YAML file."),
+    space: str = typer.Option(
+        "auto", help="Search space name (search_spaces/) or path to a YAML file; auto: transformer for a model with "
+        "self-attention, else default."
+    ),
     trials: int = typer.Option(20, help="Total trials in the study (a resumed study counts its finished ones)."),
     timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
     latency_budget_ms: Optional[float] = typer.Option(None, help="Latency budget on the device, ms (a constraint)."),
@@ -75,15 +79,17 @@ def search(
     profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
     latency_backend = get_backend(backend, profile=profile)
     estimator = get_backend("estimate", profile=profile)
-    search_space = load_space(space)
+    search_space = None if space == AUTO_SPACE else load_space(space)
     loaded_task = load_task(task)
     name = study_name or _study_name(task, device)
     out_dir = (out or Path("reports") / name).resolve()
     storage_url = storage or default_storage(out_dir)
-    settings = {"task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler}
     with exclusive_run(out_dir, storage=storage_url, study_name=name):
         with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
             teacher = loaded_task.build_model()
+        if search_space is None:
+            space, search_space = _auto_space(teacher)
+        settings = {"task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler}
         # the space must give parameters for this model before a study is written
         search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
         study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler)
@@ -120,6 +126,18 @@ def search(
     if ran and all(t.state == TrialState.FAIL for t in ran):
         err_console.print(styled("failed:", "bold red", f"all {len(ran)} trials of this run failed; their reasons are above and in the report"))
         raise typer.Exit(1)
+
+
+def _auto_space(teacher):
+    """``--space auto``: the transformer space for a model with self-attention modules, else the default one."""
+    from autocomp.compress.heads import attention_blocks
+    from autocomp.search_space import load_space
+
+    blocks = attention_blocks(teacher)
+    if not blocks:
+        return "default", load_space("default")
+    console.print(f"search space: transformer (the model has {len(blocks)} self-attention modules; --space picks another)")
+    return "transformer", load_space("transformer")
 
 
 def _say_resumed(study) -> None:

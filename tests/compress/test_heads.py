@@ -168,19 +168,29 @@ def test_a_plan_with_heads_and_feed_forward_pruning_builds_runs_and_exports(tmp_
         CompressionPlan(heads={"bert.encoder.layer.0.intermediate.dense": 0.5}).validate(task.model)
 
 
-def test_a_transformer_search_starts_from_safe_uniform_plans(tmp_path):
+@pytest.mark.parametrize(
+    "device, precisions",
+    [("jetson-nano", [32, 32, 16, 16]), ("raspberry-pi-4", [32, 32, "dyn8", "dyn8"])],
+)
+def test_a_transformer_search_starts_from_safe_uniform_plans(device, precisions):
+    """FFN cuts in fp32, then the device's fast precision that keeps an encoder (fp16 on a Nano, dynamic
+    int8 on a Pi), unpruned and with the 50% cut; never static int8, never a removed head."""
+    from autocomp.profiles import load_profile
     from autocomp.search_space import load_space
     from autocomp.study import anchor_plans
 
     task = EncoderTask()
-    distributions = load_space("transformer").distributions(task.model, supported_bits=(32, 16, 8), example_inputs=task.example_inputs())
-    anchors = anchor_plans(distributions, supported_bits=(32, 16, 8))
-    assert len(anchors) == 2
-    for anchor, ratio in zip(anchors, (0.25, 0.5)):
+    profile = load_profile(device)
+    distributions = load_space("transformer").distributions(
+        task.model, supported_bits=profile.supported_bits, example_inputs=task.example_inputs()
+    )
+    anchors = anchor_plans(distributions, supported_bits=profile.supported_bits, fast_bits=profile.fast_bits)
+    assert len(anchors) == 4
+    for anchor, ratio, bits in zip(anchors, (0.25, 0.5, 0.0, 0.5), precisions):
         assert set(anchor) == set(distributions)
         assert {v for k, v in anchor.items() if k.startswith("prune/")} == {ratio}  # feed-forward widths
         assert {v for k, v in anchor.items() if k.startswith("heads/")} == {0.0}  # every head kept
-        assert {v for k, v in anchor.items() if k.startswith("bits/")} == {32}  # no static int8 on a transformer
+        assert {v for k, v in anchor.items() if k.startswith("bits/")} == {bits}
 
 
 def test_the_built_in_vit_prunes_by_heads_and_exports(tmp_path):
