@@ -36,6 +36,7 @@ _FLOAT_TYPES = {
     onnx.TensorProto.BFLOAT16,
 }
 _QUANT_OPS = ("DequantizeLinear", "QuantizeLinear")
+_INTEGER_KERNELS = ("MatMulInteger", "ConvInteger")  # input 1: the int8 weight; inputs 2-3: zero points
 
 
 def onnx_session(path: Path, *, threads: int | None = None) -> ort.InferenceSession:
@@ -103,16 +104,22 @@ def onnx_stats(path: Path) -> OnnxStats:
 
     ``params`` counts the elements of weight initializers: floating-point
     tensors (fp32, fp16...) and the integer tensors that a DequantizeLinear
-    turns back into weights, so an int8 weight counts once, like its fp32
-    original. Quantization scales and zero points, integer shape constants and
-    0-d scalars are not parameters.
+    turns back into weights or that an integer kernel (MatMulInteger,
+    ConvInteger: dynamic int8) multiplies by, so an int8 weight counts once,
+    like its fp32 original. Quantization scales and zero points, integer shape
+    constants and 0-d scalars are not parameters.
     """
     path = Path(path)
     data = path.read_bytes()
     model = onnx.load_from_string(data) if len(data) < 2**31 else onnx.load(str(path))
     graph = model.graph
     quant_aux = {name for node in graph.node if node.op_type in _QUANT_OPS for name in node.input[1:]}
+    quant_aux |= {name for node in graph.node if node.op_type in _INTEGER_KERNELS for name in node.input[2:]}
     dequantized = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear" and node.input}
+    integer_weights = {node.input[1] for node in graph.node if node.op_type in _INTEGER_KERNELS and len(node.input) > 1}
+    dequantized |= integer_weights
+    # quantize_dynamic names a weight W's int8 copy W_quantized and its (per-channel) float scale W_scale
+    quant_aux |= {name.removesuffix("_quantized") + "_scale" for name in integer_weights}
     params = 0
     for init in graph.initializer:
         if init.name in quant_aux or not init.dims:

@@ -8,9 +8,17 @@ projection through its dependency graph; this module finds the attention
 blocks, turns a plan's ratio into a whole number of heads, and updates the
 module's head count afterwards so its forward keeps working.
 
-Supported: Hugging Face BERT-style self-attention (BERT, RoBERTa, ViT: Linear
-children ``query``, ``key``, ``value`` and the attributes
-``num_attention_heads``, ``attention_head_size``, ``all_head_size``).
+Supported (``LAYOUTS``): Hugging Face BERT-style self-attention (BERT, RoBERTa,
+ViT: Linear children ``query``, ``key``, ``value`` and the attributes
+``num_attention_heads``, ``attention_head_size``, ``all_head_size``) and
+DistilBERT's (``q_lin``, ``k_lin``, ``v_lin``, ``n_heads``,
+``attention_head_size``). Both reshape into heads with ``-1`` heads, so a
+module with fewer heads runs once its head count is updated.
+
+Not supported: ``torch.nn.MultiheadAttention``. Its head count is tied to the
+residual width (``embed_dim = num_heads * head_dim``, one packed
+``in_proj_weight``), so a head cannot go without narrowing the whole residual
+stream; its feed-forward layers are still pruned and every Linear quantized.
 """
 
 from __future__ import annotations
@@ -27,7 +35,18 @@ from autocomp.compress.prune import quiet_unwrapped_parameters
 from autocomp.errors import CompressionError, first_line
 from autocomp.plan import CompressionPlan
 
-_PROJECTIONS = ("query", "key", "value")
+@dataclass(frozen=True)
+class _Layout:
+    projections: tuple[str, str, str]  # q, k, v Linear children
+    heads_attr: str  # the head count the module keeps
+    size_attr: str  # the head size (never changed: whole heads go)
+    width_attr: str | None  # heads x head size, where the module keeps it
+
+
+LAYOUTS = (
+    _Layout(("query", "key", "value"), "num_attention_heads", "attention_head_size", "all_head_size"),  # BERT, RoBERTa, ViT
+    _Layout(("q_lin", "k_lin", "v_lin"), "n_heads", "attention_head_size", None),  # DistilBERT
+)
 
 
 @dataclass(frozen=True)
@@ -38,20 +57,23 @@ class AttentionBlock:
     projections: tuple[str, str, str]
     num_heads: int
     head_size: int
+    layout: _Layout
 
 
 def attention_blocks(model: nn.Module) -> dict[str, AttentionBlock]:
-    """Module path -> AttentionBlock for every BERT-style self-attention module, in model order."""
+    """Module path -> AttentionBlock for every self-attention module of a known layout, in model order."""
     blocks = {}
     for path, module in model.named_modules():
         children = dict(module.named_children())
-        if not all(isinstance(children.get(name), nn.Linear) for name in _PROJECTIONS):
-            continue
-        heads, size = getattr(module, "num_attention_heads", None), getattr(module, "attention_head_size", None)
-        if not isinstance(heads, int) or not isinstance(size, int):
-            continue
-        prefix = f"{path}." if path else ""
-        blocks[path] = AttentionBlock(path, tuple(prefix + name for name in _PROJECTIONS), heads, size)  # type: ignore[arg-type]
+        for layout in LAYOUTS:
+            if not all(isinstance(children.get(name), nn.Linear) for name in layout.projections):
+                continue
+            heads, size = getattr(module, layout.heads_attr, None), getattr(module, layout.size_attr, None)
+            if isinstance(heads, int) and isinstance(size, int):
+                prefix = f"{path}." if path else ""
+                projections = tuple(prefix + name for name in layout.projections)
+                blocks[path] = AttentionBlock(path, projections, heads, size, layout)  # type: ignore[arg-type]
+                break
     return blocks
 
 
@@ -108,10 +130,11 @@ def prune_heads(
         first = first_line(exc)
         raise CompressionError(f"torch-pruning could not prune the heads of {type(model).__name__} ({type(exc).__name__}: {first})") from exc
     for path in removed:
-        attention = modules[path]
+        attention, layout = modules[path], blocks[path].layout
         query = modules[blocks[path].projections[0]]
-        attention.num_attention_heads = query.out_features // blocks[path].head_size
-        attention.all_head_size = query.out_features
+        setattr(attention, layout.heads_attr, query.out_features // blocks[path].head_size)
+        if layout.width_attr:
+            setattr(attention, layout.width_attr, query.out_features)
     return pruned.train(model.training)  # tracing switches the copy to eval mode
 
 

@@ -9,6 +9,7 @@ from torch import nn
 import transformers  # a dev dependency (".[dev]"): the base install does not need it
 
 from autocomp.compress.heads import attention_blocks, heads_kept, prune_heads
+from autocomp.compress.prune import prune_channels
 from autocomp.errors import PlanError
 from autocomp.export import export_onnx
 from autocomp.runtime import onnx_session
@@ -65,6 +66,34 @@ def test_pruned_heads_keep_the_model_running_and_exporting(encoder, tmp_path):
     assert pruned(*inputs(batch=3, seq=9)).shape == (3, 9, 64)
     path = export_onnx(pruned, example, tmp_path / "heads.onnx", check_batches=[inputs(batch=4)])
     assert [i.name for i in onnx_session(path).get_inputs()] == ["input_ids", "attention_mask"]
+
+
+class DistilEncoder(nn.Module):
+    """DistilBERT's layout: q_lin/k_lin/v_lin/out_lin and n_heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=32)
+        self.distilbert = transformers.DistilBertModel(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.distilbert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def test_distilbert_heads_are_pruned_as_heads_and_export(tmp_path):
+    torch.manual_seed(0)
+    model = DistilEncoder().eval()
+    blocks = attention_blocks(model)
+    assert list(blocks) == ["distilbert.transformer.layer.0.attention", "distilbert.transformer.layer.1.attention"]
+    assert (blocks["distilbert.transformer.layer.0.attention"].num_heads, blocks["distilbert.transformer.layer.0.attention"].head_size) == (4, 16)
+    pruned = prune_heads(model, {"distilbert.transformer.layer.0.attention": 0.5}, inputs())
+    attention = pruned.distilbert.transformer.layer[0].attention
+    assert (attention.n_heads, attention.q_lin.out_features, attention.out_lin.in_features, attention.out_lin.out_features) == (2, 32, 32, 64)
+    assert pruned(*inputs(batch=3, seq=9)).shape == (3, 9, 64)
+    path = export_onnx(pruned, inputs(), tmp_path / "distil.onnx", check_batches=[inputs(batch=4)])
+    assert [i.name for i in onnx_session(path).get_inputs()] == ["input_ids", "attention_mask"]
+    with pytest.raises(PlanError, match=r"prune/distilbert.transformer.layer.0.attention.q_lin: .* projects attention heads"):
+        prune_channels(model, {"distilbert.transformer.layer.0.attention.q_lin": 0.5}, inputs())
 
 
 def test_the_strongest_heads_are_kept(encoder):

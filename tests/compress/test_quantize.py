@@ -185,6 +185,7 @@ def test_dynamic_int8_turns_the_planned_matmuls_into_integer_kernels(text_task, 
     integer = {p.value for n in model.graph.node if n.op_type == "MatMulInteger" for p in n.metadata_props if p.key == "autocomp.module"}
     assert integer == set(matmuls[1:])  # each planned MatMul, stamped with its layer for the per-layer rows
     assert any(n.op_type == "DynamicQuantizeLinear" for n in model.graph.node)
+    assert onnx_stats(dst).params == onnx_stats(src).params  # an int8 weight is still one parameter each
     after = layer_nodes(dst)  # onnxruntime's dynamic mode rewrote the head's Gemm as MatMul + Add
     assert _weight_precision(dst, {layer: after[layer] for layer in (matmuls[0], "head")}) == {
         matmuls[0]: ("int8", 2), "head": ("fp16", 0)
