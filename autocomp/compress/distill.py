@@ -10,11 +10,12 @@ advance and the search can stop a hopeless trial from ``on_step``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +111,13 @@ def distill(
 
     Batches come from ``task.train_batches()``, restarted whenever a pass ends.
     The loss is ``task.distill_loss(student_out, teacher_out, labels)`` when the
-    task defines one, else ``default_distill_loss`` on the first output. The
+    task defines one, else ``default_distill_loss`` on the first output. A task
+    may add intermediate-representation terms with ``distill_features``, a
+    mapping of module path (``bert.encoder.layer.2``) to weight: each adds
+    ``weight * MSE`` between that module's output (its first tensor) in the
+    student and in the teacher, which keeps a pruned encoder's hidden states,
+    not only its final embedding, on the teacher's. A module whose output shape
+    differs between them (a narrower student) is left out with a warning. The
     teacher runs in eval mode without gradients (its mode is restored after).
     Results are deterministic for a given ``config.seed``; the caller's random
     state is left as it was. Sparsity masks from ``apply_sparsity`` are kept,
@@ -126,6 +133,7 @@ def distill(
     if config.steps == 0:
         return trained.eval()
     loss_fn = _loss_function(task, config)
+    features = _feature_weights(task, trained)
     device = _device_of(trained)
     teacher_was_training = teacher.training
     teacher.eval()
@@ -133,8 +141,9 @@ def distill(
     try:
         # fork_rng restores the caller's CPU generator afterwards: seeding here must not
         # change what the rest of the program draws.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _outputs(teacher, features) as taught, _outputs(trained, features) as learnt:
             torch.manual_seed(config.seed)
+            matched: dict[str, float] | None = None
             params = [p for p in trained.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -149,6 +158,11 @@ def distill(
                     with torch.no_grad():
                         teacher_out = teacher(*inputs)
                     loss = loss_fn(trained(*inputs), teacher_out, labels)
+                    if features:
+                        if matched is None:
+                            matched = _matching(features, learnt, taught)
+                        for path, weight in matched.items():
+                            loss = loss + weight * F.mse_loss(learnt[path], taught[path])
                     if not torch.isfinite(loss):
                         raise CompressionError(
                             f"distillation diverged at step {step + 1} (loss {loss.item()}); lower DistillConfig.lr ({config.lr})"
@@ -182,6 +196,55 @@ def _loss_function(task: Task, config: DistillConfig) -> Callable[[Any, Any, Ten
         )
 
     return loss
+
+
+def _feature_weights(task: Task, model: nn.Module) -> dict[str, float]:
+    """The task's ``distill_features`` (module path -> weight), checked against the model."""
+    features = getattr(task, "distill_features", None) or {}
+    if not isinstance(features, Mapping):
+        raise ConfigError(
+            f"{type(task).__name__}.distill_features must map module paths to loss weights, like "
+            f"{{'encoder.layer.1': 1.0}}; got {type(features).__name__}"
+        )
+    modules = dict(model.named_modules())
+    for path, weight in features.items():
+        if path not in modules:
+            raise ConfigError(f"{type(task).__name__}.distill_features names {path!r}, which the model lacks; use a named_modules() path")
+        if not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"{type(task).__name__}.distill_features[{path!r}]: weight {weight!r} must be a number >= 0")
+    return {path: float(weight) for path, weight in features.items() if weight}
+
+
+@contextlib.contextmanager
+def _outputs(model: nn.Module, paths: Mapping[str, float]) -> Iterator[dict[str, Tensor]]:
+    """The latest output (first tensor) of each named module, refreshed by every forward."""
+    captured: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(path: str):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            captured[path] = _first(out)
+
+        return hook
+
+    handles = [modules[path].register_forward_hook(keep(path)) for path in paths]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _matching(features: Mapping[str, float], student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> dict[str, float]:
+    """The features whose student and teacher outputs have one shape (checked on the first batch)."""
+    matched = {}
+    for path, weight in features.items():
+        if path in student and path in teacher and student[path].shape == teacher[path].shape:
+            matched[path] = weight
+        else:
+            shapes = tuple(tuple(x[path].shape) if path in x else None for x in (student, teacher))
+            log.warning("distill_features: %s has shape %s in the student and %s in the teacher; left out", path, *shapes)
+    return matched
 
 
 def _first(out: Any) -> Tensor:

@@ -30,7 +30,13 @@ class Task(Protocol):
 
     Optionally a task defines ``distill_loss(student_out, teacher_out, labels)``
     for outputs that are not class logits; the default is soft-target KL plus
-    cross-entropy.
+    cross-entropy. It may also set ``distill_features``, module path -> weight
+    (``{"bert.encoder.layer.3": 1.0}``): intermediate representations (hidden
+    states) the student is pulled to, by MSE, on top of that loss.
+
+    ``evaluate`` should score inputs that ``train_batches`` never yields: a
+    student distilled on a few dozen inputs can match the teacher on them and
+    fail on new ones, and held-out inputs are what tell the two apart.
     """
 
     def build_model(self) -> nn.Module: ...

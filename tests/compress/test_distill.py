@@ -130,6 +130,37 @@ def test_task_distill_loss_is_used_when_defined(shapes_task):
     assert isinstance(tuned, TinyResNet)
 
 
+def test_intermediate_features_pull_the_students_hidden_layers_to_the_teachers(shapes_task, caplog):
+    """distill_features adds an MSE per named module: a pruned student's block output ends closer to the
+    teacher's than with the output loss alone; a module of another shape (narrower student) is left out."""
+    teacher = shapes_task.build_model()
+    example = shapes_task.example_inputs()
+    start = prune_channels(teacher, {"block1_conv1": 0.5}, example, round_to=1)
+
+    def block_error(weights):
+        task = ShapesTask()
+        task.distill_features = weights
+        tuned = distill(start, teacher, task, config=DistillConfig(steps=30, lr=1e-2))
+        outputs = {}
+        for name, model in (("student", tuned), ("teacher", teacher)):
+            handle = dict(model.named_modules())["block1_conv2"].register_forward_hook(lambda m, a, out, n=name: outputs.__setitem__(n, out))
+            with torch.no_grad():
+                model(*example)
+            handle.remove()
+        return F.mse_loss(outputs["student"], outputs["teacher"]).item()
+
+    assert block_error({"block1_conv2": 10.0}) < 0.5 * block_error({})
+    narrow = build_student(shapes_task, teacher, 0.5, init="pruned")
+    task = ShapesTask()
+    task.distill_features = {"block1_conv2": 1.0}
+    with caplog.at_level("WARNING"):
+        distill(narrow, teacher, task, config=DistillConfig(steps=2))
+    assert "distill_features: block1_conv2 has shape" in caplog.text and "left out" in caplog.text
+    task.distill_features = {"block9": 1.0}
+    with pytest.raises(ConfigError, match="distill_features names 'block9', which the model lacks"):
+        distill(narrow, teacher, task, config=DistillConfig(steps=2))
+
+
 def test_build_student_copies_builds_or_prunes(shapes_task):
     teacher = shapes_task.build_model()
     copy = build_student(shapes_task, teacher, 1.0)
