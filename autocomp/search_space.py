@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quantize"))
-_TOP_KEYS = ("schema_version", "description", "pipeline", "finetune", "exclude", "distill", "prune", "heads", "sparsity", "bits")
+_TOP_KEYS = (
+    "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "sparsity", "bits",
+)
 _FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
 _RULE_KEYS = ("layers", "ratio", "choices")
@@ -69,6 +71,7 @@ class SearchSpace:
     pipeline: tuple[str, ...] = PIPELINE_ORDERS[0]
     finetune: FinetuneSpec = FinetuneSpec()
     exclude: tuple[str, ...] = ()
+    proposals: int = 0  # plans proposed from the sensitivity profile and queued after the anchors (allocate.py)
     width: od.BaseDistribution | None = None
     student: str = "pruned"  # how a narrower student starts: the teacher channel-pruned, or the task's fresh model
     prune: tuple[LayerRule, ...] = ()
@@ -185,6 +188,7 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None)
         pipeline=pipeline,
         finetune=_finetune(data.get("finetune") or {}, where=f"{where}: finetune"),
         exclude=_patterns(data.get("exclude", []), where=f"{where}: exclude"),
+        proposals=_number(data.get("proposals", 0), where=f"{where}: proposals", low=0, integer=True),
         width=_width(data["distill"], where=f"{where}: distill") if data.get("distill") else None,
         student=_student(data.get("distill") or {}, where=f"{where}: distill.student"),
         prune=_rules(data.get("prune") or [], kind="ratio", where=f"{where}: prune"),

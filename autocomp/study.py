@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autocomp.allocate import queue_proposals
 from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
@@ -399,8 +400,14 @@ def run_search(
     jobs: int = 1,
     on_trial_start: Callable[[int], None] | None = None,
     on_trial_end: TrialCallback | None = None,
+    on_profile: Callable[[int, int], None] | None = None,
 ) -> SearchOutcome:
-    """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones)."""
+    """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones).
+
+    A new study queues the hand-made anchors first, then (when the space asks for ``proposals``)
+    the plans the sensitivity profile proposes (``allocate.queue_proposals``; ``on_profile(done,
+    total)`` follows that pass).
+    """
     distributions = ctx.space.distributions(
         ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs()
     )
@@ -410,6 +417,8 @@ def run_search(
     if not study.get_trials(deepcopy=False):
         for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits, fast_bits=ctx.profile.fast_bits):
             study.enqueue_trial(params, skip_if_exists=True)
+    if len(finished_trials(study)) < n_trials:
+        queue_proposals(ctx, study, distributions, progress=on_profile)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     lock = threading.Lock()
     interrupted = threading.Event()

@@ -343,7 +343,7 @@ def test_progress_shows_the_time_left_from_this_runs_trials():
     column = TrialsLeftColumn()
     with Progress(disable=True) as progress:
         bar = progress.add_task("", total=10, completed=3, done_here=0, started_s=time.monotonic() - 60)
-        assert column.render(progress.tasks[bar]).plain == "left: after the first trial"
+        assert column.render(progress.tasks[bar]).plain == "left: after the first one"
         # 2 trials in this run took 60 s (3 were done before it): the 5 left take about 150 s
         progress.update(bar, completed=5, done_here=2)
         assert column.render(progress.tasks[bar]).plain in {"0:02:30 left", "0:02:29 left"}

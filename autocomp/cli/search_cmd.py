@@ -168,12 +168,24 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: 
     if done_before >= trials:
         console.print(f"study already holds {done_before} finished trials (--trials {trials}); raise --trials to run more")
     columns = (
-        SpinnerColumn(), TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+        SpinnerColumn(), TextColumn("[bold]{task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TrialsLeftColumn(), TextColumn("{task.description}", markup=False),
     )
     ran: list = []
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("", total=trials, completed=min(done_before, trials), done_here=0, started_s=time.monotonic())
+        bar = progress.add_task(
+            "", total=trials, completed=min(done_before, trials), done_here=0, started_s=time.monotonic(), what="trials"
+        )
+        profiling: list = []
+
+        def on_profile(done: int, total: int) -> None:
+            # the sensitivity pass: every single-parameter change, scored and priced once per study
+            if not profiling:
+                profiling.append(progress.add_task(
+                    "each change alone: accuracy and estimated latency", total=total, done_here=0,
+                    started_s=time.monotonic(), what="sensitivity",
+                ))
+            progress.update(profiling[0], completed=done, done_here=done)
 
         def on_end(study_, trial) -> None:
             chosen, _ = choose_trial(study_)
@@ -187,7 +199,7 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: 
             ran.append(trial)
             progress.update(bar, advance=1, description=best, done_here=len(ran))
 
-        outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end)
+        outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end, on_profile=on_profile)
     return outcome, ran
 
 
@@ -199,7 +211,7 @@ class TrialsLeftColumn(ProgressColumn):
         done, started = task.fields.get("done_here", 0), task.fields.get("started_s")
         remaining = None if task.total is None else task.total - task.completed
         if not done or started is None or remaining is None:
-            return Text("left: after the first trial", style="progress.remaining")
+            return Text("left: after the first one", style="progress.remaining")
         seconds = int((time.monotonic() - started) / done * max(remaining, 0))
         return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left", style="progress.remaining")
 

@@ -1,0 +1,274 @@
+"""Per-layer sensitivity and latency-aware allocation: plans proposed along the front, not sampled blindly.
+
+HAQ, HAWQ, AMC, NetAdapt and ModelOpt's AutoQuantize all start from what each
+layer can take. Here, once per study:
+
+1. **Sensitivity profile** (``sensitivity_profile``): for every search parameter
+   (a coupled pruning group, an attention module's heads, a layer's precision,
+   the student width) and each value it may take, the model with *only that
+   change* is built without fine-tuning, exported, quantized, scored on its
+   ONNX file with the task's own metric, and priced by the device's estimator.
+   No fine-tuning makes a change look worse than a trial will find it (a
+   trial recovers most of a pruning's drop), but it ranks the changes, which
+   is all the allocation needs, in about a second per option.
+2. **Allocation** (``propose``): accuracy drops and latency savings are taken
+   as additive. A greedy path (HAQ's knapsack, relaxed) starts at the baseline
+   and each step takes the move that saves the most estimated milliseconds per
+   point of predicted accuracy lost, until every parameter is at its fastest
+   value. For a ladder of latency targets between the path's fastest plan and
+   the baseline, the first plan on the path under the target is proposed.
+
+The proposals are queued as trials after the hand-made anchors, each with its
+prediction in its user attrs; every one still gets the full fine-tune, export
+and ONNX score, so the prediction's error is recorded, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna.distributions as od
+
+from autocomp.errors import AutocompError, first_line
+from autocomp.plan import BITS, WIDTH, CompressionPlan
+
+log = logging.getLogger(__name__)
+
+MIN_FRACTION = 0.02
+"""A predicted latency never goes below this fraction of the baseline's (see ``propose``)."""
+MAX_RATIOS = 4
+"""Ratios profiled per pruning parameter: its range's grid thinned to at most this many values."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One parameter set to one value, everything else at the baseline; ``error`` when it could not be built."""
+
+    param: str
+    value: Any
+    accuracy: float = math.nan
+    latency_ms: float = math.nan  # the device's estimator
+    error: str = ""
+    measured_ms: float = math.nan  # uniform options only, with the search's own backend when it is not the estimator
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A plan from the greedy path with what the profile predicts for it."""
+
+    params: dict[str, Any]
+    predicted_accuracy: float
+    predicted_latency_ms: float
+
+
+def identity_value(name: str, dist: od.BaseDistribution) -> Any:
+    """The value of ``name`` that changes nothing (or the gentlest one its distribution allows)."""
+    if isinstance(dist, od.CategoricalDistribution):
+        keep = 1.0 if name == WIDTH else 32 if name.startswith(BITS) else 0.0
+        return keep if keep in dist.choices else (max(dist.choices) if name == WIDTH else dist.choices[0])
+    return dist.low  # ratios: the lowest is the least change
+
+
+def candidate_values(name: str, dist: od.BaseDistribution) -> list[Any]:
+    """The values profiled for ``name``: every categorical choice; a ratio range's grid, thinned."""
+    keep = identity_value(name, dist)
+    if isinstance(dist, od.CategoricalDistribution):
+        return [v for v in dist.choices if v != keep]
+    step = getattr(dist, "step", None) or (dist.high - dist.low) / MAX_RATIOS
+    grid = [dist.low + i * step for i in range(1, int(round((dist.high - dist.low) / step)) + 1)]
+    if len(grid) > MAX_RATIOS:  # evenly thinned, the highest ratio always kept
+        grid = [grid[round((i + 1) * len(grid) / MAX_RATIOS) - 1] for i in range(MAX_RATIOS)]
+    return [round(v, 10) for v in grid if v != keep]
+
+
+UNIFORM = "*"
+"""Suffix of a uniform option's param (``bits/*``): every parameter of that kind at one value."""
+
+
+def _kind(param: str) -> str:
+    return param.split("/", 1)[0] + "/" if "/" in param and param != WIDTH else param
+
+
+def sensitivity_profile(
+    ctx, distributions: Mapping[str, od.BaseDistribution], *, progress: Callable[[int, int], None] | None = None
+) -> list[Option]:
+    """Score and price every single-parameter change, and each knob's uniform change (see ``propose``).
+
+    ``ctx`` is the search's ``SearchContext``; ``ctx.out_dir / "baseline" / "model.onnx"``
+    must exist (``record_baseline`` writes it): a precision change is that file quantized,
+    with no export. A change that cannot be built is kept with its error, so the report
+    shows it and the allocation never uses it. ``progress(done, total)`` after each.
+    """
+    from autocomp.compress.quantize import quantize_onnx
+    from autocomp.pipeline import build_artifact, compress_model
+    from autocomp.runtime import calibration_inputs, evaluate_onnx
+
+    base = {name: identity_value(name, dist) for name, dist in distributions.items()}
+    todo = [({name: value}, name, value) for name, dist in distributions.items() for value in candidate_values(name, dist)]
+    by_kind: dict[str, dict[Any, dict[str, Any]]] = {}
+    for change, name, value in todo:
+        if name != WIDTH:
+            by_kind.setdefault(_kind(name), {}).setdefault(value, {}).update(change)
+    todo += [(change, kind + UNIFORM, value) for kind, values in by_kind.items() for value, change in values.items() if len(change) > 1]
+    baseline_onnx = ctx.out_dir / "baseline" / "model.onnx"
+    work = ctx.out_dir / "sensitivity"  # one option's files at a time
+    calibration = None
+    options = []
+    for done, (change, name, value) in enumerate(todo, 1):
+        plan = CompressionPlan.from_params({**base, **change})
+        try:
+            if all(param.startswith(BITS) for param in change):  # the baseline file, quantized: no export
+                calibration = calibration if calibration is not None else calibration_inputs(ctx.task, max_samples=32)
+                path = quantize_onnx(baseline_onnx, work / "model.onnx", plan.bits, calibration=calibration, recipe=ctx.profile.int8_recipe)
+            else:
+                model = compress_model(
+                    ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0),
+                    round_to=ctx.profile.channel_multiple, order=ctx.space.pipeline, student=ctx.space.student,
+                )
+                path = build_artifact(ctx.task, model, plan, work, recipe=ctx.profile.int8_recipe, calibration_samples=32).onnx_path
+            accuracy, estimate_ms = evaluate_onnx(ctx.task, path), ctx.estimator.measure(path, ctx.profile).median_ms
+            # a knob's uniform change is also timed for real, which rescales its layers' estimated savings
+            measured = name.endswith(UNIFORM) and ctx.backend is not ctx.estimator and ctx.backend.name != "estimate"
+            measured_ms = ctx.backend.measure(path, ctx.profile).median_ms if measured else math.nan
+            options.append(Option(name, value, accuracy, estimate_ms, measured_ms=measured_ms))
+        except AutocompError as exc:
+            log.info("sensitivity of %s=%s: %s", name, value, first_line(exc))
+            options.append(Option(name, value, error=first_line(exc)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if progress:
+            progress(done, len(todo))
+    return options
+
+
+def propose(
+    options: Sequence[Option],
+    distributions: Mapping[str, od.BaseDistribution],
+    *,
+    baseline_accuracy: float,
+    baseline_latency_ms: float,
+    count: int,
+    baseline_measured_ms: float | None = None,
+) -> list[Proposal]:
+    """``count`` plans along the greedy path, at latency targets evenly spaced between its fastest plan and the baseline.
+
+    A drop is the option's accuracy below the baseline; where the profile holds a knob's uniform
+    option (``bits/*`` = 8: every layer at int8), that value's single drops are rescaled to sum to
+    the uniform drop, so compounding errors count. Savings are the estimator's; where the uniform
+    option was also timed (``measured_ms``, with ``baseline_measured_ms``), that value's savings are
+    rescaled to the measured fraction saved (static int8 that the estimator prices fast and the
+    device runs slowly saves nothing), and predicted latencies are in the measured unit.
+    """
+    if count <= 0:
+        return []
+    table: dict[str, dict[Any, tuple[float, float]]] = {}  # param -> value -> (accuracy drop, ms saved)
+    uniform: dict[tuple[str, Any], float] = {}  # (kind, value) -> accuracy drop with every parameter of the kind at it
+    timing: dict[tuple[str, Any], float] = {}  # (kind, value) -> measured fraction saved / estimated fraction saved
+    measured = baseline_measured_ms is not None and baseline_measured_ms > 0
+    for option in options:
+        if option.error:
+            continue
+        drop = max(0.0, baseline_accuracy - option.accuracy)
+        if option.param.endswith(UNIFORM):
+            uniform[(option.param[: -len(UNIFORM)], option.value)] = drop
+            estimated = (baseline_latency_ms - option.latency_ms) / baseline_latency_ms
+            if measured and math.isfinite(option.measured_ms) and estimated > 0:
+                timing[(option.param[: -len(UNIFORM)], option.value)] = (1.0 - option.measured_ms / baseline_measured_ms) / estimated
+        elif option.param in distributions:
+            table.setdefault(option.param, {})[option.value] = (drop, baseline_latency_ms - option.latency_ms)
+    # Drops do not add up: each layer alone at static int8 cost an encoder nothing measurable, all of
+    # them together wrecked it. Each knob value's single drops are rescaled to sum to its uniform drop.
+    for (kind, value), total in uniform.items():
+        members = [name for name in table if _kind(name) == kind and value in table[name]]
+        singles = sum(table[name][value][0] for name in members)
+        for name in members:
+            drop, saved = table[name][value]
+            share = drop / singles if singles > 1e-6 else 1.0 / len(members)
+            table[name][value] = (total * share, saved * timing.get((kind, value), 1.0))
+    unit = baseline_measured_ms / baseline_latency_ms if measured else 1.0  # estimator ms -> measured ms
+    current = {name: identity_value(name, dist) for name, dist in distributions.items()}
+    state = {name: (0.0, 0.0) for name in current}
+    path = [(dict(current), 0.0, 0.0)]
+    while True:
+        best = None
+        for name, values in table.items():
+            drop_now, saved_now = state[name]
+            for value, (drop, saved) in values.items():
+                gain, cost = saved - saved_now, drop - drop_now
+                if gain <= 0:
+                    continue
+                score = (gain / max(cost, 1e-6), gain)  # ms per point lost; a free move first, the bigger one first
+                if best is None or score > best[0]:
+                    best = (score, name, value)
+        if best is None:
+            break
+        _, name, value = best
+        current[name], state[name] = value, table[name][value]
+        path.append((dict(current), sum(d for d, _ in state.values()), sum(s for _, s in state.values())))
+    fastest = path[-1][2]
+    if len(path) == 1 or fastest <= 0:
+        return []
+    proposals: list[Proposal] = []
+    for k in range(count, 0, -1):  # the fastest target first; the path's very end (every knob at its limit) is left out
+        target_saved = fastest * k / (count + 1)
+        first = next(i for i, p in enumerate(path) if p[2] >= target_saved - 1e-9)
+        # two targets on one step of the path: the next step (a faster plan) instead of a duplicate
+        taken = [p for p in path[first:] + path[:first][::-1] if all(q.params != p[0] for q in proposals)]
+        if not taken:
+            break
+        plan, drop, saved = taken[0]
+        if saved <= 0:
+            continue  # the baseline itself is never proposed
+        # savings of overlapping knobs (a narrower student and its layers' pruning) can add up past the whole
+        latency_ms = max(baseline_latency_ms - saved, MIN_FRACTION * baseline_latency_ms) * unit
+        proposals.append(Proposal(plan, max(0.0, baseline_accuracy - drop), latency_ms))
+    return sorted(proposals, key=lambda p: p.predicted_latency_ms)
+
+
+SENSITIVITY = "sensitivity"
+"""Study attr: the profile's options (``Option.to_dict``), stored once so a resumed study reuses it."""
+PROPOSED = "proposals_queued"
+"""Study attr: how many proposals were queued (set once they are, so a resume does not queue them twice)."""
+PROPOSAL = "proposal"
+"""Trial attr of a queued proposal: its predicted accuracy and latency (estimator ms)."""
+
+
+def queue_proposals(
+    ctx, study, distributions: Mapping[str, od.BaseDistribution], *, progress: Callable[[int, int], None] | None = None
+) -> list[Proposal]:
+    """Profile (or reuse the stored profile), propose ``ctx.space.proposals`` plans and enqueue them, once per study."""
+    import time
+
+    count = ctx.space.proposals
+    if count <= 0 or study.user_attrs.get(PROPOSED) is not None:
+        return []
+    stored = study.user_attrs.get(SENSITIVITY)
+    if stored is None:
+        started = time.perf_counter()
+        options = sensitivity_profile(ctx, distributions, progress=progress)
+        study.set_user_attr(SENSITIVITY, [o.to_dict() for o in options])
+        study.set_user_attr("sensitivity_s", time.perf_counter() - started)
+    else:
+        options = [Option(**o) for o in stored]
+    baseline = study.user_attrs["baseline"]
+    baseline_ms = ctx.estimator.measure(ctx.out_dir / "baseline" / "model.onnx", ctx.profile).median_ms
+    timed = any(math.isfinite(o.measured_ms) for o in options)
+    proposals = propose(
+        options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms, count=count,
+        baseline_measured_ms=baseline["latency_ms"] if timed else None,
+    )
+    for proposal in proposals:
+        prediction = {
+            "accuracy": proposal.predicted_accuracy, "latency_ms": proposal.predicted_latency_ms,
+            "latency_unit": baseline["latency_source"] if timed else f"estimate:{ctx.profile.name}",
+        }
+        study.enqueue_trial(proposal.params, user_attrs={PROPOSAL: prediction}, skip_if_exists=True)
+    study.set_user_attr(PROPOSED, len(proposals))
+    return proposals

@@ -1,0 +1,105 @@
+"""Sensitivity profile and latency-aware allocation: what each change costs alone, and the plans proposed from it."""
+
+from __future__ import annotations
+
+import math
+
+import optuna.distributions as od
+import pytest
+from optuna.trial import TrialState
+
+from autocomp.allocate import PROPOSAL, PROPOSED, SENSITIVITY, Option, candidate_values, identity_value, propose
+from test_search import SPACE, cli, open_study, search_args
+
+DISTS = {
+    "distill/width": od.CategoricalDistribution([0.5, 1.0]),
+    "prune/a": od.FloatDistribution(0.0, 0.75, step=0.125),
+    "prune/b": od.FloatDistribution(0.0, 0.75, step=0.125),
+    "bits/a": od.CategoricalDistribution([32, 8, "dyn8"]),
+    "bits/b": od.CategoricalDistribution([32, 8, "dyn8"]),
+}
+
+
+def test_each_parameter_is_profiled_at_its_values_and_left_at_its_identity_otherwise():
+    assert [identity_value(n, d) for n, d in DISTS.items()] == [1.0, 0.0, 0.0, 32, 32]
+    assert candidate_values("distill/width", DISTS["distill/width"]) == [0.5]
+    assert candidate_values("bits/a", DISTS["bits/a"]) == [8, "dyn8"]
+    # a 6-step grid thinned to 4 ratios, the highest kept
+    assert candidate_values("prune/a", DISTS["prune/a"]) == [0.25, 0.375, 0.5, 0.75]
+
+
+def _options(*, int8_together: float) -> list[Option]:
+    """Baseline 1.0 accuracy, 10 ms. Pruning a saves much and costs little; b costs more; each layer at static
+    int8 alone costs nothing, but all of them together cost ``int8_together``; dyn8 costs nothing."""
+    rows = [("distill/width", 0.5, 0.2, 7.0)]
+    for layer, cost in (("a", 0.01), ("b", 0.04)):
+        rows += [(f"prune/{layer}", r, 1.0 - cost * r / 0.25, 10.0 - 0.8 * r / 0.25) for r in (0.25, 0.375, 0.5, 0.75)]
+        rows += [(f"bits/{layer}", 8, 1.0, 9.5), (f"bits/{layer}", "dyn8", 1.0, 9.6)]
+    rows += [("bits/*", 8, 1.0 - int8_together, 9.0), ("bits/*", "dyn8", 1.0, 9.2)]
+    return [Option(param, value, accuracy, latency) for param, value, accuracy, latency in rows]
+
+
+def test_proposals_follow_the_cheapest_milliseconds_and_count_compounding_int8_errors():
+    proposals = propose(_options(int8_together=0.3), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3)
+    assert len(proposals) == 3
+    latencies = [p.predicted_latency_ms for p in proposals]
+    assert latencies == sorted(latencies)  # the fastest target first, then slower ones
+    # int8 costs 0.3 points when every layer takes it, so dynamic int8 (free) is preferred, whatever each layer alone said
+    for proposal in proposals:
+        assert {proposal.params["bits/a"], proposal.params["bits/b"]} <= {32, "dyn8"}
+    # the cheap pruning goes before the expensive one and the destructive narrow student
+    gentlest = proposals[-1].params
+    assert gentlest["prune/a"] >= gentlest["prune/b"] and gentlest["distill/width"] == 1.0
+    for proposal in proposals:  # predictions are what the additive model says
+        assert 0.0 < proposal.predicted_accuracy <= 1.0 and 0.0 < proposal.predicted_latency_ms < 10.0
+    # when int8 costs nothing together either, it is taken for the extra milliseconds it saves
+    free = propose(_options(int8_together=0.0), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3)
+    assert free[0].params["bits/a"] == 8
+
+
+def test_a_change_that_failed_is_never_proposed():
+    options = [Option("prune/a", 0.75, error="torch-pruning could not prune it"), *[o for o in _options(int8_together=0.3) if o.param != "prune/a"]]
+    for proposal in propose(options, DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3):
+        assert proposal.params["prune/a"] == 0.0
+
+
+def test_nothing_to_gain_proposes_nothing():
+    slower = [Option("bits/a", 8, 1.0, 11.0), Option("bits/b", 8, 1.0, 10.5)]
+    assert propose(slower, DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=4) == []
+    assert propose(_options(int8_together=0.0), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=0) == []
+
+
+def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_records_their_predictions(tmp_path):
+    space = tmp_path / "prop.yaml"
+    space.write_text(SPACE + "proposals: 2\n")
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space, trials=4))
+    assert code == 0, stderr
+    study = open_study(out)
+    options = study.user_attrs[SENSITIVITY]
+    # width 0.5; two prune groups at 0.25/0.5; every layer at 8; the uniform changes of each knob
+    params = {o["param"] for o in options}
+    assert {"distill/width", "prune/block1_conv1", "prune/block2_conv1", "prune/*", "bits/*"} <= params
+    assert all(math.isfinite(o["accuracy"]) and o["latency_ms"] > 0 for o in options if not o["error"])
+    assert study.user_attrs[PROPOSED] == 2
+    trials = sorted(study.trials, key=lambda t: t.number)
+    proposed = [t for t in trials if PROPOSAL in t.user_attrs]
+    assert [t.number for t in proposed] == [1, 2]  # right after the one anchor this space has
+    for trial in proposed:
+        assert trial.state == TrialState.COMPLETE
+        assert {"accuracy", "latency_ms", "latency_unit"} <= set(trial.user_attrs[PROPOSAL])
+    # a resumed search neither profiles nor proposes again
+    code, _, stderr = cli(*search_args(out, space, trials=6))
+    assert code == 0, stderr
+    study = open_study(out)
+    assert study.user_attrs[SENSITIVITY] == options
+    assert len([t for t in study.trials if PROPOSAL in t.user_attrs]) == 2
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "four"])
+def test_proposals_must_be_a_count(tmp_path, value):
+    from autocomp.errors import ConfigError
+    from autocomp.search_space import parse_space
+
+    with pytest.raises(ConfigError, match="proposals"):
+        parse_space({"schema_version": 1, "proposals": value}, name="t")
