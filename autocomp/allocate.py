@@ -148,16 +148,31 @@ def sensitivity_profile(
     return options
 
 
-def propose(
+@dataclass(frozen=True)
+class Path:
+    """The greedy path from the baseline to every knob at its fastest: (plan, predicted drop, ms saved) per step."""
+
+    steps: tuple[tuple[dict[str, Any], float, float], ...]
+    baseline_accuracy: float
+    baseline_latency_ms: float
+    unit: float = 1.0  # estimator ms -> the measured unit (1.0 when nothing was measured)
+
+    def proposal(self, step: tuple[dict[str, Any], float, float], *, drop_scale: float = 1.0) -> Proposal:
+        plan, drop, saved = step
+        # savings of overlapping knobs (a narrower student and its layers' pruning) can add up past the whole
+        latency_ms = max(self.baseline_latency_ms - saved, MIN_FRACTION * self.baseline_latency_ms) * self.unit
+        return Proposal(plan, max(0.0, self.baseline_accuracy - drop * drop_scale), latency_ms)
+
+
+def greedy_path(
     options: Sequence[Option],
     distributions: Mapping[str, od.BaseDistribution],
     *,
     baseline_accuracy: float,
     baseline_latency_ms: float,
-    count: int,
     baseline_measured_ms: float | None = None,
-) -> list[Proposal]:
-    """``count`` plans along the greedy path, at latency targets evenly spaced between its fastest plan and the baseline.
+) -> Path:
+    """Each step takes the move that saves the most milliseconds per point of predicted accuracy lost.
 
     A drop is the option's accuracy below the baseline; where the profile holds a knob's uniform
     option (``bits/*`` = 8: every layer at int8), that value's single drops are rescaled to sum to
@@ -166,8 +181,6 @@ def propose(
     rescaled to the measured fraction saved (static int8 that the estimator prices fast and the
     device runs slowly saves nothing), and predicted latencies are in the measured unit.
     """
-    if count <= 0:
-        return []
     table: dict[str, dict[Any, tuple[float, float]]] = {}  # param -> value -> (accuracy drop, ms saved)
     uniform: dict[tuple[str, Any], float] = {}  # (kind, value) -> accuracy drop with every parameter of the kind at it
     timing: dict[tuple[str, Any], float] = {}  # (kind, value) -> measured fraction saved / estimated fraction saved
@@ -192,10 +205,9 @@ def propose(
             drop, saved = table[name][value]
             share = drop / singles if singles > 1e-6 else 1.0 / len(members)
             table[name][value] = (total * share, saved * timing.get((kind, value), 1.0))
-    unit = baseline_measured_ms / baseline_latency_ms if measured else 1.0  # estimator ms -> measured ms
     current = {name: identity_value(name, dist) for name, dist in distributions.items()}
     state = {name: (0.0, 0.0) for name in current}
-    path = [(dict(current), 0.0, 0.0)]
+    steps = [(dict(current), 0.0, 0.0)]
     while True:
         best = None
         for name, values in table.items():
@@ -211,31 +223,55 @@ def propose(
             break
         _, name, value = best
         current[name], state[name] = value, table[name][value]
-        path.append((dict(current), sum(d for d, _ in state.values()), sum(s for _, s in state.values())))
-    fastest = path[-1][2]
-    if len(path) == 1 or fastest <= 0:
+        steps.append((dict(current), sum(d for d, _ in state.values()), sum(s for _, s in state.values())))
+    unit = baseline_measured_ms / baseline_latency_ms if measured else 1.0
+    return Path(tuple(steps), baseline_accuracy, baseline_latency_ms, unit)
+
+
+def propose(path: Path, *, count: int) -> list[Proposal]:
+    """``count`` plans on the path, at latency targets evenly spaced between its fastest plan and the baseline
+    (the path's very end, every knob at its limit, is left out), fastest first."""
+    fastest = path.steps[-1][2]
+    if count <= 0 or len(path.steps) == 1 or fastest <= 0:
         return []
     proposals: list[Proposal] = []
-    for k in range(count, 0, -1):  # the fastest target first; the path's very end (every knob at its limit) is left out
+    for k in range(count, 0, -1):
         target_saved = fastest * k / (count + 1)
-        first = next(i for i, p in enumerate(path) if p[2] >= target_saved - 1e-9)
+        first = next(i for i, step in enumerate(path.steps) if step[2] >= target_saved - 1e-9)
         # two targets on one step of the path: the next step (a faster plan) instead of a duplicate
-        taken = [p for p in path[first:] + path[:first][::-1] if all(q.params != p[0] for q in proposals)]
-        if not taken:
-            break
-        plan, drop, saved = taken[0]
-        if saved <= 0:
-            continue  # the baseline itself is never proposed
-        # savings of overlapping knobs (a narrower student and its layers' pruning) can add up past the whole
-        latency_ms = max(baseline_latency_ms - saved, MIN_FRACTION * baseline_latency_ms) * unit
-        proposals.append(Proposal(plan, max(0.0, baseline_accuracy - drop), latency_ms))
+        free = [s for s in path.steps[first:] + path.steps[:first][::-1] if all(q.params != s[0] for q in proposals)]
+        if free and free[0][2] > 0:  # the baseline itself is never proposed
+            proposals.append(path.proposal(free[0]))
     return sorted(proposals, key=lambda p: p.predicted_latency_ms)
+
+
+def refine(path: Path, finished: Sequence[tuple[Proposal, float]], *, floor: float, taken: Sequence[dict[str, Any]]) -> Proposal | None:
+    """The fastest plan on the path predicted to meet ``floor`` once the predictor is re-fitted on trials.
+
+    ``finished`` pairs proposals with the accuracy their trial reached after fine-tuning. A trial
+    recovers much of a change's drop without fine-tuning, so the drops are scaled by the median of
+    real / predicted drop over them (clipped to [0.05, 2]). Returns None when that plan was ``taken``.
+    """
+    ratios = sorted(
+        (path.baseline_accuracy - real) / (path.baseline_accuracy - p.predicted_accuracy)
+        for p, real in finished if path.baseline_accuracy - p.predicted_accuracy > 1e-4
+    )
+    if not ratios:
+        return None
+    scale = min(2.0, max(0.05, ratios[len(ratios) // 2]))
+    meeting = [s for s in path.steps if s[2] > 0 and path.baseline_accuracy - s[1] * scale >= floor]
+    if not meeting:
+        return None
+    best = max(meeting, key=lambda s: s[2])
+    return None if any(best[0] == plan for plan in taken) else path.proposal(best, drop_scale=scale)
 
 
 SENSITIVITY = "sensitivity"
 """Study attr: the profile's options (``Option.to_dict``), stored once so a resumed study reuses it."""
 PROPOSED = "proposals_queued"
 """Study attr: how many proposals were queued (set once they are, so a resume does not queue them twice)."""
+REFINED = "proposal_refined"
+"""Study attr: whether the second-round proposal (``queue_refined``) was queued; set once it was decided."""
 PROPOSAL = "proposal"
 """Trial attr of a queued proposal: its predicted accuracy and latency (estimator ms)."""
 
@@ -249,26 +285,53 @@ def queue_proposals(
     count = ctx.space.proposals
     if count <= 0 or study.user_attrs.get(PROPOSED) is not None:
         return []
-    stored = study.user_attrs.get(SENSITIVITY)
-    if stored is None:
+    if study.user_attrs.get(SENSITIVITY) is None:
         started = time.perf_counter()
         options = sensitivity_profile(ctx, distributions, progress=progress)
         study.set_user_attr(SENSITIVITY, [o.to_dict() for o in options])
         study.set_user_attr("sensitivity_s", time.perf_counter() - started)
-    else:
-        options = [Option(**o) for o in stored]
+    path, unit = _path(ctx, study, distributions)
+    proposals = propose(path, count=count)
+    for proposal in proposals:
+        _enqueue(study, proposal, unit=unit, round_=1)
+    study.set_user_attr(PROPOSED, len(proposals))
+    return proposals
+
+
+def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> Proposal | None:
+    """Once every first-round proposal has finished: one more, the fastest plan on the path predicted
+    to meet the floor after re-fitting the predictor on them (``refine``). Once per study."""
+    if not study.user_attrs.get(PROPOSED) or study.user_attrs.get(REFINED) is not None or ctx.accuracy_floor is None:
+        return None
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False) if PROPOSAL in t.user_attrs]
+    if any(not t.state.is_finished() for t in trials):
+        return None
+    path, unit = _path(ctx, study, distributions)
+    finished = [
+        (Proposal(t.params, t.user_attrs[PROPOSAL]["accuracy"], t.user_attrs[PROPOSAL]["latency_ms"]), t.values[0])
+        for t in trials if t.state == TrialState.COMPLETE
+    ]
+    proposal = refine(path, finished, floor=ctx.accuracy_floor, taken=[t.params for t in study.get_trials(deepcopy=False)])
+    if proposal is not None:
+        _enqueue(study, proposal, unit=unit, round_=2)
+    study.set_user_attr(REFINED, proposal is not None)
+    return proposal
+
+
+def _path(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> tuple[Path, str]:
+    options = [Option(**o) for o in study.user_attrs[SENSITIVITY]]
     baseline = study.user_attrs["baseline"]
     baseline_ms = ctx.estimator.measure(ctx.out_dir / "baseline" / "model.onnx", ctx.profile).median_ms
     timed = any(math.isfinite(o.measured_ms) for o in options)
-    proposals = propose(
-        options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms, count=count,
+    path = greedy_path(
+        options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms,
         baseline_measured_ms=baseline["latency_ms"] if timed else None,
     )
-    for proposal in proposals:
-        prediction = {
-            "accuracy": proposal.predicted_accuracy, "latency_ms": proposal.predicted_latency_ms,
-            "latency_unit": baseline["latency_source"] if timed else f"estimate:{ctx.profile.name}",
-        }
-        study.enqueue_trial(proposal.params, user_attrs={PROPOSAL: prediction}, skip_if_exists=True)
-    study.set_user_attr(PROPOSED, len(proposals))
-    return proposals
+    return path, baseline["latency_source"] if timed else f"estimate:{ctx.profile.name}"
+
+
+def _enqueue(study, proposal: Proposal, *, unit: str, round_: int) -> None:
+    prediction = {"accuracy": proposal.predicted_accuracy, "latency_ms": proposal.predicted_latency_ms, "latency_unit": unit, "round": round_}
+    study.enqueue_trial(proposal.params, user_attrs={PROPOSAL: prediction}, skip_if_exists=True)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocomp.allocate import queue_proposals
+from autocomp.allocate import queue_proposals, queue_refined
 from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
@@ -438,6 +438,8 @@ def run_search(
             if on_trial_start:
                 on_trial_start(trial.number)
             frozen = _evaluate(ctx, study, trial, interrupted)
+            with lock:
+                queue_refined(ctx, study, distributions)
             if on_trial_end and frozen is not None:
                 on_trial_end(study, frozen)
 

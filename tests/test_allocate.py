@@ -8,7 +8,7 @@ import optuna.distributions as od
 import pytest
 from optuna.trial import TrialState
 
-from autocomp.allocate import PROPOSAL, PROPOSED, SENSITIVITY, Option, candidate_values, identity_value, propose
+from autocomp.allocate import PROPOSAL, PROPOSED, REFINED, SENSITIVITY, Option, Proposal, candidate_values, greedy_path, identity_value, propose, refine
 from test_search import SPACE, cli, open_study, search_args
 
 DISTS = {
@@ -39,8 +39,12 @@ def _options(*, int8_together: float) -> list[Option]:
     return [Option(param, value, accuracy, latency) for param, value, accuracy, latency in rows]
 
 
+def path(options, **kwargs):
+    return greedy_path(options, DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, **kwargs)
+
+
 def test_proposals_follow_the_cheapest_milliseconds_and_count_compounding_int8_errors():
-    proposals = propose(_options(int8_together=0.3), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3)
+    proposals = propose(path(_options(int8_together=0.3)), count=3)
     assert len(proposals) == 3
     latencies = [p.predicted_latency_ms for p in proposals]
     assert latencies == sorted(latencies)  # the fastest target first, then slower ones
@@ -53,20 +57,45 @@ def test_proposals_follow_the_cheapest_milliseconds_and_count_compounding_int8_e
     for proposal in proposals:  # predictions are what the additive model says
         assert 0.0 < proposal.predicted_accuracy <= 1.0 and 0.0 < proposal.predicted_latency_ms < 10.0
     # when int8 costs nothing together either, it is taken for the extra milliseconds it saves
-    free = propose(_options(int8_together=0.0), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3)
+    free = propose(path(_options(int8_together=0.0)), count=3)
     assert free[0].params["bits/a"] == 8
+
+
+def test_measured_savings_rescale_the_estimate():
+    """Static int8 that the estimator prices fast but the device times slower than the baseline saves nothing."""
+    options = _options(int8_together=0.0) + []
+    options = [o if o.param != "bits/*" or o.value != 8 else Option("bits/*", 8, 1.0, 9.0, measured_ms=21.0) for o in options]
+    options = [o if o.param != "bits/*" or o.value != "dyn8" else Option("bits/*", "dyn8", 1.0, 9.2, measured_ms=16.0) for o in options]
+    timed = path(options, baseline_measured_ms=20.0)
+    assert timed.unit == 2.0  # predictions come in the measured unit
+    for proposal in propose(timed, count=3):
+        assert 8 not in (proposal.params["bits/a"], proposal.params["bits/b"])
+
+
+def test_refit_on_finished_trials_proposes_the_fastest_plan_predicted_to_meet_the_floor():
+    p = path(_options(int8_together=0.3))
+    first = propose(p, count=2)
+    # fine-tuning recovered 90% of every predicted drop: the re-fitted predictor allows a faster plan
+    finished = [(q, 1.0 - 0.1 * (1.0 - q.predicted_accuracy)) for q in first]
+    refined = refine(p, finished, floor=0.985, taken=[q.params for q in first])
+    assert refined is not None and refined.predicted_accuracy >= 0.985
+    gentler = max(first, key=lambda q: q.predicted_latency_ms)  # the other one is predicted far below the floor
+    assert refined.predicted_latency_ms < gentler.predicted_latency_ms
+    # with no recovery the floor allows only a gentler plan
+    unrefined = refine(p, [(q, q.predicted_accuracy) for q in first], floor=0.985, taken=[q.params for q in first])
+    assert unrefined is not None and unrefined.predicted_latency_ms > refined.predicted_latency_ms
 
 
 def test_a_change_that_failed_is_never_proposed():
     options = [Option("prune/a", 0.75, error="torch-pruning could not prune it"), *[o for o in _options(int8_together=0.3) if o.param != "prune/a"]]
-    for proposal in propose(options, DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=3):
+    for proposal in propose(path(options), count=3):
         assert proposal.params["prune/a"] == 0.0
 
 
 def test_nothing_to_gain_proposes_nothing():
     slower = [Option("bits/a", 8, 1.0, 11.0), Option("bits/b", 8, 1.0, 10.5)]
-    assert propose(slower, DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=4) == []
-    assert propose(_options(int8_together=0.0), DISTS, baseline_accuracy=1.0, baseline_latency_ms=10.0, count=0) == []
+    assert propose(path(slower), count=4) == []
+    assert propose(path(_options(int8_together=0.0)), count=0) == []
 
 
 def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_records_their_predictions(tmp_path):
@@ -84,7 +113,11 @@ def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_recor
     assert study.user_attrs[PROPOSED] == 2
     trials = sorted(study.trials, key=lambda t: t.number)
     proposed = [t for t in trials if PROPOSAL in t.user_attrs]
-    assert [t.number for t in proposed] == [1, 2]  # right after the one anchor this space has
+    first = [t.number for t in proposed if t.user_attrs[PROPOSAL]["round"] == 1]
+    assert first == [1, 2]  # right after the one anchor this space has
+    # once both finished, the predictor was re-fitted on them: at most one more, right after them
+    assert study.user_attrs[REFINED] in (True, False)
+    assert [t.number for t in proposed if t.user_attrs[PROPOSAL]["round"] == 2] == ([3] if study.user_attrs[REFINED] else [])
     for trial in proposed:
         assert trial.state == TrialState.COMPLETE
         assert {"accuracy", "latency_ms", "latency_unit"} <= set(trial.user_attrs[PROPOSAL])
@@ -93,7 +126,7 @@ def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_recor
     assert code == 0, stderr
     study = open_study(out)
     assert study.user_attrs[SENSITIVITY] == options
-    assert len([t for t in study.trials if PROPOSAL in t.user_attrs]) == 2
+    assert len([t for t in study.trials if PROPOSAL in t.user_attrs]) == len(proposed)
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "four"])
