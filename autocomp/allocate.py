@@ -291,6 +291,7 @@ def queue_proposals(
         study.set_user_attr(SENSITIVITY, [o.to_dict() for o in options])
         study.set_user_attr("sensitivity_s", time.perf_counter() - started)
     path, unit = _path(ctx, study, distributions)
+    study.set_user_attr("sensitivity_baseline_ms", path.baseline_latency_ms)  # the report's "latency saved"
     proposals = propose(path, count=count)
     for proposal in proposals:
         _enqueue(study, proposal, unit=unit, round_=1)

@@ -121,6 +121,8 @@ def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_recor
     for trial in proposed:
         assert trial.state == TrialState.COMPLETE
         assert {"accuracy", "latency_ms", "latency_unit"} <= set(trial.user_attrs[PROPOSAL])
+    page = (out / "report.html").read_text()
+    assert 'id="sensitivity"' in page and 'id="fig-sensitivity"' in page and 'id="proposals"' in page
     # a resumed search neither profiles nor proposes again
     code, _, stderr = cli(*search_args(out, space, trials=6))
     assert code == 0, stderr
@@ -136,3 +138,27 @@ def test_proposals_must_be_a_count(tmp_path, value):
 
     with pytest.raises(ConfigError, match="proposals"):
         parse_space({"schema_version": 1, "proposals": value}, name="t")
+
+
+def test_the_report_tables_the_profile_and_the_predictions_against_the_trials():
+    import optuna
+
+    from autocomp.report.data import proposals_table, sensitivity_table
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("baseline", {"accuracy": 0.9})
+    study.set_user_attr("sensitivity_baseline_ms", 2.0)
+    study.set_user_attr("sensitivity", [
+        Option("prune/a", 0.5, 0.85, 1.5).to_dict(), Option("bits/*", "dyn8", 0.9, 1.0).to_dict(),
+        Option("prune/b", 0.5, error="refused").to_dict(),
+    ])
+    frame = sensitivity_table(study)
+    assert frame["param"].tolist() == ["prune/a", "bits/*", "prune/b"]
+    assert frame["accuracy_drop"].tolist()[:2] == pytest.approx([0.05, 0.0])
+    assert frame["latency_saved_pct"].tolist()[:2] == pytest.approx([25.0, 50.0])
+    assert frame["error"].tolist() == ["", "", "refused"]
+    study.enqueue_trial({"x": 1.0}, user_attrs={PROPOSAL: {"accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2}})
+    study.optimize(lambda t: (t.suggest_float("x", 0, 2) * 0.0 + 0.87, 1.3, 10.0), n_trials=1)
+    rows = proposals_table(study).to_dict("records")
+    assert rows == [{"trial": 0, "round": 2, "predicted_accuracy": 0.88, "accuracy": 0.87, "predicted_latency_ms": 1.2,
+                     "latency_ms": 1.3, "latency_unit": "local"}]

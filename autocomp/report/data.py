@@ -641,3 +641,46 @@ def importances(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FOR_IMPORTA
         frames.append(pd.DataFrame({"param": list(result), "objective": objective, "importance": list(result.values())}))
     table = pd.concat(frames, ignore_index=True) if frames else empty
     return Importances(table, notes)
+
+
+SENSITIVITY_COLUMNS = ["param", "value", "accuracy_drop", "latency_saved_pct", "error"]
+PROPOSAL_COLUMNS = ["trial", "round", "predicted_accuracy", "accuracy", "predicted_latency_ms", "latency_ms", "latency_unit"]
+
+
+def sensitivity_table(study: optuna.Study) -> pd.DataFrame:
+    """The study's sensitivity profile: each change alone, its accuracy drop (no fine-tuning) and the
+    estimated latency it saves, in % of the baseline's estimate (``allocate.sensitivity_profile``)."""
+    options = study.user_attrs.get("sensitivity") or []
+    rows = [o for o in options if isinstance(o, Mapping) and "param" in o]
+    if not rows:
+        return pd.DataFrame(columns=SENSITIVITY_COLUMNS)
+    baseline = study.user_attrs.get("baseline") or {}
+    accuracy = _float_or_none(baseline.get("accuracy"))
+    frame = pd.DataFrame(rows)
+    base_ms = _float_or_none(study.user_attrs.get("sensitivity_baseline_ms"))
+    frame["accuracy_drop"] = (accuracy - pd.to_numeric(frame["accuracy"], errors="coerce")) if accuracy is not None else np.nan
+    frame["latency_saved_pct"] = (
+        100.0 * (1.0 - pd.to_numeric(frame["latency_ms"], errors="coerce") / base_ms) if base_ms else np.nan
+    )
+    frame["value"] = frame["value"].astype(str)
+    frame["error"] = frame["error"].fillna("") if "error" in frame else ""
+    return frame[SENSITIVITY_COLUMNS]
+
+
+def proposals_table(study: optuna.Study) -> pd.DataFrame:
+    """Each proposed trial: what the allocation predicted and what the trial reached after fine-tuning."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        prediction = trial.user_attrs.get("proposal")
+        if not isinstance(prediction, Mapping):
+            continue
+        done = trial.state == TrialState.COMPLETE and trial.values
+        rows.append({
+            "trial": trial.number, "round": prediction.get("round", 1),
+            "predicted_accuracy": _float_or_none(prediction.get("accuracy")),
+            "accuracy": trial.values[0] if done else np.nan,
+            "predicted_latency_ms": _float_or_none(prediction.get("latency_ms")),
+            "latency_ms": trial.values[1] if done else np.nan,
+            "latency_unit": str(prediction.get("latency_unit", "")),
+        })
+    return pd.DataFrame(rows, columns=PROPOSAL_COLUMNS)

@@ -327,6 +327,33 @@ def _importance_html(result: data.Importances) -> str:
     return "".join(out)
 
 
+def _sensitivity_html(study: optuna.Study) -> str:
+    frame, proposals = data.sensitivity_table(study), data.proposals_table(study)
+    if frame.empty and proposals.empty:
+        return ""
+    seconds = study.user_attrs.get("sensitivity_s")
+    out = ['<section id="sensitivity"><h2>sensitivity and proposals</h2>',
+           f'<p class="meta">{len(frame)} changes, each alone, scored on their ONNX files without fine-tuning and priced '
+           "by the device's estimator"
+           + (f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+           + "; the plans proposed from them were queued after the hand-made anchors and fine-tuned like any trial. "
+           "Failed changes are never proposed.</p>"]
+    if not frame.empty:
+        out.append(_figure_html(figures.sensitivity_figure(frame), "fig-sensitivity"))
+    if not proposals.empty:
+        headers = [("trial", True), ("round", True), ("predicted accuracy", True), ("accuracy", True),
+                   ("predicted latency", True), ("latency ms", True), ("predicted in", False)]
+        rows = [("", [
+            (str(r.trial), r.trial), (str(r.round), r.round),
+            (_fmt(r.predicted_accuracy, ".4f"), r.predicted_accuracy), (_fmt(r.accuracy, ".4f"), r.accuracy),
+            (_fmt(r.predicted_latency_ms, ".3f"), r.predicted_latency_ms), (_fmt(r.latency_ms, ".3f"), r.latency_ms),
+            (esc(r.latency_unit), r.latency_unit),
+        ]) for r in proposals.itertuples(index=False)]
+        out.append(table(headers, rows, table_id="proposals", sortable=True))
+    out.append("</section>")
+    return "".join(out)
+
+
 def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
     """The whole report page for ``study`` as one HTML string.
 
@@ -379,6 +406,7 @@ def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
         body.append('<section id="history"><h2>optimization history</h2>'
                     + _figure_html(figures.history_figure(data.history_table(trials), meta), "fig-history") + "</section>")
         body.append(_importance_html(data.importances(study)))
+        body.append(_sensitivity_html(study))
     body.append(
         f'<section id="trials-section"><h2>all trials ({len(trials)})</h2>'
         '<p class="meta">Click a column header to sort; a table wider than the page scrolls sideways. ★ chosen trial; '
