@@ -385,6 +385,11 @@ def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     else:
         rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
         chosen = min(feasible, key=lambda t: (t.values[1], -t.values[0]), default=None)
+        baseline_ms = (study.user_attrs.get("baseline") or {}).get("latency_ms")
+        if chosen is not None and isinstance(baseline_ms, (int, float)) and chosen.values[1] >= baseline_ms:
+            # the baseline is not a trial, but it is the alternative: a "fastest" plan slower than it is no answer
+            rule += f", faster than the baseline ({baseline_ms:.3f} ms): none is, keep the baseline"
+            chosen = None
     return chosen, rule
 
 

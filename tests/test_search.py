@@ -381,3 +381,21 @@ def test_storage_passwords_are_masked(url, shown):
     from autocomp.study import masked_url
 
     assert masked_url(url) == shown
+
+
+def test_a_fastest_plan_slower_than_the_baseline_is_not_chosen():
+    """The rule optimizes latency: a trial no faster than the uncompressed model is no answer; the baseline is kept."""
+    from autocomp.study import choose_trial
+
+    def study_with(latencies):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+        study.set_user_attr("baseline", {"latency_ms": 1.0})
+        study.set_user_attr("accuracy_floor", 0.9)
+        for latency in latencies:
+            study.add_trial(optuna.trial.create_trial(values=[0.95, latency, 100.0], system_attrs={"constraints": [0.0]}))
+        return study
+
+    chosen, rule = choose_trial(study_with([1.2, 1.05]))
+    assert chosen is None and "faster than the baseline (1.000 ms): none is, keep the baseline" in rule
+    chosen, _ = choose_trial(study_with([1.2, 0.8]))
+    assert chosen is not None and chosen.values[1] == 0.8
