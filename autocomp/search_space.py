@@ -33,7 +33,7 @@ PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quant
 _TOP_KEYS = (
     "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "sparsity", "bits",
 )
-_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop")
+_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
 _RULE_KEYS = ("layers", "ratio", "choices")
 
@@ -54,6 +54,7 @@ class FinetuneSpec:
     distill: DistillConfig = DistillConfig(steps=60)
     early_stop_after_steps: int = 20  # evaluate once after this many steps ...
     early_stop_max_drop: float = 0.5  # ... and stop if accuracy is this far below the floor (hopeless)
+    final_steps: int = 0  # the chosen plan's model fine-tunes this many more steps before it ships (final.py)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
         early_stop_max_drop=_number(
             early.get("max_drop", defaults.early_stop_max_drop), where=f"{where}.early_stop.max_drop", low=0.0, high=1.0
         ),
+        final_steps=_number(data.get("final_steps", defaults.final_steps), where=f"{where}.final_steps", low=0, integer=True),
     )
     return spec
 

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import ConfigError
+from autocomp.final import FINAL
 from autocomp.pipeline import compress_model
 from autocomp.plan import CompressionPlan
 from autocomp.runtime import evaluate_onnx
@@ -82,13 +83,18 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
         plan = CompressionPlan.from_params(picked.params)
         record = {**picked.user_attrs, "accuracy": picked.values[0], "latency_ms": picked.values[1], "size_bytes": picked.values[2]}
         onnx_src = Path(picked.user_attrs["artifact"])
+        final = study.user_attrs.get(FINAL)
+        if isinstance(final, dict) and final.get("trial") == picked.number and final.get("shipped") == "final":
+            trial_record = {k: record.get(k) for k in METRIC_KEYS}
+            record = {**final, "trial_model": trial_record}  # the longer fine-tune of this plan ships
+            onnx_src = Path(final["artifact"])
         profile = load_profile(settings["device"])
         space = load_space(settings["space"])
         model = compress_model(
             task, teacher, plan, finetune=DistillConfig(steps=0), round_to=profile.channel_multiple,
             order=space.pipeline, student=space.student,
         )
-        state_path = onnx_src.parent / "model_state.pt"
+        state_path = onnx_src.parent / "model_state.pt"  # the trial's, or the final fine-tune's
         if not state_path.is_file():
             raise ConfigError(f"trial {picked.number}'s weights {state_path} are missing; was the run folder moved or cleaned?")
         model.load_state_dict(torch.load(state_path, weights_only=True))
@@ -128,21 +134,25 @@ def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
     run, out = run_dir.resolve(), out_dir.resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} is a file, not a folder; give a folder to write the model files into")
-    artifacts = (run / "baseline", run / "trials")
+    artifacts = (run / "baseline", run / "trials", run / "final")
     if out == run or any(out == a or a in out.parents for a in artifacts):
         raise ConfigError(
-            f"--out {out_dir} is the run folder or inside its own artifacts (baseline/, trials/); "
+            f"--out {out_dir} is the run folder or inside its own artifacts (baseline/, trials/, final/); "
             f"export to a folder of its own, e.g. --out {run / 'export'}"
         )
 
 
+METRIC_KEYS = ("accuracy", "torch_accuracy", "pt2_accuracy", "latency_ms", "latency_p90_ms", "latency_source", "size_bytes", "params", "onnx_sha256")
+
+
 def _metrics(study: optuna.Study, picked: FrozenTrial | None, record: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "torch_accuracy", "pt2_accuracy", "latency_ms", "latency_p90_ms", "latency_source", "size_bytes", "params", "onnx_sha256")
+    final = {"final_finetune": {"steps": record["steps"], "trial_model": record["trial_model"]}} if "trial_model" in record else {}
     return {
         "device": study.user_attrs.get("device"),
         "trial": "baseline" if picked is None else picked.number,
-        "model": {k: record.get(k) for k in keys},
-        "baseline": {k: baseline.get(k) for k in keys},
+        "model": {k: record.get(k) for k in METRIC_KEYS},
+        **final,
+        "baseline": {k: baseline.get(k) for k in METRIC_KEYS},
         "speedup": baseline["latency_ms"] / record["latency_ms"],
         "size_ratio": baseline["size_bytes"] / record["size_bytes"],
     }

@@ -155,7 +155,7 @@ CASES = [
     ("export-trial-text", ["export", "--study", "{files}/run", "--out", "{files}/x", "--trial", "best"], "--trial 'best' is neither a trial number nor 'baseline'"),
     ("export-out-is-a-file", ["export", "--study", "{files}/run", "--out", "{files}/empty.onnx"], "--out {files}/empty.onnx is a file, not a folder; give a folder to write the model files into"),
     ("search-out-is-a-file", [*SEARCH, *TINY[:4], "--out", "{files}/empty.onnx"], "--out {files}/empty.onnx is a file, not a folder; give a folder for the run (it is created if missing)"),
-    ("export-into-run", ["export", "--study", "{files}/run", "--out", "{files}/run/baseline"], '--out {files}/run/baseline is the run folder or inside its own artifacts (baseline/, trials/); export to a folder of its own, e.g. --out {files}/run/export'),
+    ("export-into-run", ["export", "--study", "{files}/run", "--out", "{files}/run/baseline"], '--out {files}/run/baseline is the run folder or inside its own artifacts (baseline/, trials/, final/); export to a folder of its own, e.g. --out {files}/run/export'),
     # calibrate, bench, board check, compress
     ("calibrate-variants", ["calibrate", "--variants", "2"], '--variants 2 is out of range; allowed: >= 8'),
     ("calibrate-held-out", ["calibrate", "--held-out", "0.95"], '--held-out 0.95 is out of range; allowed: 0.05 <= x <= 0.9'),

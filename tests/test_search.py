@@ -399,3 +399,33 @@ def test_a_fastest_plan_slower_than_the_baseline_is_not_chosen():
     assert chosen is None and "faster than the baseline (1.000 ms): none is, keep the baseline" in rule
     chosen, _ = choose_trial(study_with([1.2, 0.8]))
     assert chosen is not None and chosen.values[1] == 0.8
+
+
+def test_the_chosen_plan_is_fine_tuned_longer_and_that_model_ships(tmp_path):
+    """final_steps: the chosen trial's weights distil further, the ONNX file is scored again, and export ships it
+    with both the trial's and the final figures in metrics.json."""
+    space = tmp_path / "final.yaml"
+    space.write_text(SPACE.replace("finetune: {steps: 8,", "finetune: {final_steps: 20, steps: 8,"))
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space, trials=3))
+    assert code == 0, stderr
+    study = open_study(out)
+    final = study.user_attrs["final"]
+    chosen = study.user_attrs["chosen_trial"]
+    assert final["trial"] == chosen and final["steps"] == 20
+    assert final["trial_accuracy"] == study.trials[chosen].values[0]
+    assert "final fine-tune (20 more steps)" in stdout
+    assert (out / "final" / "model.onnx").is_file() and (out / "final" / "model_state.pt").is_file()
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"))
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    if final["shipped"] == "final":
+        assert metrics["model"]["accuracy"] == final["accuracy"] and metrics["model"]["onnx_sha256"] == final["onnx_sha256"]
+        assert metrics["final_finetune"]["trial_model"]["accuracy"] == study.trials[chosen].values[0]
+        assert metrics["model"]["pt2_accuracy"] == pytest.approx(final["torch_accuracy"])
+    else:  # the longer fine-tune scored lower on held-out data: the trial's model ships, and says why
+        assert final["accuracy"] < final["trial_accuracy"] and metrics["model"]["accuracy"] == final["trial_accuracy"]
+    # resumed with the same chosen trial, the record is reused, not fine-tuned again
+    code, _, stderr = cli(*search_args(out, space, trials=3))
+    assert code == 0, stderr
+    assert open_study(out).user_attrs["final"] == final

@@ -107,6 +107,7 @@ def search(
             f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%"
         )
         outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
+        final = None if outcome.chosen is None or outcome.interrupted else _final_finetune(ctx, study, outcome.chosen)
         _print_front(outcome.study, baseline)
         report_path = _write_report(outcome.study, out_dir)
     if outcome.chosen is None:
@@ -118,6 +119,12 @@ def search(
             f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster), "
             f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
         )
+        if final is not None:
+            shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
+            console.print(
+                f"final fine-tune ({final['steps']} more steps): accuracy {100 * final['trial_accuracy']:.2f}% -> "
+                f"{100 * final['accuracy']:.2f}%, {final['latency_ms']:.3f} ms; it {shipped}"
+            )
         console.print(f"export it: autocomp export --study {out_dir} --out {out_dir / 'export'}")
     console.print(f"report: {report_path}")
     if outcome.interrupted:
@@ -126,6 +133,18 @@ def search(
     if ran and all(t.state == TrialState.FAIL for t in ran):
         err_console.print(styled("failed:", "bold red", f"all {len(ran)} trials of this run failed; their reasons are above and in the report"))
         raise typer.Exit(1)
+
+
+def _final_finetune(ctx, study, chosen):
+    """The chosen plan's longer fine-tune (the space's ``final_steps``), with a progress bar."""
+    from autocomp.final import final_finetune
+
+    if ctx.space.finetune.final_steps <= 0:
+        return None
+    columns = (SpinnerColumn(), TextColumn("[bold]final fine-tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TrialsLeftColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("", total=ctx.space.finetune.final_steps, done_here=0, started_s=time.monotonic())
+        return final_finetune(ctx, study, chosen, on_step=lambda step, steps: progress.update(bar, completed=step, done_here=step))
 
 
 def _auto_space(teacher):
