@@ -257,7 +257,7 @@ def _rules(value: Any, *, kind: str, where: str) -> tuple[LayerRule, ...]:
             choices = item["choices"]
             if not isinstance(choices, list) or not choices or any(c not in SUPPORTED_BITS for c in choices):
                 raise ConfigError(
-                    f"{at}.choices: {choices!r} must be a non-empty list of bit-widths from {list(SUPPORTED_BITS)}"
+                    f"{at}.choices: {choices!r} must be a non-empty list of precisions from {', '.join(map(str, SUPPORTED_BITS))}"
                 )
             distribution = od.CategoricalDistribution(choices)
         rules.append(LayerRule(patterns, distribution))

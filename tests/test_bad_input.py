@@ -129,7 +129,7 @@ CASES = [
     ("unknown-backend", [*SEARCH, "--backend", "magic"], "unknown latency backend 'magic'; choose one of estimate, local, ssh"),
     ("space-malformed-yaml", [*SEARCH, "--space", "{files}/broken.yaml"], "search space {files}/broken.yaml is not valid YAML at line 3, column 1: expected the node content, but found '<stream end>'"),
     ("space-matches-nothing", [*SEARCH, *TINY[:2], "--space", "{files}/nomatch.yaml", "--out", "{files}/out-{case}"], "search space 'nomatch': prune patterns ['encoder.*'] match no compressible layer of the model (after exclude); layers: stem.0, block1_conv1, block1_conv2, block2_conv1, block2_conv2, block2_short, fc"),
-    ("space-bits-4", [*SEARCH, *TINY[:2], "--space", "{files}/bits4.yaml", "--out", "{files}/out-{case}"], 'search space {files}/bits4.yaml: bits[0].choices: [32, 4] must be a non-empty list of bit-widths from [32, 16, 8]'),
+    ("space-bits-4", [*SEARCH, *TINY[:2], "--space", "{files}/bits4.yaml", "--out", "{files}/out-{case}"], 'search space {files}/bits4.yaml: bits[0].choices: [32, 4] must be a non-empty list of precisions from 32, 16, 8, dyn8'),
     ("space-ratio-1.5", [*SEARCH, *TINY[:2], "--space", "{files}/ratio.yaml", "--out", "{files}/out-{case}"], 'search space {files}/ratio.yaml: prune[0].ratio: ratios must lie in [0, 1), got (0.0, 1.5)'),
     ("profile-missing-field", ["search", "--device", "{files}/noprofile-field.yaml"], "device profile {files}/noprofile-field.yaml: missing required key 'channel_multiple'"),
     ("storage-not-url", [*SEARCH, "--storage", "not-a-url"], "--storage 'not-a-url' is not a database URL; e.g. sqlite:///runs/study.db or postgresql://user@host:5432/autocomp"),

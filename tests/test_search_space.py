@@ -54,7 +54,7 @@ def test_a_rule_the_device_cannot_run_at_all_is_rejected():
         ({"prune": []}, "missing required key 'schema_version'"),
         ({"schema_version": 2}, "schema_version 2 is not supported"),
         ({"schema_version": 1, "pipeline": ["quantize", "prune"]}, "pipeline ['quantize', 'prune'] is not supported"),
-        ({"schema_version": 1, "bits": [{"layers": ["*"], "choices": [4]}]}, "must be a non-empty list of bit-widths"),
+        ({"schema_version": 1, "bits": [{"layers": ["*"], "choices": [4]}]}, "must be a non-empty list of precisions from 32, 16, 8, dyn8"),
         ({"schema_version": 1, "prune": [{"layers": ["*"], "ratio": {"type": "float", "low": 0, "high": 1.0}}]}, "ratios must lie in [0, 1)"),
         ({"schema_version": 1, "prune": [{"layers": ["*"], "ratio": {"type": "beta"}}]}, "unknown distribution type 'beta'"),
         ({"schema_version": 1, "finetune": {"steps": -3}}, "finetune.steps: -3 must be an integer"),

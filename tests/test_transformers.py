@@ -16,17 +16,30 @@ from test_search import cli
 TASK = f"{Path(__file__).parent / 'bert_task.py'}:make_task"
 
 
+def test_space_auto_takes_the_transformer_space_for_a_model_with_attention():
+    from autocomp.cli.search_cmd import _auto_space
+    from bert_task import Encoder
+    from tiny_models import TinyResNet
+
+    assert _auto_space(Encoder(hidden=64, heads=4, layers=1, ffn=128))[0] == "transformer"
+    assert _auto_space(TinyResNet())[0] == "default"
+
+
 def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
+    # the shipped transformer space, sampled at random after its anchors (no proposals: their pass is
+    # tested in test_allocate.py) so that every precision is drawn, with a short final fine-tune
+    shipped = (Path(__file__).parent.parent / "search_spaces" / "transformer.yaml").read_text()
+    space = tmp_path / "transformer.yaml"
+    space.write_text(shipped.replace("proposals: 4", "proposals: 0").replace("final_steps: 480", "final_steps: 40"))
     out = tmp_path / "run"
-    args = ["search", "--device", "local", "--task", TASK, "--trials", "5",
+    args = ["search", "--device", "local", "--task", TASK, "--space", str(space), "--trials", "6",
             "--sampler", "random", "--seed", "2", "--out", str(out), "--study-name", "bert"]  # fmt: skip
     code, stdout, stderr = cli(*args)
     assert code == 0, stderr
-    assert "search space: transformer (the model has 4 self-attention modules" in stdout  # --space auto
     study = load_existing_study(default_storage(out), "bert")
     trials = study.trials
     # no sampled plan breaks the model: every trial completes (no reshape error from a pruned q/k/v)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5, [t.user_attrs.get("fail_reason") for t in trials]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, [t.user_attrs.get("fail_reason") for t in trials]
     assert not [n for t in trials for n in t.params if n.startswith("prune/") and n.endswith((".query", ".key", ".value"))]
     headed = [t for t in trials if any(v > 0 for n, v in t.params.items() if n.startswith("heads/"))]
     assert headed
@@ -46,6 +59,7 @@ def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
     # the report speaks of heads: a column in the chosen plan's layer table and a line on why
     page = (out / "report.html").read_text()
     assert study.user_attrs["chosen_trial"] is not None
+    assert study.user_attrs["final"]["trial"] == study.user_attrs["chosen_trial"] and study.user_attrs["final"]["steps"] == 40
     assert '<th class="num" scope="col">heads</th>' in page
     assert "attention pruned as whole heads:" in page
     assert "int8-dyn" in page
