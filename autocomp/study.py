@@ -418,6 +418,7 @@ def run_search(
     )
     if not distributions:
         raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
+    _check_same_choices(study, distributions)
     close_orphans(study)
     if not study.get_trials(deepcopy=False):
         for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits, fast_bits=ctx.profile.fast_bits):
@@ -493,6 +494,23 @@ def _interrupt_flag(interrupted: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _check_same_choices(study: optuna.Study, distributions: dict[str, Any]) -> None:
+    """Optuna refuses a categorical parameter whose choices changed within a study: say so before any trial."""
+    for trial in study.get_trials(deepcopy=False):
+        for name, old in trial.distributions.items():
+            new = distributions.get(name)
+            if isinstance(old, optuna.distributions.CategoricalDistribution) and isinstance(
+                new, optuna.distributions.CategoricalDistribution
+            ) and old.choices != new.choices:
+                raise ConfigError(
+                    f"study {study.study_name!r} searched {name} over {list(old.choices)}, and the space now gives "
+                    f"{list(new.choices)} (the space or the device changed); start a new search with another "
+                    "--study-name or --out"
+                )
+        if trial.distributions:
+            return
 
 
 def _close_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:

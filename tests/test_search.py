@@ -429,3 +429,14 @@ def test_the_chosen_plan_is_fine_tuned_longer_and_that_model_ships(tmp_path):
     code, _, stderr = cli(*search_args(out, space, trials=3))
     assert code == 0, stderr
     assert open_study(out).user_attrs["final"] == final
+
+
+def test_a_study_resumed_with_other_precision_choices_says_so(tmp_path, space_file):
+    out = tmp_path / "run"
+    code, _, stderr = cli(*search_args(out, space_file, trials=1))
+    assert code == 0, stderr
+    space_file.write_text(SPACE.replace("choices: [32, 8]", "choices: [32, 8, dyn8]"))  # the same space, edited
+    code, _, stderr = cli(*search_args(out, space_file, trials=2))
+    assert code == 2
+    assert "searched bits/block1_conv1 over [32, 8], and the space now gives [32, 8, 'dyn8']" in stderr
+    assert "start a new search with another --study-name or --out" in stderr
