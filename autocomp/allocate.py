@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna.distributions as od
@@ -107,7 +107,8 @@ def sensitivity_profile(
     shows it and the allocation never uses it. ``progress(done, total)`` after each.
     """
     from autocomp.compress.quantize import quantize_onnx
-    from autocomp.pipeline import build_artifact, compress_model
+    from autocomp.objective import plan_structure
+    from autocomp.pipeline import build_artifact
     from autocomp.runtime import calibration_inputs, evaluate_onnx
 
     base = {name: identity_value(name, dist) for name, dist in distributions.items()}
@@ -128,11 +129,7 @@ def sensitivity_profile(
                 calibration = calibration if calibration is not None else calibration_inputs(ctx.task, max_samples=32)
                 path = quantize_onnx(baseline_onnx, work / "model.onnx", plan.bits, calibration=calibration, recipe=ctx.profile.int8_recipe)
             else:
-                model = compress_model(
-                    ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0),
-                    round_to=ctx.profile.channel_multiple, order=ctx.space.pipeline, student=ctx.space.student,
-                )
-                path = build_artifact(ctx.task, model, plan, work, recipe=ctx.profile.int8_recipe, calibration_samples=32).onnx_path
+                path = build_artifact(ctx.task, plan_structure(ctx, plan), plan, work, recipe=ctx.profile.int8_recipe, calibration_samples=32).onnx_path
             accuracy, estimate_ms = evaluate_onnx(ctx.task, path), ctx.estimator.measure(path, ctx.profile).median_ms
             # a knob's uniform change is also timed for real, which rescales its layers' estimated savings
             measured = name.endswith(UNIFORM) and ctx.backend is not ctx.estimator and ctx.backend.name != "estimate"

@@ -39,10 +39,9 @@ def final_finetune(
     trial: a resumed search that chose the same trial reuses the record. ``on_step(step, steps)``.
     """
     from autocomp.compress.distill import distill
-    from autocomp.pipeline import build_artifact, check_same_metric, compress_model
+    from autocomp.objective import plan_structure
+    from autocomp.pipeline import build_artifact, score_artifact
     from autocomp.plan import CompressionPlan
-    from autocomp.runtime import evaluate_onnx
-    from autocomp.tasks.base import score, torch_predictor
 
     steps = ctx.space.finetune.final_steps
     stored = study.user_attrs.get(FINAL)
@@ -52,10 +51,7 @@ def final_finetune(
         return stored
     started = time.perf_counter()
     plan = CompressionPlan.from_params(chosen.params)
-    model = compress_model(
-        ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple,
-        order=ctx.space.pipeline, student=ctx.space.student,
-    )
+    model = plan_structure(ctx, plan)
     trial_onnx = Path(chosen.user_attrs["artifact"])
     model.load_state_dict(torch.load(trial_onnx.parent / "model_state.pt", weights_only=True))
     # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate
@@ -66,10 +62,7 @@ def final_finetune(
     out = final_dir(ctx.out_dir)
     shutil.rmtree(out, ignore_errors=True)
     artifact = build_artifact(ctx.task, tuned, plan, out, recipe=ctx.profile.int8_recipe)
-    accuracy = evaluate_onnx(ctx.task, artifact.onnx_path)
-    torch_accuracy = score(ctx.task, torch_predictor(tuned), what="the finally fine-tuned model in PyTorch")
-    if not any(bits != 32 for bits in plan.bits.values()):
-        check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
+    accuracy, torch_accuracy = score_artifact(ctx.task, tuned, plan, artifact, what="the finally fine-tuned model in PyTorch")
     torch.save(tuned.state_dict(), out / "model_state.pt")
     latency = ctx.backend.measure(artifact.onnx_path, ctx.profile)
     record = {

@@ -106,12 +106,17 @@ def layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
         return {}
 
 
-def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> LatencyResult:
-    """Estimate the plan's latency before any fine-tuning (structure only; weights do not matter)."""
-    model = compress_model(
+def plan_structure(ctx: SearchContext, plan: CompressionPlan) -> nn.Module:
+    """The plan's model as this search builds it (device rounding, the space's order and student), not fine-tuned."""
+    return compress_model(
         ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple,
         order=ctx.space.pipeline, student=ctx.space.student,
     )
+
+
+def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> LatencyResult:
+    """Estimate the plan's latency before any fine-tuning (structure only; weights do not matter)."""
+    model = plan_structure(ctx, plan)
     artifact = build_artifact(
         ctx.task, model, plan, ctx.trial_dir(number) / "precheck", recipe=ctx.profile.int8_recipe, calibration_samples=8
     )

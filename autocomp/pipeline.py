@@ -189,13 +189,19 @@ def run_plan(
     artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
     exported = time.perf_counter()
     phase("evaluate")
-    accuracy = evaluate_onnx(task, artifact.onnx_path)
-    torch_accuracy = score(task, torch_predictor(model), what="the compressed model in PyTorch")
-    if not any(bits != 32 for bits in plan.bits.values()):
-        check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
+    accuracy, torch_accuracy = score_artifact(task, model, plan, artifact, what="the compressed model in PyTorch")
     timings = {"finetune": compressed - started, "export": exported - compressed, "evaluate": time.perf_counter() - exported}
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
     return PlanResult(plan, accuracy, artifact, model, torch_accuracy, timings)
+
+
+def score_artifact(task: Task, model: nn.Module, plan: CompressionPlan, artifact: Artifact, *, what: str) -> tuple[float, float]:
+    """The task's metric on the ONNX file and on the PyTorch model it came from; an fp32 file must agree."""
+    accuracy = evaluate_onnx(task, artifact.onnx_path)
+    torch_accuracy = score(task, torch_predictor(model), what=what)
+    if not any(bits != 32 for bits in plan.bits.values()):
+        check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
+    return accuracy, torch_accuracy
 
 
 def check_same_metric(*, onnx: float, torch: float, path: Path) -> None:
