@@ -1,17 +1,20 @@
 """``autocomp bench``: the samplers and the hand-made uniform plans, side by side in one run.
 
-Every method gets the same task, space, device, fine-tuning budget and trial
-budget. Each (sampler, seed) is an ordinary study in one SQLite file, so a
-killed benchmark resumes where it stopped. Compared by
+Every method gets the same task, space, device and fine-tuning budget, and the
+same wall time: the uniform grid runs first, and each search then gets the
+time the grid took (its sensitivity pass included), or ``budget_s`` when given.
+The chosen model of every method, the grid's included, gets the same final
+fine-tune before it is compared. Each (sampler, seed) is an ordinary study in
+one SQLite file, so a killed benchmark resumes where it stopped. Compared by
 
 * hypervolume of the feasible front, in the unit box between a perfect model
   and the reference point (accuracy at the floor, the baseline's latency, the
   baseline's size): each objective is scaled so that 1 is the reference;
 * the best latency reached at or above the floor (the configuration
   ``search`` would choose);
-* for the chosen models, latency measured with onnxruntime on this machine,
-  all files timed in interleaved rounds in the same run, so load hits every
-  method alike;
+* for the chosen models after their final fine-tune, accuracy on the ONNX file and latency
+  measured with onnxruntime on this machine at the profile's thread count, all files timed
+  in interleaved rounds in the same run, so load hits every method alike;
 * the tool's own overhead per trial: wall time minus fine-tuning, evaluation
   and latency measurement (export and quantization count as overhead).
 """
@@ -31,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.objective import SearchContext
+from autocomp.plan import HEADS
 from autocomp.precision import SUPPORTED_BITS
 from autocomp.study import (
     DEFAULT_SAMPLER,
@@ -59,10 +63,21 @@ class MethodRun:
     wall_s: float = 0.0  # this invocation's search time
     new_trials: frozenset[int] = frozenset()  # trials finished by this invocation (a resumed run skips the rest)
     measured_ms: float | None = None
+    final: dict[str, Any] | None = None  # the chosen trial's final fine-tune (``final.final_finetune``)
 
     @property
     def chosen(self) -> FrozenTrial | None:
         return choose_trial(self.study)[0]
+
+    @property
+    def shipped(self) -> tuple[float, Path] | None:
+        """The accuracy and ONNX file this method ships: the final fine-tune's, or the trial's when it scored lower."""
+        chosen = self.chosen
+        if chosen is None:
+            return None
+        if self.final is not None and self.final["shipped"] == "final":
+            return self.final["accuracy"], Path(self.final["artifact"])
+        return chosen.values[0], Path(chosen.user_attrs["artifact"])
 
     def feasible(self) -> list[FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
@@ -103,8 +118,8 @@ def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int
                     params[name] = max(dist.choices)
                 elif name.startswith("prune/"):
                     params[name] = min(max(ratio, dist.low), dist.high)
-                elif name.startswith("sparsity/"):
-                    params[name] = dist.low
+                elif name.startswith(("sparsity/", HEADS)):
+                    params[name] = dist.low  # every attention head kept: uniform pruning cuts widths
                 elif name.startswith("bits/"):
                     params[name] = bits
             if params not in plans:  # ratios clipped to the space's range can repeat
@@ -123,42 +138,79 @@ def run_bench(
     min_accuracy: str = "-1",
     uniform: Sequence[dict[str, Any]] = (),
     on_trial_end: Callable[[str, FrozenTrial], None] | None = None,
+    budget_s: float | None = None,
+    final: bool = True,
 ) -> list[MethodRun]:
-    """Run (or resume) every study of the benchmark; returns them in a fixed order.
+    """Run (or resume) every study of the benchmark; returns them with the uniform grid last.
 
-    ``uniform``: the hand-made plans (``uniform_plans``) evaluated as one more study.
-    The baseline is evaluated once and shared: every study compares against the same file.
+    ``uniform``: the hand-made plans (``uniform_plans``) evaluated as one more study, first; each
+    search then stops starting trials after ``budget_s`` seconds, or (None) after the grid's wall
+    time (stored, so a resumed bench keeps it), and at ``trials`` at the most. ``final``: every
+    method's chosen trial gets the space's final fine-tune. The baseline is evaluated once and
+    shared: every study compares against the same file.
     """
     runs: list[MethodRun] = []
+    baseline_record: list[dict[str, Any]] = []
 
     def prepare(study: optuna.Study, run_ctx: SearchContext, method: str) -> tuple[SearchContext, dict[str, Any]]:
-        if runs and "baseline" not in study.user_attrs:
-            study.set_user_attr("baseline", runs[0].baseline)
-        return prepare_study(run_ctx, study, settings={**settings, "sampler": method}, min_accuracy=min_accuracy)
+        if baseline_record and "baseline" not in study.user_attrs:
+            study.set_user_attr("baseline", baseline_record[0])
+        run_ctx, baseline = prepare_study(run_ctx, study, settings={**settings, "sampler": method}, min_accuracy=min_accuracy)
+        baseline_record[:] = [baseline]
+        return run_ctx, baseline
 
+    grid = None
+    if uniform:
+        study = open_study(storage=storage, study_name=UNIFORM, sampler=make_sampler("random", seed=0))
+        # exactly the grid: no anchors, no sensitivity pass, no proposals
+        grid_space = replace(ctx.space, proposals=0)
+        run_ctx, baseline = prepare(study, replace(ctx, space=grid_space, out_dir=ctx.out_dir / "runs" / UNIFORM), UNIFORM)
+        if not study.get_trials(deepcopy=False):
+            for params in uniform:  # queued, so run_search evaluates exactly these (and resumes them)
+                study.enqueue_trial(params)
+        grid = _timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(uniform), on_trial_end=_tagged(UNIFORM, on_trial_end), final=final)
+        if grid.new_trials:
+            study.set_user_attr("bench_wall_s", grid.wall_s)
+        if budget_s is None:
+            budget_s = study.user_attrs.get("bench_wall_s")
     for sampler in samplers:
         for seed in seeds:
             name = f"{sampler}-seed{seed}"
             study = open_study(storage=storage, study_name=name, sampler=make_sampler(sampler, seed=seed))
             run_ctx, baseline = prepare(study, replace(ctx, seed=seed, out_dir=ctx.out_dir / "runs" / name), sampler)
-            runs.append(_timed_search(run_ctx, study, sampler, seed, baseline, n_trials=trials, on_trial_end=_tagged(name, on_trial_end)))
-    if uniform:
-        study = open_study(storage=storage, study_name=UNIFORM, sampler=make_sampler("random", seed=0))
-        run_ctx, baseline = prepare(study, replace(ctx, out_dir=ctx.out_dir / "runs" / UNIFORM), UNIFORM)
-        if not study.get_trials(deepcopy=False):
-            for params in uniform:  # queued, so run_search evaluates exactly these (and resumes them)
-                study.enqueue_trial(params)
-        runs.append(_timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(uniform), on_trial_end=_tagged(UNIFORM, on_trial_end)))
-    return runs
+            runs.append(_timed_search(
+                run_ctx, study, sampler, seed, baseline, n_trials=trials, on_trial_end=_tagged(name, on_trial_end),
+                timeout_s=_left(study, budget_s), final=final,
+            ))
+    return runs + ([grid] if grid is not None else [])
 
 
-def _timed_search(ctx: SearchContext, study: optuna.Study, method: str, seed: int | None, baseline: dict[str, Any], *, n_trials: int, on_trial_end) -> MethodRun:
+def _left(study: optuna.Study, budget_s: float | None) -> float | None:
+    """What is left of a study's time budget (a resumed search has spent some)."""
+    if budget_s is None:
+        return None
+    return max(0.0, budget_s - float(study.user_attrs.get("bench_wall_s", 0.0)))
+
+
+def _timed_search(
+    ctx: SearchContext, study: optuna.Study, method: str, seed: int | None, baseline: dict[str, Any], *,
+    n_trials: int, on_trial_end, timeout_s: float | None = None, final: bool = True,
+) -> MethodRun:
+    from autocomp.final import final_finetune
+
     before = {t.number for t in finished_trials(study)}
     started = time.perf_counter()
-    run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end)
+    if timeout_s is None or timeout_s > 0:
+        run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end, timeout_s=timeout_s)
     wall_s = time.perf_counter() - started
     new = frozenset(t.number for t in finished_trials(study)) - before
-    return MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
+    if new and method != UNIFORM:
+        study.set_user_attr("bench_wall_s", float(study.user_attrs.get("bench_wall_s", 0.0)) + wall_s)
+    run = MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
+    chosen = run.chosen
+    if final and chosen is not None:
+        run.final = final_finetune(ctx, study, chosen)
+    return run
 
 
 def _tagged(name: str, callback: Callable[[str, FrozenTrial], None] | None):
@@ -176,9 +228,9 @@ def measure_chosen(runs: Sequence[MethodRun], *, backend, profile, rounds: int =
         return None
     files: dict[str, Path] = {"baseline": Path(runs[0].baseline["artifact"])}
     for run in runs:
-        chosen = run.chosen
-        if chosen is not None:
-            files[f"{run.method}-{run.seed}"] = Path(chosen.user_attrs["artifact"])
+        shipped = run.shipped
+        if shipped is not None:
+            files[f"{run.method}-{run.seed}"] = shipped[1]
     best: dict[str, float] = {}
     for _ in range(rounds):
         for key, path in files.items():
@@ -229,6 +281,8 @@ def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None
                 "chosen_accuracy": "" if chosen is None else chosen.values[0],
                 "chosen_latency_ms": "" if chosen is None else chosen.values[1],
                 "chosen_size_bytes": "" if chosen is None else int(chosen.values[2]),
+                "final_accuracy": "" if run.final is None else run.final["accuracy"],
+                "shipped_accuracy": "" if run.shipped is None else run.shipped[0],
                 "latency_source": "" if chosen is None else chosen.user_attrs.get("latency_source", ""),
                 "baseline_accuracy": base["accuracy"],
                 "baseline_latency_ms": base["latency_ms"],
@@ -245,11 +299,15 @@ def summarize(rows: Sequence[dict[str, Any]], *, default_sampler: str = DEFAULT_
     """Per method: median hypervolume and best latency over seeds; the issue's targets, met or not."""
     methods: dict[str, dict[str, Any]] = {}
     for row in rows:
-        entry = methods.setdefault(row["method"], {"hypervolume": [], "latency_ms": [], "measured_ms": [], "accuracy": []})
+        entry = methods.setdefault(
+            row["method"], {"hypervolume": [], "latency_ms": [], "measured_ms": [], "accuracy": [], "shipped_accuracy": [], "wall_s": []}
+        )
         entry["hypervolume"].append(row["hypervolume"])
+        entry["wall_s"].append(row["wall_s"])
         if row["chosen_latency_ms"] != "":
             entry["latency_ms"].append(row["chosen_latency_ms"])
             entry["accuracy"].append(row["chosen_accuracy"])
+            entry["shipped_accuracy"].append(row.get("shipped_accuracy") or row["chosen_accuracy"])
         if row["measured_ms"] != "":
             entry["measured_ms"].append(row["measured_ms"])
     table = {

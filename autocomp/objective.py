@@ -20,6 +20,7 @@ from torch import nn
 
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import AutocompError
+from autocomp.fidelity import screen_rule
 from autocomp.latency.base import LatencyBackend, LatencyResult
 from autocomp.pipeline import Artifact, build_artifact, compress_model, run_plan
 from autocomp.plan import CompressionPlan, compressible_layers
@@ -44,6 +45,10 @@ PHASE_NAMES = {
 
 class TrialStopped(AutocompError):
     """Our own early-stopping rule (Optuna cannot prune multi-objective trials) ended a trial."""
+
+
+class TrialScreened(TrialStopped):
+    """The multi-fidelity screen (``autocomp.fidelity``) ended a trial after its short fine-tune."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,38 @@ def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> 
         shutil.rmtree(artifact.onnx_path.parent)
 
 
+def screen_score(ctx: SearchContext, plan: CompressionPlan, number: int) -> Callable[[nn.Module], tuple[float, float]]:
+    """How the screen scores a snapshot of a trial's student: its ONNX file's metric and estimated latency."""
+    from autocomp.compress.sparsity import make_sparsity_permanent
+    from autocomp.runtime import evaluate_onnx
+
+    def score_snapshot(model: nn.Module) -> tuple[float, float]:
+        with torch.random.fork_rng(devices=[]):  # the trial's training goes on with its own random stream
+            snapshot = make_sparsity_permanent(model).eval()  # a copy: the training run keeps its model
+            for module in snapshot.modules():
+                module._forward_hooks.clear()  # distillation's feature hooks are the training run's, not the file's
+            artifact = build_artifact(ctx.task, snapshot, plan, ctx.trial_dir(number) / "screen", recipe=ctx.profile.int8_recipe)
+            try:
+                return evaluate_onnx(ctx.task, artifact.onnx_path), ctx.estimator.measure(artifact.onnx_path, ctx.profile).median_ms
+            finally:
+                shutil.rmtree(artifact.onnx_path.parent)
+
+    return score_snapshot
+
+
+def step_hooks(*hooks: Callable[[int, float, nn.Module], None] | None) -> Callable[[int, float, nn.Module], None] | None:
+    """One on-step hook that runs each given one in order (None when none is given)."""
+    active = [hook for hook in hooks if hook is not None]
+    if not active:
+        return None
+
+    def on_step(step: int, loss: float, model: nn.Module) -> None:
+        for hook in active:
+            hook(step, loss, model)
+
+    return on_step
+
+
 def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], None] | None:
     """Stop a trial whose accuracy, after the first fine-tuning steps, is hopelessly below the floor."""
     spec = ctx.space.finetune
@@ -146,7 +183,7 @@ def early_stop_rule(ctx: SearchContext) -> Callable[[int, float, nn.Module], Non
     return on_step
 
 
-def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
+def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | None = None) -> list[float]:
     """Evaluate one trial's plan and return its objective values; raises to mark it failed or stopped."""
     started = time.perf_counter()
     plan = CompressionPlan.from_params(trial.params)
@@ -173,7 +210,10 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> list[float]:
             round_to=ctx.profile.channel_multiple,
             order=ctx.space.pipeline,
             student=ctx.space.student,
-            on_step=early_stop_rule(ctx),
+            on_step=step_hooks(
+                early_stop_rule(ctx),
+                None if study is None else screen_rule(ctx, study, trial, score=screen_score(ctx, plan, trial.number)),
+            ),
             on_phase=lambda name: trial.set_user_attr(PHASE, name),
         )
     except TrialStopped:  # stopped during fine-tuning: that time is still fine-tuning, not overhead

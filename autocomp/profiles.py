@@ -58,6 +58,7 @@ class RuntimeSettings:
     tool: str = "onnxruntime"  # "onnxruntime" | "trtexec"
     execution_provider: str = "CPUExecutionProvider"
     threads: int = 0  # intra-op threads; 0 lets onnxruntime choose
+    threads_auto: bool = False  # the profile said ``threads: auto``: ``threads`` is this machine's CPU count
     batch_size: int = 1
     warmup: int = 20
     runs: int = 100
@@ -117,6 +118,7 @@ class DeviceProfile:
         """A short hash of everything that changes a latency figure (coefficients and calibration included)."""
         data = asdict(self)
         data.pop("path", None)
+        data["runtime"].pop("threads_auto")  # how the count was given does not change a latency
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -172,7 +174,7 @@ _RUNTIME_KEYS = (
 )
 _RECIPE_KEYS = ("activation_type", "weight_type", "per_channel", "reduce_range", "op_types")
 _SSH_KEYS = ("host", "user", "port", "key", "python", "known_hosts")
-_CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime")
+_CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime", "threads", "cpu")
 
 
 def builtin_profile_dirs() -> list[Path]:
@@ -269,6 +271,20 @@ def _int(value: Any, where: str, *, minimum: int = 0) -> int:
     return value
 
 
+AUTO_THREADS = "auto"
+
+
+def _threads(value: Any, where: str) -> int:
+    """``runtime.threads``: a count, 0 (onnxruntime chooses), or ``auto`` (every CPU this process may use)."""
+    if value == AUTO_THREADS:
+        from autocomp import host
+
+        return host.available_cpus()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected an integer >= 0 or 'auto' (the CPUs this machine gives the process), got {value!r}")
+    return value
+
+
 def _choice(value: Any, choices: Iterable[Any], where: str) -> Any:
     choices = tuple(choices)
     if isinstance(value, bool) or value not in choices:
@@ -319,7 +335,8 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
     runtime = RuntimeSettings(
         tool=_choice(raw_runtime.get("tool", default.tool), ("onnxruntime", "trtexec"), f"{where}: runtime.tool"),
         execution_provider=_str(raw_runtime.get("execution_provider", default.execution_provider), f"{where}: runtime.execution_provider"),
-        threads=_int(raw_runtime.get("threads", default.threads), f"{where}: runtime.threads"),
+        threads=_threads(raw_runtime.get("threads", default.threads), f"{where}: runtime.threads"),
+        threads_auto=raw_runtime.get("threads") == AUTO_THREADS,
         batch_size=_int(raw_runtime.get("batch_size", default.batch_size), f"{where}: runtime.batch_size", minimum=1),
         warmup=_int(raw_runtime.get("warmup", default.warmup), f"{where}: runtime.warmup"),
         runs=_int(raw_runtime.get("runs", default.runs), f"{where}: runtime.runs", minimum=1),
@@ -361,6 +378,8 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         raw = _mapping(data["calibration"], f"{where}: calibration")
         check_keys(raw, allowed=_CALIBRATION_KEYS, where=f"{where}: calibration", required=("date", "backend"))
         calibration = dict(raw)
+        if "threads" in raw:
+            _int(raw["threads"], f"{where}: calibration.threads")
 
     from autocomp.latency.estimate import validate_cost_model  # the estimator owns the coefficient schema
 
@@ -387,8 +406,12 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
     )
 
 
-def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
-    """The YAML mapping of a profile (inverse of ``parse_profile``); used to write calibrations."""
+def profile_to_dict(profile: DeviceProfile, *, as_run: bool = False) -> dict[str, Any]:
+    """The YAML mapping of a profile (inverse of ``parse_profile``); used to write calibrations.
+
+    ``as_run``: the thread count this process resolved ``threads: auto`` to, with ``threads_auto: true``
+    (what a study records: its latencies were timed with that count, whatever machine reads it later).
+    """
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": profile.name,
@@ -403,7 +426,7 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
         "sparsity_source": profile.sparsity_source,
         "channel_multiple": profile.channel_multiple,
         "channel_multiple_source": profile.channel_multiple_source,
-        "runtime": {**asdict(profile.runtime), "calibration_batch_sizes": list(profile.runtime.calibration_batch_sizes)},
+        "runtime": _runtime_to_dict(profile.runtime, as_run=as_run),
         "int8_recipe": {**asdict(profile.int8_recipe), "op_types": list(profile.int8_recipe.op_types)},
         "cost_model": json.loads(json.dumps(dict(profile.cost_model))),
     }
@@ -414,9 +437,55 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
     return data
 
 
+def _runtime_to_dict(runtime: RuntimeSettings, *, as_run: bool) -> dict[str, Any]:
+    data = {**asdict(runtime), "calibration_batch_sizes": list(runtime.calibration_batch_sizes)}
+    if not as_run and data.pop("threads_auto"):
+        data["threads"] = AUTO_THREADS  # a calibration written here still follows the machine it runs on
+    return data
+
+
 def with_overrides(profile: DeviceProfile, **runtime: Any) -> DeviceProfile:
     """A copy of ``profile`` with some runtime settings replaced (e.g. ``batch_size=8``)."""
+    if "threads" in runtime:
+        runtime.setdefault("threads_auto", False)
     return replace(profile, runtime=replace(profile.runtime, **runtime))
+
+
+def with_threads(profile: DeviceProfile, threads: int | None) -> DeviceProfile:
+    """``profile`` timed and deployed with ``threads`` intra-op threads (``--threads``); None keeps the profile's."""
+    return profile if threads is None else with_overrides(profile, threads=threads)
+
+
+def threads_text(runtime: RuntimeSettings) -> str:
+    """How a profile's thread setting reads to a user ("2 intra-op threads (auto: this machine's CPUs)")."""
+    if runtime.threads == 0:
+        return "intra-op threads chosen by onnxruntime"
+    text = f"{runtime.threads} intra-op thread{'s' if runtime.threads != 1 else ''}"
+    return text + (" (auto: the CPUs this machine gives the process)" if runtime.threads_auto else "")
+
+
+def calibration_mismatch(profile: DeviceProfile) -> str | None:
+    """Why this profile's cost model may not hold for its runtime settings, or None when it does.
+
+    A cost model is fitted at one thread count: a profile run with another (``--threads``, or
+    ``threads: auto`` on a machine with other CPUs) is priced outside its calibration. A profile of
+    this machine (``local``, timed here) is also priced outside it on another kind of CPU.
+    """
+    from autocomp import host
+
+    calibration = profile.calibration or {}
+    fitted = calibration.get("threads")
+    fix = f"run `autocomp calibrate --device {profile.name}` here, or time with --backend local"
+    if isinstance(fitted, int) and not isinstance(fitted, bool) and fitted != profile.runtime.threads:
+        return (
+            f"{profile.name}'s cost model was calibrated at {fitted} intra-op thread{'s' if fitted != 1 else ''} and this run "
+            f"uses {profile.runtime.threads}: estimates are outside the calibrated range; run `autocomp calibrate --device "
+            f"{profile.name} --threads {profile.runtime.threads}`, or time with --backend local"
+        )
+    cpu = calibration.get("cpu")
+    if profile.name == "local" and isinstance(cpu, str) and cpu != host.host_cpu():
+        return f"{profile.name}'s cost model was calibrated on {cpu}, and this machine is {host.host_cpu()}: estimates are outside the calibrated range; {fix}"
+    return None
 
 
 # --------------------------------------------------------------------------- boards

@@ -33,8 +33,9 @@ PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quant
 _TOP_KEYS = (
     "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "sparsity", "bits",
 )
-_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps")
+_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps", "screen")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
+_SCREEN_KEYS = ("after_steps", "keep", "min_screened")
 _RULE_KEYS = ("layers", "ratio", "choices")
 
 
@@ -55,6 +56,9 @@ class FinetuneSpec:
     early_stop_after_steps: int = 20  # evaluate once after this many steps ...
     early_stop_max_drop: float = 0.5  # ... and stop if accuracy is this far below the floor (hopeless)
     final_steps: int = 0  # the chosen plan's model fine-tunes this many more steps before it ships (final.py)
+    screen_after_steps: int = 0  # multi-fidelity (fidelity.py): score each plan after this many steps (0: off) ...
+    screen_keep: float = 1 / 3  # ... and finish only the best third of the screened ones ...
+    screen_min: int = 4  # ... once this many have been screened
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,8 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
     check_keys(data, allowed=_FINETUNE_KEYS, where=where)
     early = data.get("early_stop") or {}
     check_keys(early, allowed=_EARLY_STOP_KEYS, where=f"{where}.early_stop")
+    screen = data.get("screen") or {}
+    check_keys(screen, allowed=_SCREEN_KEYS, where=f"{where}.screen")
     defaults = FinetuneSpec()
     base = defaults.distill
     spec = FinetuneSpec(
@@ -220,7 +226,17 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
             early.get("max_drop", defaults.early_stop_max_drop), where=f"{where}.early_stop.max_drop", low=0.0, high=1.0
         ),
         final_steps=_number(data.get("final_steps", defaults.final_steps), where=f"{where}.final_steps", low=0, integer=True),
+        screen_after_steps=_number(
+            screen.get("after_steps", defaults.screen_after_steps), where=f"{where}.screen.after_steps", low=0, integer=True
+        ),
+        screen_keep=_number(screen.get("keep", defaults.screen_keep), where=f"{where}.screen.keep", low=0.01, high=1.0),
+        screen_min=_number(screen.get("min_screened", defaults.screen_min), where=f"{where}.screen.min_screened", low=0, integer=True),
     )
+    if spec.screen_after_steps and spec.screen_after_steps >= spec.distill.steps:
+        raise ConfigError(
+            f"{where}.screen.after_steps {spec.screen_after_steps} must be below steps {spec.distill.steps} "
+            "(the screen comes before the full budget); lower it or set 0 to screen nothing"
+        )
     return spec
 
 

@@ -149,6 +149,7 @@ def _metrics(study: optuna.Study, picked: FrozenTrial | None, record: dict[str, 
     final = {"final_finetune": {"steps": record["steps"], "trial_model": record["trial_model"]}} if "trial_model" in record else {}
     return {
         "device": study.user_attrs.get("device"),
+        "runtime": _runtime(study),
         "trial": "baseline" if picked is None else picked.number,
         "model": {k: record.get(k) for k in METRIC_KEYS},
         **final,
@@ -156,3 +157,11 @@ def _metrics(study: optuna.Study, picked: FrozenTrial | None, record: dict[str, 
         "speedup": baseline["latency_ms"] / record["latency_ms"],
         "size_ratio": baseline["size_bytes"] / record["size_bytes"],
     }
+
+
+def _runtime(study: optuna.Study) -> dict[str, Any] | None:
+    """How the latencies were timed and the model is meant to run (threads decide which plan wins)."""
+    runtime = (study.user_attrs.get("profile") or {}).get("runtime")
+    if not runtime:
+        return None
+    return {k: runtime.get(k) for k in ("tool", "execution_provider", "threads", "batch_size")}

@@ -245,7 +245,7 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
     study.set_user_attr("versions", versions())
     study.set_user_attr("device", ctx.profile.name)
     # the key path stays out of study storage (which board timed a trial is in its latency source)
-    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(ctx.profile).items() if k != "ssh"})
+    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(ctx.profile, as_run=True).items() if k != "ssh"})
     study.set_user_attr("backend", settings["backend"])
     study.set_user_attr("task", task_name(ctx.task))
     study.set_user_attr("space", settings["space"])
@@ -411,8 +411,9 @@ def run_search(
 
     A new study queues the hand-made anchors first, then (when the space asks for ``proposals``)
     the plans the sensitivity profile proposes (``allocate.queue_proposals``; ``on_profile(done,
-    total)`` follows that pass).
+    total)`` follows that pass). ``timeout_s`` counts from the call, so that pass is part of it.
     """
+    started = time.monotonic()
     distributions = ctx.space.distributions(
         ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs()
     )
@@ -425,7 +426,7 @@ def run_search(
             study.enqueue_trial(params, skip_if_exists=True)
     if len(finished_trials(study)) < n_trials:
         queue_proposals(ctx, study, distributions, progress=on_profile)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else started + timeout_s
     lock = threading.Lock()
     interrupted = threading.Event()
     claimed = [len(finished_trials(study))]
@@ -537,7 +538,7 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
 def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, interrupted: threading.Event) -> FrozenTrial | None:
     """Run one trial and tell the study how it ended; never lets one trial end the search."""
     try:
-        values = run_trial(ctx, trial)
+        values = run_trial(ctx, trial, study)
         if any(math.isnan(v) for v in values):
             raise AutocompError(f"objective values contain NaN: {values}")
         return study.tell(trial, values)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,10 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import ShapesTask, TextTask  # noqa: E402
 
 
+TEST_CALIBRATION = Path(__file__).parent / "data" / "local-calibration.yaml"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory, monkeypatch):
-    """Calibrations written by one test never leak into another or into the user's config."""
-    monkeypatch.setenv("AUTOCOMP_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+    """Calibrations written by one test never leak into another or into the user's config; every test
+    prices `local` with the same frozen calibration (tests/data/local-calibration.yaml, 1 thread), so
+    recalibrating the shipped profile does not change what the tests' searches choose."""
+    config = tmp_path_factory.mktemp("config")
+    (config / "calibrations").mkdir()
+    shutil.copy(TEST_CALIBRATION, config / "calibrations" / "local.yaml")
+    monkeypatch.setenv("AUTOCOMP_CONFIG_DIR", str(config))
 
 
 @pytest.fixture(scope="session")

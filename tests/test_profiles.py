@@ -67,7 +67,7 @@ def test_bad_value_is_named(tmp_path):
     with pytest.raises(ConfigError, match="precisions.fp16.accelerated.*'maybe'"):
         load_profile(path)
     data = profile_to_dict(load_profile("local", calibrated=False))
-    assert data["runtime"]["nchwc_block"] == 8  # the shipped profile of this machine kind (AVX2)
+    assert data["runtime"]["nchwc_block"] in (8, 16)  # the shipped profile: an x86 CPU with AVX2 or AVX-512
     data["runtime"]["nchwc_block"] = 12
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="runtime.nchwc_block: 12 is not one of 0, 8, 16"):
@@ -151,3 +151,52 @@ def test_parse_board(text, expected):
 def test_parse_board_rejects(text):
     with pytest.raises(ConfigError, match="user@host"):
         parse_board(text)
+
+
+def test_threads_auto_is_every_cpu_this_process_may_use_and_is_written_back_as_auto(tmp_path, monkeypatch):
+    import autocomp.profiles as profiles
+
+    import autocomp.host
+
+    monkeypatch.setattr(autocomp.host, "available_cpus", lambda: 3)
+    local = load_profile("local", calibrated=False)
+    assert (local.runtime.threads, local.runtime.threads_auto) == (3, True)
+    assert profile_to_dict(local)["runtime"]["threads"] == "auto"  # a calibration file follows the machine that reads it
+    assert profile_to_dict(local, as_run=True)["runtime"]["threads"] == 3  # a study records what it was timed with
+    assert profiles.threads_text(local.runtime) == "3 intra-op threads (auto: the CPUs this machine gives the process)"
+    pinned = profiles.with_threads(local, 1)
+    assert (pinned.runtime.threads, pinned.runtime.threads_auto) == (1, False)
+    assert pinned.fingerprint() != local.fingerprint()  # cached latencies at another thread count are not reused
+    data = profile_to_dict(local)
+    data["runtime"]["threads"] = "many"
+    path = tmp_path / "bad-threads.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="runtime.threads: expected an integer >= 0 or 'auto'.*'many'"):
+        load_profile(path)
+
+
+def test_a_cost_model_used_at_another_thread_count_than_it_was_fitted_at_says_so():
+    from autocomp.profiles import calibration_mismatch, with_threads
+
+    local = load_profile("local")
+    fitted = local.calibration["threads"]
+    assert calibration_mismatch(with_threads(local, fitted)) is None
+    other = calibration_mismatch(with_threads(local, fitted + 1))
+    assert other and f"calibrated at {fitted}" in other and f"--threads {fitted + 1}" in other and "--backend local" in other
+    assert calibration_mismatch(load_profile("jetson-nano")) is None  # datasheet numbers: no thread count to compare
+
+
+def test_a_local_cost_model_fitted_on_another_kind_of_cpu_says_so(monkeypatch):
+    import dataclasses
+
+    import autocomp.host
+    from autocomp.profiles import calibration_mismatch
+
+    local = load_profile("local")
+    fitted = dataclasses.replace(local, calibration={**local.calibration, "cpu": "AMD EPYC 7B13 (x86_64: avx2)"})
+    monkeypatch.setattr(autocomp.host, "host_cpu", lambda: "AMD EPYC 7B13 (x86_64: avx2)")
+    assert calibration_mismatch(fitted) is None
+    monkeypatch.setattr(autocomp.host, "host_cpu", lambda: "Intel Xeon (x86_64: avx512f)")
+    message = calibration_mismatch(fitted)
+    assert "calibrated on AMD EPYC 7B13 (x86_64: avx2), and this machine is Intel Xeon (x86_64: avx512f)" in message
+    assert "autocomp calibrate --device local" in message

@@ -440,3 +440,23 @@ def test_a_study_resumed_with_other_precision_choices_says_so(tmp_path, space_fi
     assert code == 2
     assert "searched bits/block1_conv1 over [32, 8], and the space now gives [32, 8, 'dyn8']" in stderr
     assert "start a new search with another --study-name or --out" in stderr
+
+
+def test_the_thread_count_is_part_of_the_device_stated_everywhere_and_kept_on_resume(tmp_path, space_file):
+    """--threads: the search optimizes for that runtime setting, says so, records it in the study, the report
+    and metrics.json, and a resume with another count is refused (its latencies would not compare)."""
+    out = tmp_path / "run"
+    code, stdout, stderr = cli(*search_args(out, space_file, trials=2, extra=("--threads", "1")))
+    assert code == 0, stderr
+    assert "optimizing for local as it is deployed: onnxruntime CPUExecutionProvider, 1 intra-op thread, batch 1" in stdout
+    study = open_study(out)
+    assert study.user_attrs["settings"]["threads"] == 1 and study.user_attrs["profile"]["runtime"]["threads"] == 1
+    assert "1 intra-op thread, batch 1 (the plans are chosen for this setting" in (out / "report.html").read_text()
+    code, _, stderr = cli("export", "--study", str(out), "--out", str(tmp_path / "export"), "--trial", "baseline")
+    assert code == 0, stderr
+    runtime = json.loads((tmp_path / "export" / "metrics.json").read_text())["runtime"]
+    assert runtime == {"tool": "onnxruntime", "execution_provider": "CPUExecutionProvider", "threads": 1, "batch_size": 1}
+    code, _, stderr = cli(*search_args(out, space_file, trials=3, extra=("--threads", "2")))
+    assert code == 2 and "was created with threads=1" in stderr and "Traceback" not in stderr
+    code, _, stderr = cli(*search_args(out, space_file, trials=2, extra=("--threads", "0")))
+    assert code == 2 and "--threads 0 is out of range" in stderr

@@ -11,6 +11,13 @@ import math
 
 from autocomp.errors import ConfigError
 
+import typer
+
+THREADS_OPTION = typer.Option(
+    None, "--threads",
+    help="Intra-op threads the model is timed and deployed with (default: the profile's runtime.threads; local: auto, every CPU here).",
+)
+
 SEED_LIMIT = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds in [0, 2**32)
 
 
@@ -37,6 +44,10 @@ def check_range(
 
 def check_seed(option: str, value: int) -> None:
     check_range(option, value, low=0, high=SEED_LIMIT, high_open=True)
+
+
+def check_threads(value: int | None) -> None:
+    check_range("--threads", value, low=1, high=1024)
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

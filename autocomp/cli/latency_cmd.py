@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autocomp.cli.app import app, console, styled
-from autocomp.cli.checks import check_range, check_seed
+from autocomp.cli.checks import THREADS_OPTION, check_range, check_seed, check_threads
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 
@@ -48,29 +48,36 @@ def measure(
     runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs at least (local backend times for 1 s or more; default from the profile)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Measure again even if a cached result exists."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the LatencyResult fields."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Latency of one ONNX file on a device, from the cost model or a real measurement."""
     from autocomp.latency import get_backend
-    from autocomp.profiles import load_profile, with_overrides
+    from autocomp.profiles import calibration_mismatch, load_profile, threads_text, with_overrides, with_threads
 
     check_range("--batch-size", batch_size, low=1)
     check_range("--runs", runs, low=1)
-    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
+    check_threads(threads)
+    profile = with_threads(with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python), threads)
     if batch_size is not None:
         profile = with_overrides(profile, batch_size=batch_size)
     options = {"runs": runs} if runs is not None and backend == "local" else {}
     latency = get_backend(backend, profile=profile, cache=not no_cache, shapes=parse_shapes(shape), **options)
     result = latency.measure(model, profile)
     data = result.to_dict()
-    data.update(device=profile.name, calibrated=profile.is_calibrated, batch_size=profile.runtime.batch_size)
+    data.update(device=profile.name, calibrated=profile.is_calibrated, batch_size=profile.runtime.batch_size, threads=profile.runtime.threads)
+    mismatch = calibration_mismatch(profile) if backend == "estimate" else None
+    if mismatch:
+        data["warning"] = mismatch
     if as_json:
         console.print_json(json.dumps(data))
         return
     console.print(
         f"{model.name} on {profile.name} ({result.source}): median {result.median_ms:.3f} ms, p90 {result.p90_ms:.3f} ms"
         + (f", {result.runs} runs" if result.runs else "")
-        + f", batch {profile.runtime.batch_size}"
+        + f", batch {profile.runtime.batch_size}, {threads_text(profile.runtime)}"
     )
+    if mismatch:
+        console.print(styled("warning:", "yellow", mismatch))
     unpriced = data.get("unpriced_ops") or {}
     if unpriced:
         ops = ", ".join(f"{t} x{n}" for t, n in sorted(unpriced.items()))
@@ -98,6 +105,7 @@ def calibrate(
     ),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the fit summary as one JSON object."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Fit a device's cost model to real measurements and make it the profile in force."""
     from autocomp.cli.app import err_console
@@ -111,6 +119,7 @@ def calibrate(
     check_seed("--seed", seed)
     check_range("--passes", passes, low=1)
     check_range("--settle-pct", settle_pct, low=0)
+    check_threads(threads)
     board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
     columns = (TextColumn("timing variants"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
@@ -118,7 +127,7 @@ def calibrate(
         report = calibrate_device(
             device, backend=backend, board=board_target, variants=variants, rounds=rounds, held_out=held_out, seed=seed,
             work_dir=work_dir, progress=lambda done, total: bar.update(task, completed=done, total=total), passes=passes,
-            settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None,
+            settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None, threads=threads,
         )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))

@@ -15,14 +15,14 @@ from rich.text import Text
 from rich.table import Table
 
 from autocomp.cli.app import app, console, err_console, styled
-from autocomp.cli.checks import check_range, check_seed
+from autocomp.cli.checks import THREADS_OPTION, check_range, check_seed, check_threads
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
 from autocomp.errors import ConfigError
 from autocomp.precision import precision_mix
 
 log = logging.getLogger(__name__)
 
-_SETTINGS = ("task", "device", "space", "backend")
+_SETTINGS = ("task", "device", "space", "backend", "threads")
 AUTO_SPACE = "auto"
 
 
@@ -53,6 +53,7 @@ def search(
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
     jobs: int = typer.Option(1, help="Trials run in parallel (threads)."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report.
 
@@ -60,7 +61,7 @@ def search(
     """
     from autocomp.latency import get_backend
     from autocomp.objective import SearchContext
-    from autocomp.profiles import load_profile
+    from autocomp.profiles import calibration_mismatch, load_profile, threads_text, with_threads
     from autocomp.runlock import exclusive_run
     from autocomp.search_space import load_space
     from autocomp.study import check_storage, default_storage, make_sampler, open_study, parse_accuracy_spec, prepare_study
@@ -71,12 +72,13 @@ def search(
     check_range("--timeout", timeout, low=0, low_open=True)
     check_range("--latency-budget-ms", latency_budget_ms, low=0, low_open=True)
     check_range("--jobs", jobs, low=1)
+    check_threads(threads)
     check_seed("--seed", seed)
     parse_accuracy_spec(min_accuracy)
     chosen_sampler = make_sampler(sampler, seed=seed)
     if storage is not None:
         check_storage(storage)
-    profile = with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python)
+    profile = with_threads(with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python), threads)
     latency_backend = get_backend(backend, profile=profile)
     estimator = get_backend("estimate", profile=profile)
     search_space = None if space == AUTO_SPACE else load_space(space)
@@ -89,12 +91,20 @@ def search(
             teacher = loaded_task.build_model()
         if search_space is None:
             space, search_space = _auto_space(teacher)
-        settings = {"task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler}
+        settings = {
+            "task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler,
+            "threads": profile.runtime.threads,
+        }
         # the space must give parameters for this model before a study is written
         search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
         study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler)
         _check_same_settings(study, settings, name)
         _say_resumed(study)
+        rt = profile.runtime
+        console.print(f"optimizing for {profile.name} as it is deployed: {rt.tool} {rt.execution_provider}, {threads_text(rt)}, batch {rt.batch_size}")
+        mismatch = calibration_mismatch(profile) if backend == "estimate" else None
+        if mismatch:
+            err_console.print(styled("warning:", "yellow", mismatch))
         ctx = SearchContext(
             task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
             estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
@@ -174,9 +184,15 @@ def _say_resumed(study) -> None:
 
 
 def _check_same_settings(study, settings: dict, name: str) -> None:
+    """A study resumes only with what its trials were made with (latencies timed at other threads do not mix)."""
     stored = study.user_attrs.get("settings")
-    if stored and any(stored.get(k) != settings[k] for k in _SETTINGS):
-        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in _SETTINGS if stored.get(k) != settings[k])
+    if not stored:
+        return
+    # studies from before --threads recorded the thread count only in their profile
+    stored = {"threads": ((study.user_attrs.get("profile") or {}).get("runtime") or {}).get("threads"), **stored}
+    keys = [k for k in _SETTINGS if stored.get(k) is not None or k != "threads"]
+    if any(stored.get(k) != settings[k] for k in keys):
+        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in keys if stored.get(k) != settings[k])
         raise ConfigError(f"study {name!r} was created with {diff}; use another --study-name (or --out) for a new search")
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from autocomp.errors import ConfigError, LatencyError
+from autocomp.host import host_cpu
 from autocomp.latency.graph import feature_names
 
 log = logging.getLogger(__name__)
@@ -548,6 +549,7 @@ def calibrate_device(
     settle_pct: float | None = SETTLE_PCT,
     rounds: int | None = None,
     probes: bool = True,
+    threads: int | None = None,
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
@@ -557,17 +559,19 @@ def calibrate_device(
     ``settle_pct``: variants whose lowest two times disagree by more are timed
     again (see ``measure_variants``; None: never); ``rounds``: the local backend's rounds over the set
     (``LocalBackend.measure_set``; the ssh backend times files one by one, as its profile says).
+    ``threads`` (``--threads``) times with that many intra-op threads instead of the profile's, and the
+    calibrated profile then runs with it: a cost model holds at the thread count it was fitted at.
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import coefficients_for
-    from autocomp.profiles import calibration_dir, load_profile
+    from autocomp.profiles import calibration_dir, load_profile, with_threads
 
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
     if rounds is not None and backend != "local":
         raise ConfigError(f"--rounds is for the local backend, which times its set interleaved; the {backend} backend times "
                           "file by file, as many runs as the profile's runtime.runs says")
-    shipped = load_profile(device, calibrated=False)
+    shipped = with_threads(load_profile(device, calibrated=False), threads)
     if backend == "local":
         shipped = on_this_host(shipped)
     base = shipped if board is None else dataclasses.replace(shipped, ssh=board)
@@ -607,6 +611,8 @@ def calibrate_device(
         + f", timed in {passes} passes"
         + (f" and again until the lowest two agree within {settle_pct:g}% (at most {passes + SETTLE_EXTRA_PASSES} times)" if settle_pct else ""),
         "onnxruntime": onnxruntime.__version__,
+        "threads": base.runtime.threads,
+        **({"cpu": host_cpu()} if backend == "local" else {}),  # a board's CPU is the profile's own
     }
     profile = calibrated_profile(shipped, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
     path = write_profile(profile, output or calibration_dir() / f"{base.name}.yaml")

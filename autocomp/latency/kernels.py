@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from autocomp.host import cpuinfo_flags
 from autocomp.latency.graph import GraphCost
 
 _MAC = frozenset(
@@ -65,8 +66,7 @@ def host_nchwc_block() -> int:
     """MLAS's NCHWc channel block on this CPU: 16 with AVX-512, 8 with AVX2, 0 without NCHWc (ARM)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return 0
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    flags = cpuinfo_flags()
+    if not flags:
         return 8  # x86 elsewhere than Linux: assume AVX2, the common case
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 0

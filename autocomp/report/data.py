@@ -532,6 +532,15 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
         rows.append(("unstructured sparsity", "speeds up" if profile["unstructured_sparsity_speedup"] else "no speedup (zeros still computed)"))
     if "structured_2to4_sparsity" in profile:
         rows.append(("2:4 structured sparsity", "supported" if profile["structured_2to4_sparsity"] else "not supported"))
+    runtime = profile.get("runtime")
+    if isinstance(runtime, Mapping) and runtime:
+        threads = runtime.get("threads")
+        threads = "onnxruntime's choice" if threads in (0, None) else f"{threads} intra-op thread{'s' if threads != 1 else ''}"
+        rows.append((
+            "timed and deployed with",
+            f"{runtime.get('tool', 'onnxruntime')} {runtime.get('execution_provider', '')}, {threads}, batch {runtime.get('batch_size', 1)}"
+            " (the plans are chosen for this setting; another thread count can favour another plan)",
+        ))
     if profile.get("channel_multiple"):
         rows.append(("channel multiple", f"channels rounded to multiples of {profile['channel_multiple']}"))
     calibration = profile.get("calibration")

@@ -80,7 +80,7 @@ def test_measure_set_errors_name_the_file(tmp_path, files):
     with pytest.raises(LatencyError) as err:
         LocalBackend(rounds=1).measure_set([(files["fp32"], profile), (bad, profile)])
     assert "broken.onnx" in str(err.value) and "\n" not in str(err.value)
-    two_threads = replace(profile, runtime=replace(profile.runtime, threads=2))
+    two_threads = replace(profile, runtime=replace(profile.runtime, threads=profile.runtime.threads + 1))
     with pytest.raises(LatencyError, match="one thread count"):
         LocalBackend(rounds=1).measure_set([(files["fp32"], profile), (files["fp32"], two_threads)])
 
@@ -158,6 +158,17 @@ def test_measure_cli_json_estimate_and_local(files):
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert {"median_ms", "p90_ms", "runs", "source"} <= set(data) and data["runs"] >= 10 and data["source"] == "local"
+
+
+def test_measure_times_with_the_thread_count_asked_for_and_says_when_the_estimate_was_fitted_at_another(files):
+    fitted = load_profile("local").calibration["threads"]
+    out = runner.invoke(app, ["measure", str(files["fp32"]), "-d", "local", "-b", "local", "--runs", "5", "--threads", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["threads"] == 1
+    out = runner.invoke(app, ["measure", str(files["fp32"]), "-d", "local", "--threads", str(fitted + 1)])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert f"{fitted + 1} intra-op threads" in text and f"calibrated at {fitted} intra-op thread" in text
 
 
 def test_measure_cli_errors_name_the_problem(files):
