@@ -66,6 +66,8 @@ def test_every_decision_replays_from_the_earlier_screens_and_screened_out_trials
         earlier.append(point)
     assert screened_out >= 1, "seeded run: some random plan is dominated by earlier ones"
     assert "screened out after 4 of 8" in stdout.replace("\n", " ")
+    screened = sum(SCREEN in t.user_attrs for t in study.trials)
+    assert f"{screened} plans screened after 4 of 8 fine-tuning steps: {screened_out} screened out" in (out / "report.html").read_text()
 
 
 def test_a_promoted_trial_ends_exactly_where_an_unscreened_one_does(tmp_path):

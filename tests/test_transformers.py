@@ -27,10 +27,14 @@ def test_space_auto_takes_the_transformer_space_for_a_model_with_attention():
 
 def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
     # the shipped transformer space, sampled at random after its anchors (no proposals: their pass is
-    # tested in test_allocate.py) so that every precision is drawn, with a short final fine-tune
+    # tested in test_allocate.py) so that every precision is drawn, with a short final fine-tune and no
+    # screen (every sampled plan runs in full; the screen is tested in test_fidelity.py)
     shipped = (Path(__file__).parent.parent / "search_spaces" / "transformer.yaml").read_text()
     space = tmp_path / "transformer.yaml"
-    space.write_text(shipped.replace("proposals: 4", "proposals: 0").replace("final_steps: 480", "final_steps: 40"))
+    space.write_text(
+        shipped.replace("proposals: 4", "proposals: 0").replace("final_steps: 480", "final_steps: 40")
+        .replace("screen: {after_steps: 40", "screen: {after_steps: 0")
+    )
     out = tmp_path / "run"
     args = ["search", "--device", "local", "--task", TASK, "--space", str(space), "--trials", "6",
             "--sampler", "random", "--seed", "2", "--out", str(out), "--study-name", "bert"]  # fmt: skip

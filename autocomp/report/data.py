@@ -266,6 +266,14 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
     for key, label, fallback in (("task", "task", meta.task), ("device", "device", meta.device),
                                  ("space", "search space", meta.space), ("backend", "latency backend", meta.backend)):
         rows.append((label, _text_or_none(settings.get(key)) or _text_or_none(fallback) or NOT_RECORDED))
+    screens = [t.user_attrs["screen"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("screen"), Mapping)]
+    if screens:
+        out = sum(1 for r in screens if not r.get("promoted"))
+        rows.append((
+            "multi-fidelity",
+            f"{len(screens)} plans screened after {screens[0].get('steps')} of {screens[0].get('of_steps')} fine-tuning steps: "
+            f"{out} screened out (pruned, with the reason), {len(screens) - out} fine-tuned in full",
+        ))
     return RunFacts(
         export_command=export_command(run_dir, chosen_trial=meta.chosen_trial),
         export_trial=meta.chosen_trial,

@@ -73,6 +73,14 @@ def test_bench_compares_samplers_and_uniform_plans_and_resumes(tmp_path):
         if row["chosen_trial"]:
             assert float(row["measured_ms"]) > 0 and float(row["baseline_measured_ms"]) > 0
     assert int(rows[-1]["trials"]) == 5  # the uniform grid of this space
+    from autocomp.study import load_existing_study
+
+    assert load_existing_study(f"sqlite:///{out / 'bench.db'}", "uniform").user_attrs["bench_wall_s"] > 0  # the searches' budget
+    for row in rows[:-1]:  # every search had the grid's wall time (and --trials 3 at the most)
+        study = load_existing_study(f"sqlite:///{out / 'bench.db'}", f"{row['method']}-seed{row['seed']}")
+        assert int(row["trials"]) <= 3 and study.user_attrs["bench_wall_s"] > 0
+        if row["chosen_trial"]:
+            assert float(row["shipped_accuracy"]) == float(row["chosen_accuracy"])  # this space has no final fine-tune
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"tpe", "random", "uniform"}
     assert summary["overhead_s"]["wall"] > summary["overhead_s"]["finetune"] > 0
