@@ -29,6 +29,7 @@ import logging
 import math
 import shutil
 from dataclasses import asdict, dataclass
+import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna.distributions as od
@@ -97,13 +98,13 @@ def _kind(param: str) -> str:
 
 
 def sensitivity_profile(
-    ctx, distributions: Mapping[str, od.BaseDistribution], *, progress: Callable[[int, int], None] | None = None
+    ctx, distributions: Mapping[str, od.BaseDistribution], *, baseline_onnx: pathlib.Path,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Option]:
     """Score and price every single-parameter change, and each knob's uniform change (see ``propose``).
 
-    ``ctx`` is the search's ``SearchContext``; ``ctx.out_dir / "baseline" / "model.onnx"``
-    must exist (``record_baseline`` writes it): a precision change is that file quantized,
-    with no export. A change that cannot be built is kept with its error, so the report
+    ``ctx`` is the search's ``SearchContext``; ``baseline_onnx`` is the study's baseline file
+    (``record_baseline`` writes it): a precision change is that file quantized, with no export. A change that cannot be built is kept with its error, so the report
     shows it and the allocation never uses it. ``progress(done, total)`` after each.
     """
     from autocomp.compress.quantize import quantize_onnx
@@ -118,7 +119,6 @@ def sensitivity_profile(
         if name != WIDTH:
             by_kind.setdefault(_kind(name), {}).setdefault(value, {}).update(change)
     todo += [(change, kind + UNIFORM, value) for kind, values in by_kind.items() for value, change in values.items() if len(change) > 1]
-    baseline_onnx = ctx.out_dir / "baseline" / "model.onnx"
     work = ctx.out_dir / "sensitivity"  # one option's files at a time
     calibration = None
     options = []
@@ -284,7 +284,7 @@ def queue_proposals(
         return []
     if study.user_attrs.get(SENSITIVITY) is None:
         started = time.perf_counter()
-        options = sensitivity_profile(ctx, distributions, progress=progress)
+        options = sensitivity_profile(ctx, distributions, baseline_onnx=baseline_file(study), progress=progress)
         study.set_user_attr(SENSITIVITY, [o.to_dict() for o in options])
         study.set_user_attr("sensitivity_s", time.perf_counter() - started)
     path, unit = _path(ctx, study, distributions)
@@ -318,10 +318,15 @@ def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) 
     return proposal
 
 
+def baseline_file(study) -> pathlib.Path:
+    """The study's baseline ONNX file (a bench's studies share one, in the first study's folder)."""
+    return pathlib.Path(study.user_attrs["baseline"]["artifact"])
+
+
 def _path(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> tuple[Path, str]:
     options = [Option(**o) for o in study.user_attrs[SENSITIVITY]]
     baseline = study.user_attrs["baseline"]
-    baseline_ms = ctx.estimator.measure(ctx.out_dir / "baseline" / "model.onnx", ctx.profile).median_ms
+    baseline_ms = ctx.estimator.measure(baseline_file(study), ctx.profile).median_ms
     timed = any(math.isfinite(o.measured_ms) for o in options)
     path = greedy_path(
         options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms,

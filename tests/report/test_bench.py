@@ -58,7 +58,7 @@ def test_bench_compares_samplers_and_uniform_plans_and_resumes(tmp_path):
     from test_search import SPACE, cli
 
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(SPACE + "proposals: 1\n")  # the searches' sensitivity pass reads the baseline the grid wrote
     out = tmp_path / "bench"
     args = [
         "bench", "--task", f"{TESTS / 'search_tasks.py'}:shapes", "--space", str(space), "--trials", "3",
