@@ -162,8 +162,9 @@ def run_bench(
     grid = None
     if uniform:
         study = open_study(storage=storage, study_name=UNIFORM, sampler=make_sampler("random", seed=0))
-        # exactly the grid: no anchors, no sensitivity pass, no proposals
-        grid_space = replace(ctx.space, proposals=0)
+        # exactly the grid, each plan fine-tuned in full as a user's recipe is: no anchors, no sensitivity
+        # pass, no proposals, and no early stop (a 75% cut that starts badly may still recover)
+        grid_space = replace(ctx.space, proposals=0, finetune=replace(ctx.space.finetune, early_stop_after_steps=0))
         run_ctx, baseline = prepare(study, replace(ctx, space=grid_space, out_dir=ctx.out_dir / "runs" / UNIFORM), UNIFORM)
         if not study.get_trials(deepcopy=False):
             for params in uniform:  # queued, so run_search evaluates exactly these (and resumes them)

@@ -61,6 +61,17 @@ def test_proposals_follow_the_cheapest_milliseconds_and_count_compounding_int8_e
     assert free[0].params["bits/a"] == 8
 
 
+def test_proposals_stop_where_the_predicted_accuracy_leaves_reach():
+    """Plans predicted far below the floor before fine-tuning are the ones early stopping ends: not proposed."""
+    full = path(_options(int8_together=0.3))
+    everything = propose(full, count=3)
+    assert min(p.predicted_accuracy for p in everything) < 0.85
+    reachable = propose(full, count=3, min_accuracy=0.9)
+    assert reachable and all(p.predicted_accuracy >= 0.9 for p in reachable)
+    assert max(p.predicted_latency_ms for p in reachable) < 10.0  # still faster than the baseline
+    assert propose(full, count=3, min_accuracy=1.01) == []  # nothing within reach: nothing proposed
+
+
 def test_measured_savings_rescale_the_estimate():
     """Static int8 that the estimator prices fast but the device times slower than the baseline saves nothing."""
     options = _options(int8_together=0.0) + []
