@@ -11,9 +11,11 @@ only when
 * fewer than ``min_screened`` plans have been screened (nothing to compare with yet), or
 * it was queued (an anchor or a proposal: every one gets a real fine-tune), or
 * it is in the best ``keep`` share of the rung by Pareto dominance (how many screened
-  points are at least as accurate and as fast, one of them strictly), and, once two
-  promoted trials have finished, its accuracy plus the largest gain a finished
-  trial made after the screen still reaches the accuracy floor.
+  points are at least as accurate and as fast, one of them strictly), and its accuracy
+  plus the largest gain made after the screen by finished trials that screened no
+  higher still reaches the accuracy floor (judged once two such trials exist: a
+  trial that screened higher says nothing about how far a worse start recovers, and
+  the plans screened out never show it).
 
 A plan screened out is PRUNED with the reason; it counts towards ``--trials``
 and costs the short fine-tune, an export and a score instead of the whole
@@ -61,15 +63,19 @@ def screen_decision(
     min_screened: int,
     queued: bool = False,
     floor: float | None = None,
-    gains: Sequence[float] = (),
+    gains: Sequence[tuple[float, float]] = (),
 ) -> Decision:
-    """Promote ``point`` (this trial's screen) to the full budget, given the points screened before it."""
+    """Promote ``point`` (this trial's screen) to the full budget, given the points screened before it.
+
+    ``gains``: (screened accuracy, accuracy gain to the end of its fine-tune) of finished promoted trials.
+    """
     if queued:
         return Decision(True, "queued plan: always fine-tuned in full")
-    if floor is not None and len(gains) >= 2 and point[0] + max(gains) < floor:
+    comparable = [gain for screened, gain in gains if screened <= point[0]]
+    if floor is not None and len(comparable) >= 2 and point[0] + max(comparable) < floor:
         return Decision(False, (
-            f"accuracy {point[0]:.4f} plus the largest gain a finished trial made after its screen "
-            f"({max(gains):+.4f}) stays below the floor {floor:.4f}"
+            f"accuracy {point[0]:.4f} plus the largest gain finished trials that screened no higher made after "
+            f"it ({max(comparable):+.4f}) stays below the floor {floor:.4f}"
         ))
     if len(rung) < min_screened:
         return Decision(True, f"only {len(rung)} plans screened before it (fewer than {min_screened})")
@@ -85,7 +91,7 @@ def screen_decision(
 @dataclass(frozen=True)
 class Rung:
     points: list[tuple[float, float]]  # every other trial's screened (accuracy, latency_ms)
-    gains: list[float]  # each finished promoted trial's accuracy gain after its screen
+    gains: list[tuple[float, float]]  # each finished promoted trial's (screened accuracy, gain after the screen)
     queued: bool  # this trial was queued with ``enqueue_trial`` (an anchor, a proposal), not sampled
 
 
@@ -101,7 +107,7 @@ def rung_of(study: optuna.Study, number: int) -> Rung:
             continue
         points.append((float(record["accuracy"]), float(record["latency_ms"])))
         if trial.state == TrialState.COMPLETE and trial.values:
-            gains.append(trial.values[0] - float(record["accuracy"]))
+            gains.append((float(record["accuracy"]), trial.values[0] - float(record["accuracy"])))
     return Rung(points, gains, queued)
 
 

@@ -464,6 +464,13 @@ def threads_text(runtime: RuntimeSettings) -> str:
     return text + (" (auto: the CPUs this machine gives the process)" if runtime.threads_auto else "")
 
 
+def runtime_text(runtime: RuntimeSettings) -> str:
+    """The setting a profile is timed and deployed with, as one phrase (TensorRT has no intra-op threads)."""
+    if runtime.tool == "trtexec":
+        return f"trtexec (TensorRT), batch {runtime.batch_size}"
+    return f"{runtime.tool} {runtime.execution_provider}, {threads_text(runtime)}, batch {runtime.batch_size}"
+
+
 def calibration_mismatch(profile: DeviceProfile) -> str | None:
     """Why this profile's cost model may not hold for its runtime settings, or None when it does.
 

@@ -23,12 +23,16 @@ def test_the_screen_keeps_the_best_share_of_the_rung_by_dominance():
     assert screen_decision((0.5, 9.0), rung, keep=0.34, min_screened=4, queued=True).promoted  # anchors and proposals
 
 
-def test_a_plan_that_cannot_reach_the_floor_even_with_the_largest_gain_seen_is_screened_out():
+def test_a_plan_that_cannot_reach_the_floor_even_with_the_largest_gain_seen_from_as_low_is_screened_out():
     rung = [(0.9, 1.0), (0.8, 0.5)]
-    cannot = screen_decision((0.7, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=[0.02, 0.05])
+    low = [(0.6, 0.02), (0.65, 0.05)]  # two finished trials that screened lower than 0.7 gained at most 0.05
+    cannot = screen_decision((0.7, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=low)
     assert not cannot.promoted and "stays below the floor 0.8000" in cannot.reason
-    assert screen_decision((0.76, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=[0.02, 0.05]).promoted
-    assert screen_decision((0.7, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=[0.05]).promoted  # one gain is no evidence
+    assert screen_decision((0.76, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=low).promoted
+    assert screen_decision((0.7, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=low[:1]).promoted  # one is no evidence
+    # trials that screened higher say nothing about how far a worse start recovers
+    high = [(0.95, 0.01), (0.97, 0.0)]
+    assert screen_decision((0.7, 0.1), rung, keep=1.0, min_screened=0, floor=0.8, gains=high).promoted
 
 
 SCREENED = SPACE.replace("finetune: {steps: 8,", "finetune: {screen: {after_steps: 4, keep: KEEP, min_screened: 2}, steps: 8,")
@@ -58,7 +62,7 @@ def test_every_decision_replays_from_the_earlier_screens_and_screened_out_trials
         assert (replay.promoted, replay.reason) == (record["promoted"], record["reason"])
         if record["promoted"]:
             assert trial.state == TrialState.COMPLETE
-            gains.append(trial.values[0] - record["accuracy"])
+            gains.append((record["accuracy"], trial.values[0] - record["accuracy"]))
         else:
             screened_out += 1
             assert trial.state == TrialState.PRUNED

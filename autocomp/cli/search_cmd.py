@@ -61,7 +61,7 @@ def search(
     """
     from autocomp.latency import get_backend
     from autocomp.objective import SearchContext
-    from autocomp.profiles import calibration_mismatch, load_profile, threads_text, with_threads
+    from autocomp.profiles import calibration_mismatch, load_profile, runtime_text, with_threads
     from autocomp.runlock import exclusive_run
     from autocomp.search_space import load_space
     from autocomp.study import check_storage, default_storage, make_sampler, open_study, parse_accuracy_spec, prepare_study
@@ -100,8 +100,7 @@ def search(
         study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler)
         _check_same_settings(study, settings, name)
         _say_resumed(study)
-        rt = profile.runtime
-        console.print(f"optimizing for {profile.name} as it is deployed: {rt.tool} {rt.execution_provider}, {threads_text(rt)}, batch {rt.batch_size}")
+        console.print(f"optimizing for {profile.name} as it is deployed: {runtime_text(profile.runtime)}")
         mismatch = calibration_mismatch(profile) if backend == "estimate" else None
         if mismatch:
             err_console.print(styled("warning:", "yellow", mismatch))

@@ -543,11 +543,12 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
     runtime = profile.get("runtime")
     if isinstance(runtime, Mapping) and runtime:
         threads = runtime.get("threads")
-        threads = "onnxruntime's choice" if threads in (0, None) else f"{threads} intra-op thread{'s' if threads != 1 else ''}"
+        threads = "intra-op threads chosen by onnxruntime" if threads in (0, None) else f"{threads} intra-op thread{'s' if threads != 1 else ''}"
+        tool = runtime.get("tool", "onnxruntime")
+        setting = "trtexec (TensorRT)" if tool == "trtexec" else f"{tool} {runtime.get('execution_provider', '')}, {threads}"
         rows.append((
             "timed and deployed with",
-            f"{runtime.get('tool', 'onnxruntime')} {runtime.get('execution_provider', '')}, {threads}, batch {runtime.get('batch_size', 1)}"
-            " (the plans are chosen for this setting; another thread count can favour another plan)",
+            f"{setting}, batch {runtime.get('batch_size', 1)} (the plans are chosen for this setting; another can favour another plan)",
         ))
     if profile.get("channel_multiple"):
         rows.append(("channel multiple", f"channels rounded to multiples of {profile['channel_multiple']}"))
