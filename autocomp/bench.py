@@ -170,8 +170,6 @@ def run_bench(
             for params in uniform:  # queued, so run_search evaluates exactly these (and resumes them)
                 study.enqueue_trial(params)
         grid = _timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(uniform), on_trial_end=_tagged(UNIFORM, on_trial_end), final=final)
-        if grid.new_trials:
-            study.set_user_attr("bench_wall_s", grid.wall_s)
         if budget_s is None:
             budget_s = study.user_attrs.get("bench_wall_s")
     for sampler in samplers:
@@ -205,7 +203,7 @@ def _timed_search(
         run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end, timeout_s=timeout_s)
     wall_s = time.perf_counter() - started
     new = frozenset(t.number for t in finished_trials(study)) - before
-    if new and method != UNIFORM:
+    if new:  # a study's time over every invocation: what a resumed search has left, and the grid's budget
         study.set_user_attr("bench_wall_s", float(study.user_attrs.get("bench_wall_s", 0.0)) + wall_s)
     run = MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
     chosen = run.chosen

@@ -8,14 +8,14 @@ file and priced by the device's estimator. The point (accuracy, latency) joins
 the study's rung of screened points, and the trial goes on to its full budget
 only when
 
-* fewer than ``min_screened`` plans have been screened (nothing to compare with yet), or
 * it was queued (an anchor or a proposal: every one gets a real fine-tune), or
-* it is in the best ``keep`` share of the rung by Pareto dominance (how many screened
-  points are at least as accurate and as fast, one of them strictly), and its accuracy
-  plus the largest gain made after the screen by finished trials that screened no
-  higher still reaches the accuracy floor (judged once two such trials exist: a
-  trial that screened higher says nothing about how far a worse start recovers, and
-  the plans screened out never show it).
+* its accuracy plus the largest gain made after the screen by finished trials that
+  screened no higher still reaches the accuracy floor (judged once two such trials
+  exist: a trial that screened higher says nothing about how far a worse start
+  recovers, and the plans screened out never show it), and either fewer than
+  ``min_screened`` plans have been screened (nothing to compare with yet) or it is in
+  the best ``keep`` share of the rung by Pareto dominance (how many screened points
+  are at least as accurate and as fast, one of them strictly).
 
 A plan screened out is PRUNED with the reason; it counts towards ``--trials``
 and costs the short fine-tune, an export and a score instead of the whole

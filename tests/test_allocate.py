@@ -111,7 +111,8 @@ def test_nothing_to_gain_proposes_nothing():
 
 def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_records_their_predictions(tmp_path):
     space = tmp_path / "prop.yaml"
-    space.write_text(SPACE + "proposals: 2\n")
+    # max_drop 1.0: the whole path is within reach, so this tiny space yields both proposals
+    space.write_text(SPACE.replace("early_stop: {after_steps: 0}", "early_stop: {after_steps: 0, max_drop: 1.0}") + "proposals: 2\n")
     out = tmp_path / "run"
     code, stdout, stderr = cli(*search_args(out, space, trials=4))
     assert code == 0, stderr

@@ -457,6 +457,6 @@ def test_the_thread_count_is_part_of_the_device_stated_everywhere_and_kept_on_re
     runtime = json.loads((tmp_path / "export" / "metrics.json").read_text())["runtime"]
     assert runtime == {"tool": "onnxruntime", "execution_provider": "CPUExecutionProvider", "threads": 1, "batch_size": 1}
     code, _, stderr = cli(*search_args(out, space_file, trials=3, extra=("--threads", "2")))
-    assert code == 2 and "was created with threads=1" in stderr and "Traceback" not in stderr
+    assert code == 2 and "was created with threads=1; resume it with --threads 1" in stderr and "Traceback" not in stderr
     code, _, stderr = cli(*search_args(out, space_file, trials=2, extra=("--threads", "0")))
     assert code == 2 and "--threads 0 is out of range" in stderr

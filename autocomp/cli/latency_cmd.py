@@ -52,7 +52,7 @@ def measure(
 ) -> None:
     """Latency of one ONNX file on a device, from the cost model or a real measurement."""
     from autocomp.latency import get_backend
-    from autocomp.profiles import calibration_mismatch, load_profile, threads_text, with_overrides, with_threads
+    from autocomp.profiles import calibration_mismatch, load_profile, runtime_text, with_overrides, with_threads
 
     check_range("--batch-size", batch_size, low=1)
     check_range("--runs", runs, low=1)
@@ -74,7 +74,7 @@ def measure(
     console.print(
         f"{model.name} on {profile.name} ({result.source}): median {result.median_ms:.3f} ms, p90 {result.p90_ms:.3f} ms"
         + (f", {result.runs} runs" if result.runs else "")
-        + f", batch {profile.runtime.batch_size}, {threads_text(profile.runtime)}"
+        + f", {runtime_text(profile.runtime)}"
     )
     if mismatch:
         console.print(styled("warning:", "yellow", mismatch))

@@ -191,8 +191,10 @@ def _check_same_settings(study, settings: dict, name: str) -> None:
     stored = {"threads": ((study.user_attrs.get("profile") or {}).get("runtime") or {}).get("threads"), **stored}
     keys = [k for k in _SETTINGS if stored.get(k) is not None or k != "threads"]
     if any(stored.get(k) != settings[k] for k in keys):
-        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in keys if stored.get(k) != settings[k])
-        raise ConfigError(f"study {name!r} was created with {diff}; use another --study-name (or --out) for a new search")
+        changed = [k for k in keys if stored.get(k) != settings[k]]
+        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in changed)
+        resume = f"resume it with --threads {stored['threads']}, or " if changed == ["threads"] else ""
+        raise ConfigError(f"study {name!r} was created with {diff}; {resume}use another --study-name (or --out) for a new search")
 
 
 def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: int):
