@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from autocomp import host
 from autocomp.errors import ConfigError
 from autocomp.precision import DYNAMIC_INT8
 from autocomp.yamlio import check_keys, load_yaml
@@ -277,8 +278,6 @@ AUTO_THREADS = "auto"
 def _threads(value: Any, where: str) -> int:
     """``runtime.threads``: a count, 0 (onnxruntime chooses), or ``auto`` (every CPU this process may use)."""
     if value == AUTO_THREADS:
-        from autocomp import host
-
         return host.available_cpus()
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: expected an integer >= 0 or 'auto' (the CPUs this machine gives the process), got {value!r}")
@@ -478,8 +477,6 @@ def calibration_mismatch(profile: DeviceProfile) -> str | None:
     ``threads: auto`` on a machine with other CPUs) is priced outside its calibration. A profile of
     this machine (``local``, timed here) is also priced outside it on another kind of CPU.
     """
-    from autocomp import host
-
     calibration = profile.calibration or {}
     fitted = calibration.get("threads")
     fix = f"run `autocomp calibrate --device {profile.name}` here, or time with --backend local"
