@@ -455,19 +455,26 @@ def with_threads(profile: DeviceProfile, threads: int | None) -> DeviceProfile:
     return profile if threads is None else with_overrides(profile, threads=threads)
 
 
-def threads_text(runtime: RuntimeSettings) -> str:
-    """How a profile's thread setting reads to a user ("2 intra-op threads (auto: this machine's CPUs)")."""
-    if runtime.threads == 0:
+def threads_text(runtime: RuntimeSettings | Mapping[str, Any]) -> str:
+    """How a profile's thread setting reads to a user ("2 intra-op threads (auto: this machine's CPUs)").
+
+    ``runtime``: the settings, or their record in a study (``profile_to_dict(..., as_run=True)``).
+    """
+    fields = asdict(runtime) if isinstance(runtime, RuntimeSettings) else runtime
+    threads = fields.get("threads")
+    if not threads:
         return "intra-op threads chosen by onnxruntime"
-    text = f"{runtime.threads} intra-op thread{'s' if runtime.threads != 1 else ''}"
-    return text + (" (auto: the CPUs this machine gives the process)" if runtime.threads_auto else "")
+    text = f"{threads} intra-op thread{'s' if threads != 1 else ''}"
+    return text + (" (auto: the CPUs this machine gives the process)" if fields.get("threads_auto") else "")
 
 
-def runtime_text(runtime: RuntimeSettings) -> str:
+def runtime_text(runtime: RuntimeSettings | Mapping[str, Any]) -> str:
     """The setting a profile is timed and deployed with, as one phrase (TensorRT has no intra-op threads)."""
-    if runtime.tool == "trtexec":
-        return f"trtexec (TensorRT), batch {runtime.batch_size}"
-    return f"{runtime.tool} {runtime.execution_provider}, {threads_text(runtime)}, batch {runtime.batch_size}"
+    fields = asdict(runtime) if isinstance(runtime, RuntimeSettings) else runtime
+    tool, batch = fields.get("tool", "onnxruntime"), fields.get("batch_size", 1)
+    if tool == "trtexec":
+        return f"trtexec (TensorRT), batch {batch}"
+    return f"{tool} {fields.get('execution_provider', '')}, {threads_text(fields)}, batch {batch}"
 
 
 def calibration_mismatch(profile: DeviceProfile) -> str | None:
@@ -486,9 +493,9 @@ def calibration_mismatch(profile: DeviceProfile) -> str | None:
             f"uses {profile.runtime.threads}: estimates are outside the calibrated range; run `autocomp calibrate --device "
             f"{profile.name} --threads {profile.runtime.threads}`, or time with --backend local"
         )
-    cpu = calibration.get("cpu")
-    if profile.name == "local" and isinstance(cpu, str) and cpu != host.host_cpu():
-        return f"{profile.name}'s cost model was calibrated on {cpu}, and this machine is {host.host_cpu()}: estimates are outside the calibrated range; {fix}"
+    cpu, here = calibration.get("cpu"), host.host_cpu()
+    if profile.name == "local" and isinstance(cpu, str) and cpu != here:
+        return f"{profile.name}'s cost model was calibrated on {cpu}, and this machine is {here}: estimates are outside the calibrated range; {fix}"
     return None
 
 

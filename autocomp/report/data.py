@@ -23,6 +23,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision, precision_mix
+from autocomp.profiles import runtime_text
 
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 """Objective names in the order the search stores them in ``trial.values``."""
@@ -542,13 +543,9 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
         rows.append(("2:4 structured sparsity", "supported" if profile["structured_2to4_sparsity"] else "not supported"))
     runtime = profile.get("runtime")
     if isinstance(runtime, Mapping) and runtime:
-        threads = runtime.get("threads")
-        threads = "intra-op threads chosen by onnxruntime" if threads in (0, None) else f"{threads} intra-op thread{'s' if threads != 1 else ''}"
-        tool = runtime.get("tool", "onnxruntime")
-        setting = "trtexec (TensorRT)" if tool == "trtexec" else f"{tool} {runtime.get('execution_provider', '')}, {threads}"
         rows.append((
             "timed and deployed with",
-            f"{setting}, batch {runtime.get('batch_size', 1)} (the plans are chosen for this setting; another can favour another plan)",
+            f"{runtime_text(runtime)} (the plans are chosen for this setting; another can favour another plan)",
         ))
     if profile.get("channel_multiple"):
         rows.append(("channel multiple", f"channels rounded to multiples of {profile['channel_multiple']}"))
