@@ -227,6 +227,10 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
     for key, value in result.summary().items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("latency_source", latency.source)
+    sure = getattr(latency, "confidence", None)  # an estimate says how sure it is (``latency.confidence``)
+    if sure is not None:
+        trial.set_user_attr("latency_sure", sure.text())
+        trial.set_user_attr("latency_outside", list(sure.outside))
     trial.set_user_attr("latency_p90_ms", latency.p90_ms)
     trial.set_user_attr("latency_runs", latency.runs)
     trial.set_user_attr("layers", layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)))

@@ -175,7 +175,10 @@ _RUNTIME_KEYS = (
 )
 _RECIPE_KEYS = ("activation_type", "weight_type", "per_channel", "reduce_range", "op_types")
 _SSH_KEYS = ("host", "user", "port", "key", "python", "known_hosts")
-_CALIBRATION_KEYS = ("date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime", "threads", "cpu")
+_CALIBRATION_KEYS = (
+    "date", "backend", "base_profile", "samples", "held_out", "fit", "variants", "onnxruntime", "threads", "cpu", "coverage",
+    "error_by_class",
+)
 
 
 def builtin_profile_dirs() -> list[Path]:

@@ -203,6 +203,7 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         "latency_source": latency.source,
+        **({"latency_sure": latency.confidence.text()} if hasattr(latency, "confidence") else {}),
         "layers": layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
         TEACHER_FINGERPRINT: fingerprint,
     }

@@ -78,6 +78,7 @@ def files(tmp_path_factory) -> Path:
     (root / "bits4.yaml").write_text(SPACE_BITS4)
     (root / "ratio.yaml").write_text(SPACE_RATIO)
     (root / "broken.yaml").write_text("schema_version: 1\nbits: [\n")
+    (root / "no-onnx").mkdir()
     profile = (REPO / "device_profiles" / "local.yaml").read_text().replace("channel_multiple: 8\n", "")
     (root / "noprofile-field.yaml").write_text(profile.replace("name: local", "name: nofield"))
     # a real, finished run: 1 trial of the tiny task, searched with the development environment
@@ -160,6 +161,8 @@ CASES = [
     ("calibrate-variants", ["calibrate", "--variants", "2"], '--variants 2 is out of range; allowed: >= 8'),
     ("calibrate-held-out", ["calibrate", "--held-out", "0.95"], '--held-out 0.95 is out of range; allowed: 0.05 <= x <= 0.9'),
     ("calibrate-rounds", ["calibrate", "--rounds", "0"], '--rounds 0 is out of range; allowed: >= 1'),
+    ("calibrate-models-missing", ["calibrate", "--models", "{files}/nowhere"], '--models {files}/nowhere: not a folder; give a folder of .onnx files of your model family'),
+    ("calibrate-models-empty", ["calibrate", "--models", "{files}/no-onnx"], '--models {files}/no-onnx: no .onnx files in it; export a few variants of your model (widths, precisions) there'),
     ("bench-trials", ["bench", "--trials", "0"], '--trials 0 is out of range; allowed: >= 1'),
     ("bench-samplers", ["bench", "--samplers", "tpe,annealing"], "--samplers 'tpe,annealing': choose from tpe, nsga2, gp, random (comma-separated)"),
     ("board-timeout", ["board", "check", "--board", "me@127.0.0.1", "--connect-timeout", "0"], '--connect-timeout 0 is out of range; allowed: > 0'),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from autocomp.cli.app import app, console, styled
@@ -82,6 +82,9 @@ def measure(
     if unpriced:
         ops = ", ".join(f"{t} x{n}" for t, n in sorted(unpriced.items()))
         console.print(styled("fallback:", "yellow", f"{ops} priced as element-wise work ({data.get('fallback_ms', 0):.3f} ms)"))
+    sure = getattr(result, "confidence", None)
+    if sure is not None:
+        console.print(styled("outside:", "yellow", sure.text()) if sure.outside else f"sure: {sure.text()}")
     if backend == "estimate" and not profile.is_calibrated:
         console.print(f"coefficients: {profile.cost_model.get('source', 'datasheet')} (uncalibrated)", style="dim")
 
@@ -106,6 +109,10 @@ def calibrate(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the variant ONNX files here (default: a temp dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the fit summary as one JSON object."),
     threads: Optional[int] = THREADS_OPTION,
+    models: Optional[Path] = typer.Option(
+        None, "--models",
+        help="A folder of your own .onnx files (variants of your model family): they join the calibration set, each fp32 one also in the calibrated precisions.",
+    ),
 ) -> None:
     """Fit a device's cost model to real measurements and make it the profile in force."""
     from autocomp.cli.app import err_console
@@ -121,13 +128,13 @@ def calibrate(
     check_range("--settle-pct", settle_pct, low=0)
     check_threads(threads)
     board_target = with_board(load_profile(device, calibrated=False), board=board, key=key, known_hosts=known_hosts, python=python).ssh
-    columns = (TextColumn("timing variants"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("timing variants"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("timing", total=None)
         report = calibrate_device(
             device, backend=backend, board=board_target, variants=variants, rounds=rounds, held_out=held_out, seed=seed,
             work_dir=work_dir, progress=lambda done, total: bar.update(task, completed=done, total=total), passes=passes,
-            settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None, threads=threads,
+            settle_pct=SETTLE_PCT if settle_pct is None else settle_pct or None, threads=threads, models=models,
         )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
@@ -137,6 +144,12 @@ def calibrate(
         f"held-out fit: median |error| {report.median_abs_error_pct:.1f}%, "
         f"{report.within_10pct * 100:.0f}% of variants within ±10%"
     )
+    for klass, row in report.error_by_class.items():
+        if klass != "all":
+            console.print(
+                f"  {klass}: {row['files']} held-out files, p90 |error| {row['p90_abs_error_pct']:.1f}%, "
+                f"{row['within_10pct'] * 100:.0f}% within ±10%"
+            )
     console.print(f"written to {report.path}")
 
 

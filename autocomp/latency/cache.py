@@ -24,7 +24,9 @@ def _result_from_dict(data: dict) -> LatencyResult:
     base = {f.name for f in fields(LatencyResult)}
     if set(data) - base:
         known = {f.name for f in fields(EstimateResult)}
-        return EstimateResult(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["outside"] = tuple(values.get("outside") or ())  # JSON has made it a list
+        return EstimateResult(**values)
     return LatencyResult(**{k: data[k] for k in base})
 
 

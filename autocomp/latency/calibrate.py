@@ -56,7 +56,7 @@ class Variant:
 
 
 def _zoo_model(rng: random.Random):
-    """A random small CNN: stem, 2-5 blocks (residual, inverted-residual, plain, pooling), linear head."""
+    """A random small CNN: stem, 2-5 blocks (residual, inverted-residual, depthwise-separable, plain, pooling), linear head."""
     import torch
     from torch import nn
 
@@ -76,6 +76,20 @@ def _zoo_model(rng: random.Random):
             y = torch.relu(self.bn1(self.conv1(x)))
             return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
 
+    class Separable(nn.Module):
+        """MobileNet v1's block: depthwise then pointwise, each with its activation; a sum after the
+        activation when the shapes allow (onnxruntime cannot fuse that sum into the conv)."""
+
+        def __init__(self, cin: int, cout: int, stride: int, act) -> None:
+            super().__init__()
+            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), act())
+            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act())
+            self.skip = stride == 1 and cin == cout and rng.random() < 0.7
+
+        def forward(self, x):
+            y = self.pw(self.dw(x))
+            return x + y if self.skip else y
+
     class Inverted(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int, hidden: int) -> None:
             super().__init__()
@@ -89,13 +103,15 @@ def _zoo_model(rng: random.Random):
             return x + y if self.skip else y
 
     in_channels = rng.choice([1, 1, 3])
-    size = rng.choice([16, 24, 32, 32])  # the scale of the built-in tasks; bigger nets only add noise here
+    # the scale of the built-in tasks, and now and then a camera-sized input with a stride-2 stem
+    size = rng.choice([16, 24, 32, 32, 32, 48, 64, 96] if in_channels == 3 else [16, 24, 32, 32])
+    stem_stride = 2 if size >= 48 else 1
     layers: list[nn.Module] = []
     c = ch(8, 64)
-    layers += [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), rng.choice([nn.ReLU(), nn.ReLU6()])]
-    spatial = size
+    layers += [nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c), rng.choice([nn.ReLU(), nn.ReLU6()])]
+    spatial = math.ceil(size / stem_stride)
     for _ in range(rng.randint(2, 5)):
-        kind = rng.choice(["basic", "basic", "inverted", "inverted", "plain", "pool"])
+        kind = rng.choice(["basic", "basic", "inverted", "inverted", "separable", "separable", "plain", "pool"])
         stride = 2 if spatial > 4 and rng.random() < 0.4 else 1
         if kind == "basic":
             out = ch(8, 128)
@@ -103,6 +119,9 @@ def _zoo_model(rng: random.Random):
         elif kind == "inverted":
             out = ch(8, 96)
             layers.append(Inverted(c, out, stride, hidden=ch(16, 192)))
+        elif kind == "separable":
+            out = c if rng.random() < 0.4 else ch(8, 128)
+            layers.append(Separable(c, out, stride, rng.choice([nn.ReLU, nn.ReLU6])))
         elif kind == "plain":
             out = ch(8, 128)
             k = rng.choice([1, 3])
@@ -181,10 +200,16 @@ def quantize_variant(src: Path, dst: Path, *, precision: str, recipe, input_shap
 
     ``fp16``/``int8``: every layer at 16/8 bits (int8 only where the recipe
     quantizes the op type, the rest fp32); ``mixed``: each layer drawn from
-    8/16/32 bits. int8 ranges come from random inputs of the right shape (the
-    values do not change the latency).
+    8/16/32 bits; ``ort-int8``: not ours but onnxruntime's own ``quantize_static``
+    with its default recipe (QDQ, s8 activations and weights, every op it
+    quantizes, per-tensor or, drawn, per-channel), the layout a user's own
+    int8 file most often has. int8 ranges come from random inputs of the right
+    shape (the values do not change the latency).
     """
     import onnx
+
+    if precision == "ort-int8":
+        return ort_quantized(src, dst, input_shape=input_shape, rng=rng, per_channel=rng.random() < 0.5)
 
     from autocomp.compress.quantize import quantize_onnx
     from autocomp.export import layer_nodes
@@ -204,6 +229,33 @@ def quantize_variant(src: Path, dst: Path, *, precision: str, recipe, input_shap
     data_rng = np.random.default_rng(rng.randrange(1 << 30))
     calibration = [(data_rng.standard_normal(input_shape).astype(np.float32),) for _ in range(4)] if 8 in bits.values() else []
     return quantize_onnx(src, dst, bits, calibration=calibration, recipe=recipe)
+
+
+def ort_quantized(src: Path, dst: Path, *, input_shape: tuple[int, ...], rng: random.Random, per_channel: bool = False) -> Path:
+    """``src`` quantized by onnxruntime's ``quantize_static`` after its ``quant_pre_process``, default recipe."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    data_rng = np.random.default_rng(rng.randrange(1 << 30))
+    import onnx
+
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = [{name: data_rng.standard_normal(input_shape).astype(np.float32)} for _ in range(4)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    prepared = dst.with_name(dst.stem + "-pre.onnx")
+    quant_pre_process(str(src), str(prepared))
+    try:
+        quantize_static(str(prepared), str(dst), Inputs(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return dst
 
 
 def build_variants(
@@ -245,11 +297,63 @@ def build_variants(
             else:
                 if precision == "fp16" and "fp16" not in runnable or precision != "fp16" and "int8" not in runnable:
                     continue
+                if precision == "ort-int8" and family != "zoo":
+                    continue  # another tool's layout on the random architectures; ours covers the built-in ones
                 path = quantize_variant(
                     fp32, out_dir / f"{base}-{precision}.onnx", precision=precision, recipe=profile.int8_recipe,
                     input_shape=int8_shape, rng=rng,
                 )
             variants.append(Variant(path, family, base, precision, batch, description))
+    return variants
+
+
+def model_files(models_dir: Path) -> list[Path]:
+    """The .onnx files of ``--models DIR``; a ConfigError naming the fix when there are none."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"--models {folder}: not a folder; give a folder of .onnx files of your model family")
+    files = sorted(folder.glob("*.onnx"))
+    if not files:
+        raise ConfigError(f"--models {folder}: no .onnx files in it; export a few variants of your model (widths, precisions) there")
+    return files
+
+
+def model_variants(models_dir: Path, out_dir: Path, *, profile, precisions: Sequence[str], seed: int = 0) -> list[Variant]:
+    """The user's own ONNX files in ``models_dir`` (``autocomp calibrate --models DIR``), each a base model.
+
+    An fp32 file with one float input is also built in each of ``precisions`` (as ``build_variants``
+    builds its own) at one of the profile's calibration batch sizes, drawn per file; a file that is
+    already quantized, or whose inputs are not one float tensor (token ids), is timed as it is.
+    """
+    import onnx
+
+    files = model_files(models_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 7)
+    variants: list[Variant] = []
+    for path in files:
+        model = onnx.load(str(path), load_external_data=False)
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in initializers]
+        quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "MatMulInteger") for n in model.graph.node)
+        one_float = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+        dynamic_batch = bool(dims) and dims[0] == 0
+        batch = rng.choice(list(profile.runtime.calibration_batch_sizes)) if dynamic_batch else (dims[0] if dims else 1)
+        base = f"user-{path.stem}"
+        kind = "int8" if quantized else "fp32"
+        variants.append(Variant(path, "user", base, kind, batch, f"your file {path.name}"))
+        if quantized or not one_float or 0 in dims[1:]:
+            continue
+        shape = (batch, *dims[1:])
+        for precision in precisions:
+            needs = "fp16" if precision == "fp16" else "int8"
+            if precision == "fp32" or needs not in profile.precisions:
+                continue
+            dst = out_dir / f"{base}-{precision}.onnx"
+            quantize_variant(path, dst, precision=precision, recipe=profile.int8_recipe, input_shape=shape, rng=rng)
+            variants.append(Variant(dst, "user", base, precision, batch, f"your file {path.name} in {precision}"))
     return variants
 
 
@@ -491,6 +595,7 @@ class CalibrationReport:
     path: Path
     unfitted: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    error_by_class: dict[str, dict[str, float]] = field(default_factory=dict)  # held-out, see ``confidence.error_by_class``
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -524,6 +629,12 @@ def write_profile(profile, path: Path) -> Path:
     return path
 
 
+def default_precisions(profile) -> tuple[str, ...]:
+    """What a calibration builds each base model in: ours, and on onnxruntime also its own quantizer's int8."""
+    ours = ("fp32", "fp16", "int8", "mixed")
+    return ours + ("ort-int8",) if profile.runtime.tool == "onnxruntime" else ours
+
+
 def on_this_host(profile):
     """``profile`` as this machine runs it: its CPU decides onnxruntime's conv layout (``runtime.nchwc_block``)."""
     from autocomp.latency.kernels import host_nchwc_block
@@ -541,7 +652,7 @@ def calibrate_device(
     seed: int = 0,
     work_dir: Path | None = None,
     families: Sequence[str] = ("zoo", "resnet"),
-    precisions: Sequence[str] = ("fp32", "fp16", "int8", "mixed"),
+    precisions: Sequence[str] | None = None,
     output: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     prune: bool = True,
@@ -550,6 +661,7 @@ def calibrate_device(
     rounds: int | None = None,
     probes: bool = True,
     threads: int | None = None,
+    models: Path | None = None,
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
@@ -561,10 +673,11 @@ def calibrate_device(
     (``LocalBackend.measure_set``; the ssh backend times files one by one, as its profile says).
     ``threads`` (``--threads``) times with that many intra-op threads instead of the profile's, and the
     calibrated profile then runs with it: a cost model holds at the thread count it was fitted at.
+    ``models`` (``--models DIR``): the user's own ONNX files join the set (``model_variants``).
     """
     from autocomp.latency import get_backend
-    from autocomp.latency.estimate import coefficients_for
-    from autocomp.profiles import calibration_dir, load_profile, with_threads
+    from autocomp.latency.estimate import analyze_for, coefficients_for
+    from autocomp.profiles import calibration_dir, load_profile, with_overrides, with_threads
 
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
@@ -574,6 +687,10 @@ def calibrate_device(
     shipped = with_threads(load_profile(device, calibrated=False), threads)
     if backend == "local":
         shipped = on_this_host(shipped)
+    if precisions is None:
+        precisions = default_precisions(shipped)
+    if models is not None:
+        model_files(models)  # a wrong folder fails now, not after the set is built
     base = shipped if board is None else dataclasses.replace(shipped, ssh=board)
     options: dict[str, Any] = {}
     if backend == "local" and rounds is not None:
@@ -584,13 +701,17 @@ def calibrate_device(
         built = build_variants(
             folder, profile=base, count=variants, seed=seed, families=families, precisions=precisions, prune=prune
         )
+        if models is not None:
+            built += model_variants(models, folder / "models", profile=base, precisions=precisions, seed=seed)
         if probes:
             built += build_probes(folder, profile=base)
-            built += build_conv_probes(folder, profile=base, precisions=[p for p in precisions if p != "mixed"])
+            built += build_conv_probes(folder, profile=base, precisions=[p for p in precisions if p in ("fp32", "fp16", "int8")])
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
         samples = measure_variants(
             built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
         )
+        # each file's analysed graph, for the coverage record, while the files still exist (analysis is memoized)
+        graphs = {s.variant.path: analyze_for(s.variant.path, with_overrides(base, batch_size=s.variant.batch_size)) for s in samples}
     # probes always train: the held-out figure is about networks
     train, test = split_by_base([s for s in samples if s.variant.family != "probe"], held_out=held_out, seed=seed)
     train += [s for s in samples if s.variant.family == "probe"]
@@ -598,6 +719,11 @@ def calibrate_device(
     coefficients, unfitted = fit_coefficients(train, prior=prior)
     quality = fit_quality(test, coefficients)
     import onnxruntime
+
+    from autocomp.latency.confidence import coverage, error_by_class, precision_class
+
+    def graph_of(sample: Sample):
+        return graphs[sample.variant.path]
 
     calibration = {
         "date": _dt.date.today().isoformat(),
@@ -607,12 +733,18 @@ def calibrate_device(
         "held_out": len(test),
         "fit": quality,
         "variants": f"{variants} base models from {', '.join(families)} in {', '.join(precisions)} at batch sizes {list(base.runtime.calibration_batch_sizes)} (seed {seed})"
+        + (f", {sum(s.variant.family == 'user' for s in samples)} files of the user's own from {models}" if models is not None else "")
         + (f", {sum(s.variant.family == 'probe' for s in samples)} element-wise and conv probes" if probes else "")
         + f", timed in {passes} passes"
         + (f" and again until the lowest two agree within {settle_pct:g}% (at most {passes + SETTLE_EXTRA_PASSES} times)" if settle_pct else ""),
         "onnxruntime": onnxruntime.__version__,
         "threads": base.runtime.threads,
         **({"cpu": host_cpu()} if backend == "local" else {}),  # a board's CPU is the profile's own
+        "coverage": coverage([graph_of(s) for s in train], [s.features for s in train]),
+        "error_by_class": error_by_class(
+            [precision_class(graph_of(s).ops) for s in test],
+            [(predict_ms(s.features, coefficients) / s.measured_ms - 1.0) * 100.0 for s in test],
+        ),
     }
     profile = calibrated_profile(shipped, coefficients=coefficients, unfitted=unfitted, calibration=calibration)
     path = write_profile(profile, output or calibration_dir() / f"{base.name}.yaml")
@@ -630,6 +762,7 @@ def calibrate_device(
         median_abs_error_pct=quality.get("median_abs_error_pct", float("nan")),
         p90_abs_error_pct=quality.get("p90_abs_error_pct", float("nan")),
         within_10pct=quality.get("within_10pct", float("nan")), path=path, unfitted=unfitted, rows=rows,
+        error_by_class=calibration["error_by_class"],
     )
 
 

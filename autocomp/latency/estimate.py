@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from autocomp.errors import ConfigError, LatencyError
 from autocomp.latency.base import LatencyResult, check_onnx_file
+from autocomp.latency.confidence import Confidence, assess
 from autocomp.latency.graph import MAC_KINDS, PRECISIONS, GraphCost, analyze, feature_names, op_features
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ class EstimateResult(LatencyResult):
     fallback_ms: float = 0.0
     batch_size: int = 1
     calibrated: bool = False
+    error_class: str = ""  # the file's precision class (``confidence.precision_class``)
+    error_pct: float | None = None  # p90 |error| of held-out files of that class; None: uncalibrated
+    outside: tuple[str, ...] = ()  # why the file is outside the calibrated range (empty: inside)
+    range_known: bool = True  # False: the calibration has no coverage record to check the file against
+
+    @property
+    def confidence(self) -> Confidence:
+        return Confidence(self.error_class, self.error_pct, self.outside, self.range_known)
 
 
 # --------------------------------------------------------------------------- coefficients
@@ -156,6 +165,8 @@ def datasheet_coefficients(profile) -> dict[str, float]:
     coefficients["mloads_nchwc"] = 0.0  # loads of MLAS's x86 NCHWc conv kernels: only a calibration sees them
     coefficients["mloads_int8_generic"] = 0.0  # likewise the im2col matrix of x86 int8 convs off the symmetric kernels
     coefficients["kpixels_int8_generic"] = 0.0  # and their output pixels
+    coefficients["gmacs_dwconv_plain"] = coefficients["gmacs_dwconv_fp32"]  # x86 grouped convs outside NCHWc: likewise
+    coefficients["kgroups_plain"] = 0.0  # and their per-group calls
     for kind in ("conv", "dwconv"):  # x86 int8 convs off MLAS's symmetric kernels: priced as the others here
         coefficients[f"gmacs_{kind}_int8_generic"] = coefficients[f"gmacs_{kind}_int8"]
     # fp16 element-wise work in a scalar loop (onnxruntime's CPU Clip): assumed 4x the fp32 vector rate
@@ -186,7 +197,19 @@ def analyze_for(onnx_path: Path, profile, shapes: Mapping[str, tuple[int, ...]] 
     runtime = profile.runtime
     return analyze(
         Path(onnx_path), batch_size=runtime.batch_size, shapes=shapes, tool=runtime.tool,
-        fp16_as_fp32=fp16_as_fp32(profile), nchwc_block=runtime.nchwc_block,
+        fp16_as_fp32=fp16_as_fp32(profile), nchwc_block=runtime.nchwc_block, ask_runtime=asks_runtime(profile),
+    )
+
+
+def asks_runtime(profile) -> bool:
+    """Does this machine's onnxruntime make the target's QDQ choices? An x86 CPU target (NCHWc layout) with
+    onnxruntime's CPU provider, estimated on an x86 host: the same build's QDQ selectors decide on both."""
+    from autocomp.latency.kernels import host_nchwc_block
+
+    runtime = profile.runtime
+    return (
+        runtime.tool == "onnxruntime" and runtime.execution_provider == "CPUExecutionProvider"
+        and runtime.nchwc_block > 0 and host_nchwc_block() > 0
     )
 
 
@@ -206,7 +229,9 @@ def estimate_ms(onnx_path: Path, profile, *, shapes: Mapping[str, tuple[int, ...
     graph = analyze_for(onnx_path, profile, shapes)
     coefficients = coefficients_for(profile)
     precisions = precision_map(profile)
-    total_ms = estimate_graph(graph, coefficients, precisions)
+    features = graph.features(precisions)
+    total_ms = sum(coefficients[name] * value for name, value in features.items())
+    sure = assess(graph, features, profile.calibration)
     fallback_ms = sum(_op_ms(op, coefficients, precisions) for op in graph.ops if op.kind == "fallback")
     if graph.unpriced:
         for op_type, count in graph.unpriced.items():
@@ -226,6 +251,10 @@ def estimate_ms(onnx_path: Path, profile, *, shapes: Mapping[str, tuple[int, ...
         fallback_ms=fallback_ms,
         batch_size=graph.batch_size,
         calibrated=profile.is_calibrated,
+        error_class=sure.error_class,
+        error_pct=sure.error_pct,
+        outside=sure.outside,
+        range_known=sure.range_known,
     )
 
 

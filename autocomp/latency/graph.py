@@ -27,13 +27,16 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from autocomp.errors import LatencyError
 from autocomp.export import MODULE_KEY
+
+if TYPE_CHECKING:
+    from autocomp.latency.kernels import RuntimeChoices
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ class OpCost:
     loads: int = 0  # input values a dense conv's kernel loads: NCHWc broadcasts, or a generic int8 conv's im2col matrix
     generic: bool = False  # an x86 int8 conv that MLAS's symmetric conv kernels do not take (see ``_int8_generic``)
     pixels: int = 0  # convs: output pixels (batch x height x width)
+    groups: int = 0  # a float grouped conv outside NCHWc on x86: batch x groups, one small im2col + GEMM each
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ def feature_names() -> list[str]:
     names += [f"mouts_{p}" for p in PRECISIONS]
     names += [f"krows_{p}" for p in PRECISIONS]
     names += ["mloads_nchwc", "mloads_int8_generic", "kpixels_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
+    names += ["gmacs_dwconv_plain", "kgroups_plain"]
     return names
 
 
@@ -170,8 +175,9 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
     run = precision_map.get(p, p) if precision_map else p
     if op.kind in MAC_KINDS:
         scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
+        rate = f"gmacs_{op.kind}_{run}{'_generic' if op.generic else ''}" if not op.groups else "gmacs_dwconv_plain"
         features = {
-            "nodes": 1.0, "nodes_mac": 1.0, f"gmacs_{op.kind}_{run}{'_generic' if op.generic else ''}": op.macs * op.padding / 1e9,
+            "nodes": 1.0, "nodes_mac": 1.0, rate: op.macs * op.padding / 1e9,
             f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements * op.padding / 1e6,
         }
         if p != "fp32":
@@ -182,6 +188,8 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
             features["mloads_int8_generic" if op.generic else "mloads_nchwc"] = op.loads / 1e6
         if op.generic:
             features["kpixels_int8_generic"] = op.pixels / 1e3
+        if op.groups:
+            features["kgroups_plain"] = op.groups / 1e3
         return features
     if op.kind == "view":
         return {"nodes_view": 1.0}
@@ -211,8 +219,9 @@ def _numel(shape: tuple[int, ...] | None) -> int:
 class _Graph:
     """Index of one (shape-inferred) ONNX graph: producers, consumers, shapes and dtypes."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, *, live: set[str] | None = None) -> None:
         graph = model.graph
+        self.live = live or set()  # outputs of weight DequantizeLinear nodes the runtime runs per call
         self.nodes = list(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.constants: set[str] = set(self.initializers)
@@ -269,6 +278,8 @@ class _Graph:
         """An initializer, a Constant, or a DequantizeLinear/Cast of one (a quantized or fp16 weight)."""
         if name in self.constants:
             return True
+        if name in self.live:
+            return False
         node = self.producer.get(name)
         return node is not None and node.op_type in ("DequantizeLinear", "Cast", "Transpose") and self.is_constant(node.input[0])
 
@@ -443,18 +454,126 @@ def _unknown_values(model: onnx.ModelProto) -> list[str]:
 
 def _analyze_stripped(
     model: onnx.ModelProto, *, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None, tool: str = "onnxruntime",
-    fp16_as_fp32: bool = False, nchwc_block: int = 0,
+    fp16_as_fp32: bool = False, nchwc_block: int = 0, choose: Callable[[onnx.ModelProto], "RuntimeChoices"] | None = None,
 ) -> GraphCost:
-    """``analyze_model`` on a model that ``_strip_weights`` has stripped, which it changes in place."""
+    """``analyze_model`` on a model that ``_strip_weights`` has stripped, which it changes in place.
+
+    ``choose`` (the estimator passes it for quantized files on an x86 onnxruntime target) asks the
+    runtime for its choices on the shape-inferred graph (``autocomp.latency.kernels.runtime_choices``):
+    they replace the hand-written QDQ rules below (which nodes run int8, which Q/DQ nodes and
+    activations are folded away, the layout Transposes) wherever the runtime can tell.
+    """
     trt = tool == "trtexec"
     graph_inputs = {i.name for i in model.graph.input}
     _fix_input_shapes(model, batch_size=batch_size, shapes=shapes or {})
     inferred = _infer(model)
+    choices = choose(inferred) if choose is not None and not trt and _uniquely_named(inferred) else None
     barriers = _drop_float_casts(inferred) if fp16_as_fp32 and not trt else {}
-    if not trt:
+    if not trt and choices is None:
         _drop_relus_into_q(inferred)
-    g = _Graph(inferred)
+    g = _Graph(inferred, live=_live_dequantized(inferred, choices))
+    if choices is not None:
+        int8_nodes = {id(node) for node in g.nodes if node.name in choices.int8}
+        absorbed = {id(node) for node in g.nodes if node.op_type in _FOLDABLE and not choices.runs(node.name)}
+        absorbed |= {id(node) for node in g.nodes if node.op_type in ("Cast", "Transpose") and g.is_constant(node.input[0])}
+    else:
+        int8_nodes, absorbed = _qdq_rules(g, trt=trt, graph_inputs=graph_inputs)
 
+    def precision_of_node(node: onnx.NodeProto) -> str:
+        return "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
+
+    # Pass 2, in graph order: fusion of followers into Conv/Gemm/MatMul, and the NCHWc layout.
+    inserted = _InsertedKernels(g, nchwc_block if not trt else 0, fp16_as_fp32=fp16_as_fp32, barriers=barriers)
+    fused_into: dict[int, list[str]] = {}
+    blocked_convs: set[int] = set()
+    for node in g.nodes:
+        if id(node) in absorbed:
+            continue
+        if node.op_type not in _CONV_OPS | _GEMM_OPS:
+            inserted.visit(node)
+            continue
+        blocked = inserted.takes(node, precision_of_node(node))
+        if blocked:
+            blocked_convs.add(id(node))
+        fused: list[str] = []
+        added = False
+        activated = False
+        out = node.output[0]
+        while True:
+            nxt = g.single_consumer(out)
+            if trt and nxt is not None and nxt.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                out = nxt.output[0]  # look through Q/DQ: TensorRT fuses int8 conv + add + activation
+                continue
+            if nxt is None or id(nxt) in absorbed and choices is None:
+                break  # an absorbed QuantizeLinear: QLinearConv requantizes its own output
+            if choices is not None and choices.runs(nxt.name):
+                break  # the runtime runs it as a kernel of its own
+            if nxt.op_type in _FUSABLE_ACTIVATIONS:
+                if not trt and not fp16_as_fp32 and nxt.op_type not in ("Relu", "BatchNormalization") and precision_of_node(node) == "fp16":
+                    break  # onnxruntime's CPU fp16 Conv fuses Relu only: a Clip runs alone, between layout reorders
+                if fp16_as_fp32 and not trt and _fp16_bounds(g, nxt):
+                    break  # its fp16 bounds are Cast at run time, so onnxruntime cannot fuse the Clip
+                activated = activated or nxt.op_type != "BatchNormalization"
+            elif nxt.op_type == "Add" and not added:
+                other = [i for i in nxt.input if i != out]
+                if node.op_type == "MatMul" and not (other and g.is_constant(other[0])):
+                    break  # MatMul + activation Add is a real Add
+                if blocked and not all(inserted.blocked(i, nxt) for i in other):
+                    break  # an NCHWc conv sums only a blocked tensor into its output
+                if activated and not trt and not (other and g.is_constant(other[0])):
+                    break  # onnxruntime fuses conv + sum + activation, not a sum after the activation (ReLU6 blocks)
+                added = True
+            else:
+                break
+            absorbed.add(id(nxt))
+            fused.append(nxt.op_type)
+            out = nxt.output[0]
+        fused_into[id(node)] = fused
+        inserted.visit(node, output=out, blocked=blocked)
+    inserted.finish()
+
+    ops: list[OpCost] = []
+    unpriced: Counter[str] = Counter()
+    if choices is not None:
+        ops.extend(_elementwise(g, op_type, tensor, None) for op_type, tensor in choices.added)
+    elif not trt:
+        ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into, fp16_reorders=not fp16_as_fp32))
+    ops.extend(inserted.ops)
+    for node in g.nodes:
+        if id(node) in absorbed or node.op_type in FREE_OPS:
+            continue
+        copies = max(1, choices.present.get(node.name, 1)) if choices is not None else 1
+        for _ in range(copies):  # a DequantizeLinear the runtime duplicated per consumer runs once per copy
+            _price_node(g, node, ops, unpriced, precision_of_node(node), fused_into, blocked_convs, inserted,
+                        nchwc_block=nchwc_block, fp16_as_fp32=fp16_as_fp32)
+    return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
+
+
+# Nodes the runtime may fold into a neighbour or drop; with ``RuntimeChoices`` one that is not in the
+# optimized graph costs nothing of its own.
+_FOLDABLE = frozenset({"QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "BatchNormalization", "Add", "Identity",
+                       "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"})
+
+
+def _quantized(model: onnx.ModelProto) -> bool:
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def _uniquely_named(model: onnx.ModelProto) -> bool:
+    """Every node has a name of its own: the runtime's choices are read back by node name."""
+    names = [node.name for node in model.graph.node if node.op_type != "Constant"]
+    return all(names) and len(set(names)) == len(names)
+
+
+def _live_dequantized(model: onnx.ModelProto, choices: "RuntimeChoices | None") -> set[str]:
+    """Outputs of weight DequantizeLinear nodes the runtime still runs: computed per call, not constants."""
+    if choices is None:
+        return set()
+    return {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear" and choices.runs(node.name)}
+
+
+def _qdq_rules(g: "_Graph", *, trt: bool, graph_inputs: set[str]) -> tuple[set[int], set[int]]:
+    """The hand-written QDQ rules: (nodes that run in int8, nodes absorbed by the runtime's fusions)."""
     # Pass 1: which nodes run in int8 (all float data inputs from DequantizeLinear).
     int8_nodes: set[int] = set()
     for node in g.nodes:
@@ -506,94 +625,52 @@ def _analyze_stripped(
         elif node.op_type in ("Cast", "Transpose", "DequantizeLinear") and g.is_constant(node.input[0]):
             absorbed.add(id(node))  # weight casts/transposes are constant-folded
 
-    def precision_of_node(node: onnx.NodeProto) -> str:
-        return "int8" if id(node) in int8_nodes else _precision_of(g, node.input[0] if node.input else "")
+    return int8_nodes, absorbed
 
-    # Pass 2, in graph order: fusion of followers into Conv/Gemm/MatMul, and the NCHWc layout.
-    inserted = _InsertedKernels(g, nchwc_block if not trt else 0, fp16_as_fp32=fp16_as_fp32, barriers=barriers)
-    fused_into: dict[int, list[str]] = {}
-    blocked_convs: set[int] = set()
-    for node in g.nodes:
-        if id(node) in absorbed:
-            continue
-        if node.op_type not in _CONV_OPS | _GEMM_OPS:
-            inserted.visit(node)
-            continue
-        blocked = inserted.takes(node, precision_of_node(node))
-        if blocked:
-            blocked_convs.add(id(node))
-        fused: list[str] = []
-        added = False
-        out = node.output[0]
-        while True:
-            nxt = g.single_consumer(out)
-            if trt and nxt is not None and nxt.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                out = nxt.output[0]  # look through Q/DQ: TensorRT fuses int8 conv + add + activation
-                continue
-            if nxt is None or id(nxt) in absorbed:
-                break  # an absorbed QuantizeLinear: QLinearConv requantizes its own output
-            if nxt.op_type in _FUSABLE_ACTIVATIONS:
-                if not trt and not fp16_as_fp32 and nxt.op_type not in ("Relu", "BatchNormalization") and precision_of_node(node) == "fp16":
-                    break  # onnxruntime's CPU fp16 Conv fuses Relu only: a Clip runs alone, between layout reorders
-                if fp16_as_fp32 and not trt and _fp16_bounds(g, nxt):
-                    break  # its fp16 bounds are Cast at run time, so onnxruntime cannot fuse the Clip
-            elif nxt.op_type == "Add" and not added:
-                other = [i for i in nxt.input if i != out]
-                if node.op_type == "MatMul" and not (other and g.is_constant(other[0])):
-                    break  # MatMul + activation Add is a real Add
-                if blocked and not all(inserted.blocked(i, nxt) for i in other):
-                    break  # an NCHWc conv sums only a blocked tensor into its output
-                added = True
-            else:
-                break
-            absorbed.add(id(nxt))
-            fused.append(nxt.op_type)
-            out = nxt.output[0]
-        fused_into[id(node)] = fused
-        inserted.visit(node, output=out, blocked=blocked)
-    inserted.finish()
 
-    ops: list[OpCost] = []
-    unpriced: Counter[str] = Counter()
-    if not trt:
-        ops.extend(_layout_ops(g, int8_nodes, absorbed, fused_into, fp16_reorders=not fp16_as_fp32))
-    ops.extend(inserted.ops)
-    for node in g.nodes:
-        if id(node) in absorbed or node.op_type in FREE_OPS:
-            continue
-        op_type = node.op_type
-        layer = _layer_of(node)
-        if op_type in VIEW_OPS:
-            if node.input and all(g.is_constant(i) for i in node.input if i):
-                continue  # a view of a weight is folded away
-            ops.append(OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer))
-            continue
-        precision = precision_of_node(node)
-        if op_type in _CONV_OPS or op_type in _GEMM_OPS:
-            # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
-            # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
-            x86_int8 = bool(nchwc_block) and precision == "int8"
-            int8_conv = x86_int8 and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
-            strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
-            ops.append(
-                _mac_op(
-                    g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
-                    per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8,
-                )
+def _price_node(
+    g: "_Graph", node: onnx.NodeProto, ops: list[OpCost], unpriced: Counter[str], precision: str,
+    fused_into: dict[int, list[str]], blocked_convs: set[int], inserted: "_InsertedKernels", *, nchwc_block: int,
+    fp16_as_fp32: bool,
+) -> None:
+    """Append the cost of one node that runs as a kernel of its own to ``ops``."""
+    op_type = node.op_type
+    layer = _layer_of(node)
+    if op_type in VIEW_OPS:
+        if node.input and all(g.is_constant(i) for i in node.input if i):
+            return  # a view of a weight is folded away
+        ops.append(OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer))
+        return
+    if op_type in _CONV_OPS or op_type in _GEMM_OPS:
+        # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
+        # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
+        x86_int8 = bool(nchwc_block) and precision == "int8"
+        int8_conv = x86_int8 and op_type in _CONV_OPS and int(_attr(node, "group", 1)) == 1
+        strip = nchwc_block if id(node) in blocked_convs else 16 if int8_conv else 0
+        # a float grouped conv the NchwcTransformer did not take (channels off its alignment, weights
+        # dequantized per call) runs MLAS's generic path: im2col and a small GEMM per group
+        plain = bool(nchwc_block) and op_type == "Conv" and id(node) not in blocked_convs and precision != "int8" and (
+            precision == "fp32" or fp16_as_fp32
+        )
+        ops.append(
+            _mac_op(
+                g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
+                per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8, plain=plain,
             )
-            if g.shape(node.output[0]) is None or g.shape(node.input[0]) is None:
-                unpriced[f"{op_type} (shape unknown)"] += 1  # priced without its multiply-adds: say so
-            continue
-        tensors = [t for t in list(node.input) + list(node.output) if t and t not in g.constants]
-        elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)
-        kind = "scalar" if fp16_as_fp32 and op_type in _SCALAR_FP16 and _runs_fp16(g, node) else "elementwise"
-        if op_type not in ELEMENTWISE_OPS:
-            unpriced[op_type] += 1
-            kind = "fallback"
-        if op_type == "QuantizeLinear":
-            precision = "int8"
-        ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
-    return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
+        )
+        if g.shape(node.output[0]) is None or g.shape(node.input[0]) is None:
+            unpriced[f"{op_type} (shape unknown)"] += 1  # priced without its multiply-adds: say so
+        return
+    # a weight the runtime dequantizes on every call: its int8 values read, its floats written
+    tensors = [t for t in list(node.input) + list(node.output) if t and (t not in g.constants or t == node.input[0] and op_type == "DequantizeLinear")]
+    elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)
+    kind = "scalar" if fp16_as_fp32 and op_type in _SCALAR_FP16 and _runs_fp16(g, node) else "elementwise"
+    if op_type not in ELEMENTWISE_OPS:
+        unpriced[op_type] += 1
+        kind = "fallback"
+    if op_type == "QuantizeLinear":
+        precision = "int8"
+    ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
 
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
@@ -890,8 +967,11 @@ def _layout_ops(
     return ops
 
 
-def _elementwise(g: _Graph, op_type: str, tensor: str, near: onnx.NodeProto) -> OpCost:
-    precision = _precision_of(g, tensor)
+def _elementwise(g: _Graph, op_type: str, tensor: str, near: onnx.NodeProto | None) -> OpCost:
+    """A kernel the runtime adds over ``tensor`` (a layout reorder or transpose, a Cast), next to ``near``."""
+    if near is None:  # added by the runtime next to the node that writes the tensor
+        near = g.producer.get(tensor) or onnx.NodeProto(name=tensor, op_type=op_type)
+    precision = "int8" if op_type == "QuantizeLinear" else _precision_of(g, tensor)
     return OpCost(f"{near.name}/{op_type}:{tensor}", op_type, "elementwise", precision, 0, _numel(g.shape(tensor)), 0, _layer_of(near))
 
 
@@ -912,7 +992,7 @@ _NCHWC_FILTER_BLOCKS = 4
 
 def _mac_op(
     g: _Graph, node: onnx.NodeProto, precision: str, layer: str, fused: tuple[str, ...], *, strip: int = 0,
-    per_row: bool = False, nchwc: bool = False, x86_int8: bool = False,
+    per_row: bool = False, nchwc: bool = False, x86_int8: bool = False, plain: bool = False,
 ) -> OpCost:
     """One MAC op; ``strip`` > 0: the kernel pads output channels to a multiple of it (``OpCost.padding``);
     ``per_row``: the kernel is called once per output row whatever its size (MLAS's NCHW algorithm);
@@ -947,8 +1027,11 @@ def _mac_op(
     loads = 0
     generic = False
     pixels = 0
+    groups = 0
     if op_type in _CONV_OPS:
         group = int(_attr(node, "group", 1))
+        if plain and group > 1 and x_shape is not None:
+            groups = x_shape[0] * group
         kind = "dwconv" if group > 1 else "conv"
         if w_shape is not None and y_shape is not None and len(w_shape) >= 3:
             out_channels = w_shape[0]
@@ -984,7 +1067,7 @@ def _mac_op(
     padding = math.ceil(out_channels / strip) * strip / out_channels if strip and out_channels else 1.0
     return OpCost(
         node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
-        padding=padding * in_padding, rows=rows, loads=loads, generic=generic, pixels=pixels,
+        padding=padding * in_padding, rows=rows, loads=loads, generic=generic, pixels=pixels, groups=groups,
     )
 
 
@@ -1019,11 +1102,16 @@ def analyze(
     tool: str = "onnxruntime",
     fp16_as_fp32: bool = False,
     nchwc_block: int = 0,
+    ask_runtime: bool = False,
 ) -> GraphCost:
     """``analyze_model`` on a file, memoized by the file's graph, batch size, shapes and options.
 
     The key hashes the graph without its large weights, which the analysis never reads: hashing the
     whole file cost more than a millisecond for ResNetDigits, a quarter of a fresh estimate.
+
+    ``ask_runtime``: the target runs this machine's kind of onnxruntime build (x86, CPU provider), so
+    for a quantized file its QDQ choices are read off this machine's optimized graph
+    (``autocomp.latency.kernels.runtime_choices``, 10-50 ms once per graph) instead of the hand rules.
     """
     path = Path(onnx_path)
     try:
@@ -1036,13 +1124,25 @@ def analyze(
         raise LatencyError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
     _strip_weights(model)
     graph_sha256 = hashlib.sha256(model.SerializeToString()).hexdigest()
-    key = (graph_sha256, batch_size, tuple(sorted((shapes or {}).items())), tool, fp16_as_fp32, nchwc_block)
+    ask_runtime = ask_runtime and tool == "onnxruntime" and _quantized(model)
+    key = (graph_sha256, batch_size, tuple(sorted((shapes or {}).items())), tool, fp16_as_fp32, nchwc_block, ask_runtime)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
+    choose = None
+    if ask_runtime:
+        from autocomp.latency.kernels import runtime_choices
+
+        def choose(inferred: onnx.ModelProto) -> "RuntimeChoices":
+            try:
+                return runtime_choices(path, inferred)
+            except Exception as exc:  # onnxruntime cannot load it: timing it would fail with the reason
+                raise LatencyError(f"onnxruntime cannot load {path.name}: {' '.join(str(exc).split())[:300]}") from exc
+
     result = _analyze_stripped(
-        model, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32, nchwc_block=nchwc_block
+        model, batch_size=batch_size, shapes=shapes, tool=tool, fp16_as_fp32=fp16_as_fp32, nchwc_block=nchwc_block,
+        choose=choose,
     )
     with _CACHE_LOCK:
         _CACHE[key] = result

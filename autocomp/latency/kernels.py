@@ -9,14 +9,26 @@ the file. This is a development and benchmark check: onnxruntime takes 10-30 ms
 to build a session, too slow for every estimate, and it only knows this machine.
 ``host_nchwc_block`` reads this CPU's NCHWc channel block, which ``autocomp
 calibrate --device local`` records in the calibrated profile.
+
+``runtime_choices`` is the estimator's use of the same optimized graph, for
+quantized files on an x86 onnxruntime target: which nodes run as int8 kernels
+and which Q/DQ nodes still run is onnxruntime's decision (its QDQ selectors,
+its s8-to-u8 conversion, the DequantizeLinear it duplicates per consumer), and
+another tool's QDQ layout makes decisions no hand-written rule foresaw: in
+onnxruntime's own ``quantize_static`` output, a pointwise conv whose output
+also feeds a residual sum stays a float Conv that dequantizes its weights on
+every call.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from autocomp.host import cpuinfo_flags
 from autocomp.latency.graph import GraphCost
@@ -37,8 +49,8 @@ def kernel_kind(op_type: str) -> str:
     return _ALIASES.get(op_type, op_type)
 
 
-def runtime_kernels(onnx_path: Path, *, threads: int = 1) -> Counter[str]:
-    """Kernels of onnxruntime's optimized graph of ``onnx_path`` on this machine (CPU provider), by kind."""
+def optimized_graph(onnx_path: Path, *, threads: int = 1):
+    """onnxruntime's optimized graph of ``onnx_path`` on this machine (CPU provider), without its weights."""
     import onnx
     import onnxruntime as ort
 
@@ -48,8 +60,75 @@ def runtime_kernels(onnx_path: Path, *, threads: int = 1) -> Counter[str]:
         options.log_severity_level = 3  # the optimized model comes with a warning that it is machine-specific
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        model = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        return onnx.load(options.optimized_model_filepath, load_external_data=False)
+
+
+def runtime_kernels(onnx_path: Path, *, threads: int = 1) -> Counter[str]:
+    """Kernels of onnxruntime's optimized graph of ``onnx_path`` on this machine (CPU provider), by kind."""
+    model = optimized_graph(onnx_path, threads=threads)
     return Counter(kernel_kind(node.op_type) for node in model.graph.node if node.op_type not in _SKIP)
+
+
+# Kernels that compute in int8 (the QLinear family, QGemm, the integer convs and matmuls).
+_INT8_KERNEL = re.compile(r"^(QLinear.*|QGemm|ConvInteger|MatMulInteger|MatMulIntegerToFloat|DynamicQuantizeMatMul)$")
+# onnxruntime names a node it rewrites after the original, with suffixes: "_token_<n>" (fusions, layout),
+# "/duplicated" (a DequantizeLinear copied for its second consumer).
+_SUFFIXES = re.compile(r"((_token_\d+)|(/duplicated))+$")
+_ADDED = frozenset({"Transpose", "QuantizeLinear", "DequantizeLinear"})  # kernels it adds that the estimate prices
+
+
+@dataclass(frozen=True)
+class RuntimeChoices:
+    """What onnxruntime runs of one file's nodes (``runtime_choices``), by original node name.
+
+    ``present``: original node -> how many kernels of the optimized graph carry its name (0 when it
+    was fused into another kernel or removed); ``int8``: original nodes that run as an int8 kernel;
+    ``added``: (op type, original tensor whose size it works on) for each Transpose, QuantizeLinear
+    or DequantizeLinear the runtime added (layout transposes, requantizations around them).
+    """
+
+    present: Mapping[str, int]
+    int8: frozenset[str]
+    added: tuple[tuple[str, str], ...]
+
+    def runs(self, name: str) -> bool:
+        return self.present.get(name, 0) > 0
+
+
+def runtime_choices(onnx_path: Path, original) -> RuntimeChoices:
+    """``RuntimeChoices`` of ``original`` (the file's ``onnx.ModelProto``, shape-inferred) from this machine's onnxruntime."""
+    optimized = optimized_graph(onnx_path)
+    names = {node.name for node in original.graph.node if node.name}
+    first_output = {node.name: node.output[0] for node in original.graph.node if node.name and node.output}
+    known = {v.name for v in (*original.graph.input, *original.graph.value_info, *original.graph.output)}
+    producer = {out: node for node in optimized.graph.node for out in node.output}
+
+    def base(node) -> str:
+        return _SUFFIXES.sub("", node.name)
+
+    def original_tensor(tensor: str, depth: int = 0) -> str:
+        """The original tensor of the same size: an added kernel keeps its input's size."""
+        while tensor not in known and depth < 64:
+            node = producer.get(tensor)
+            if node is None or not node.input:
+                break
+            if base(node) in first_output:
+                return first_output[base(node)]
+            tensor, depth = node.input[0], depth + 1
+        return tensor
+
+    present: Counter[str] = Counter()
+    int8: set[str] = set()
+    added: list[tuple[str, str]] = []
+    for node in optimized.graph.node:
+        name = base(node)
+        if name in names:
+            present[name] += 1
+            if _INT8_KERNEL.match(node.op_type):
+                int8.add(name)
+        elif node.op_type in _ADDED and node.input:
+            added.append((node.op_type, original_tensor(node.input[0])))
+    return RuntimeChoices(present=dict(present), int8=frozenset(int8), added=tuple(added))
 
 
 def simulated_kernels(graph: GraphCost) -> Counter[str]:

@@ -56,6 +56,7 @@ TRIAL_COLUMNS = [
     "mean_prune",
     "precisions",
     "latency_source",
+    "latency_sure",
     "seconds",
     "fail_reason",
 ]
@@ -348,6 +349,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "mean_prune": float(np.mean(prunes)) if prunes else np.nan,
                 "precisions": _precision_mix(trial.params),
                 "latency_source": ua.get("latency_source") or "",
+                "latency_sure": ua.get("latency_sure") or "",
                 "seconds": _nan_if_none(_float_or_none(ua.get("seconds"))),
                 "fail_reason": ua.get("fail_reason") or "",
             }
@@ -508,7 +510,9 @@ def latency_provenance(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any]:
     else:
         kind = {"estimate": "estimated", "local": "measured", "ssh": "measured"}.get(meta.backend or "", "unknown")
     baseline_source = (meta.baseline or {}).get("latency_source")
-    return {"kind": kind, "sources": counts, "backend": meta.backend, "baseline_source": baseline_source}
+    chosen = trials.loc[trials["chosen"] == True, "latency_sure"]  # noqa: E712
+    return {"kind": kind, "sources": counts, "backend": meta.backend, "baseline_source": baseline_source,
+            "chosen_sure": str(chosen.iloc[0]) if len(chosen) and chosen.iloc[0] else ""}
 
 
 def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:

@@ -182,11 +182,11 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
             (_fmt(r.width, "g"), r.width),
             (_fmt(r.mean_prune, ".2f"), r.mean_prune),
             (esc(r.precisions), r.precisions),
-            (esc(r.latency_source), r.latency_source),
+            (esc(r.latency_source) + (f'<br><small>{esc(r.latency_sure)}</small>' if r.latency_sure else ""), r.latency_source),
             (_fmt(r.seconds, ".1f"), r.seconds),
             (esc(r.fail_reason), r.fail_reason),
         ]))
-    return table(headers, rows, table_id="trials", sortable=True, wrap=("violations", "precisions", "fail reason"))
+    return table(headers, rows, table_id="trials", sortable=True, wrap=("violations", "precisions", "latency source", "fail reason"))
 
 
 def _layers_table_html(layers: pd.DataFrame) -> str:
@@ -240,7 +240,8 @@ def _provenance_html(prov: dict[str, Any], meta: data.StudyMeta) -> str:
         "mixed": "some latencies were estimated by the cost model and some measured: compare them with care",
     }.get(kind, "the study does not record where its latencies come from")
     base = f"; baseline: <code>{esc(prov['baseline_source'])}</code>" if prov.get("baseline_source") else ""
-    return f'<p class="note info" id="latency-provenance">{tag} {explain}. Sources: {sources}{base}.</p>'
+    sure = f" How sure the chosen model's estimate is: {esc(prov['chosen_sure'])}." if prov.get("chosen_sure") else ""
+    return f'<p class="note info" id="latency-provenance">{tag} {explain}. Sources: {sources}{base}.{sure}</p>'
 
 
 def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: dict[str, Any]) -> str:

@@ -37,23 +37,41 @@ def test_calibrate_round_trip(tmp_path):
     assert before.path.parent != calibration_dir()  # the shipped file, until a calibration exists
     from autocomp.latency.calibrate import calibrate_device
 
+    import torch
+
+    from autocomp.latency.calibrate import _export
+
+    mine = tmp_path / "mine"  # the user's own model family (--models DIR)
+    mine.mkdir()
+    torch.manual_seed(0)
+    _export(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4)).eval(),
+            (1, 3, 16, 16), mine / "mynet.onnx")
     report = calibrate_device(
-        "local", variants=6, held_out=0.34, precisions=("fp32", "int8"), prune=False, work_dir=tmp_path / "v",
-        passes=1, settle_pct=None, rounds=3,
+        "local", variants=6, held_out=0.34, precisions=("fp32", "int8", "ort-int8"), prune=False, work_dir=tmp_path / "v",
+        passes=1, settle_pct=None, rounds=3, models=mine,
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     probes = [row for row in report.rows if row["family"] == "probe"]
     # element-wise probes, and conv probes in the calibration's precisions (fp32, int8)
     assert len(probes) == (len(_PROBES) + 2 * len(_CONV_PROBES)) * len(before.runtime.calibration_batch_sizes)
     assert {row["precision"] for row in probes if row["file"].startswith("probe-conv")} == {"fp32", "int8"}
-    assert report.samples + report.held_out == 12 + len(probes) and report.held_out >= 2
+    # 6 base models in fp32 and int8, the 3 random ones also quantized by onnxruntime's quantizer, and the user's file in 3
+    user = [row for row in report.rows if row["family"] == "user"]
+    assert sorted(row["precision"] for row in user) == ["fp32", "int8", "ort-int8"]
+    assert sum(row["precision"] == "ort-int8" and row["family"] == "zoo" for row in report.rows) == 3
+    assert report.samples + report.held_out == 12 + 3 + 3 + len(probes) and report.held_out >= 2
     assert not any(row["held_out"] for row in probes)  # the held-out figure is about networks only
-    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + len(_PROBES) + 2 * len(_CONV_PROBES)
+    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + 3 + len(_PROBES) + 2 * len(_CONV_PROBES)
+    # how sure it is: the held-out error per precision class, and what the training files covered
+    assert report.error_by_class["all"]["files"] == sum(row["held_out"] for row in report.rows)
 
     after = load_profile("local")  # the calibration is now in force
     assert after.is_calibrated and after.path == report.path
     assert after.cost_model["kind"] == "linear" and after.calibration["backend"] == "local"
     assert set(after.calibration["fit"]) >= {"median_abs_error_pct", "within_10pct", "n"}
+    assert {"Conv", "QuantizeLinear"} <= set(after.calibration["coverage"]["op_types"])
+    assert after.calibration["coverage"]["features_max"]["gmacs_conv_fp32"] > 0
+    assert after.calibration["error_by_class"] == report.error_by_class
     assert after.fingerprint() != before.fingerprint()
     onnx_file = next((tmp_path / "v").glob("*-fp32.onnx"))
     assert estimate_ms(onnx_file, after).calibrated and estimate_ms(onnx_file, after).median_ms > 0

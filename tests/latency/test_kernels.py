@@ -180,3 +180,75 @@ def test_int8_convs_off_mlas_symmetric_kernels_are_generic(tmp_path):
     assert features["gmacs_conv_int8_generic"] > 0 and features["gmacs_dwconv_int8_generic"] > 0
     assert features["mloads_int8_generic"] == pytest.approx(convs[1].loads / 1e6)
     assert not any(op.generic for op in analyze(int8, fp16_as_fp32=True, nchwc_block=0).ops)  # not x86: no such rule
+
+
+def _separable_net():
+    """MobileNet v1 blocks with a sum after ReLU6, as users' depthwise-separable nets have them."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6())
+            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.pw(self.dw(x))
+            return x + y if self.residual else y
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+        Block(16, 32, 1), Block(32, 32, 1), Block(32, 64, 2), Block(64, 64, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()
+
+
+def test_a_sum_after_the_activation_is_not_fused_into_the_conv(tmp_path):
+    """onnxruntime fuses conv + sum + activation, not conv + activation + sum: the ReLU6 blocks."""
+    import torch
+
+    block = host_nchwc_block()
+    path = tmp_path / "separable.onnx"
+    torch.onnx.export(_separable_net(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["x"], dynamo=False)
+    graph = analyze(path, nchwc_block=block, fp16_as_fp32=True)
+    assert [op.op_type for op in graph.ops].count("Add") == 2
+    assert kernel_mismatch(simulated_kernels(graph), runtime_kernels(path)) == {}
+
+
+def test_another_tools_int8_layout_is_read_off_the_runtime(tmp_path):
+    """onnxruntime's own quantize_static output (QDQ, s8/s8, per-channel) on a separable net with sums:
+    where its QDQ selectors leave a conv in float, that conv dequantizes its weights on every call and
+    its Q/DQ pairs run. The hand rules cannot foresee that; the runtime's choices are read back, and the
+    kernel list matches onnxruntime's exactly."""
+    import random
+
+    import torch
+
+    from autocomp.latency.calibrate import ort_quantized
+    from autocomp.latency.kernels import runtime_choices
+
+    block = host_nchwc_block()
+    if not block:
+        pytest.skip("the runtime's choices are read on x86 hosts only (NCHWc targets)")
+    fp32 = tmp_path / "separable.onnx"
+    torch.onnx.export(_separable_net(), (torch.randn(1, 3, 32, 32),), str(fp32), input_names=["x"], dynamo=False)
+    int8 = ort_quantized(fp32, tmp_path / "separable-int8.onnx", input_shape=(1, 3, 32, 32), rng=random.Random(0), per_channel=True)
+    runtime = runtime_kernels(int8)
+    asked = analyze(int8, nchwc_block=block, fp16_as_fp32=True, ask_runtime=True)
+    assert kernel_mismatch(simulated_kernels(asked), runtime) == {}
+    by_hand = analyze(int8, nchwc_block=block, fp16_as_fp32=True)
+    assert kernel_mismatch(simulated_kernels(by_hand), runtime) != {}  # what the runtime's answer fixes
+    convs = [op for op in asked.ops if op.kind in ("conv", "dwconv")]
+    assert {op.precision for op in convs} == {"int8", "fp32"}  # some convs stay float...
+    import onnx
+
+    model = onnx.load(str(int8))
+    weights = {t.name for t in model.graph.initializer}
+    weight_dq = {n.name for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
+    live = [op for op in asked.ops if op.name in weight_dq]
+    assert live and all(op.elements > 0 for op in live)  # ...and dequantize their weights per call, priced as work
+    choices = runtime_choices(int8, model)
+    assert choices.int8 and all(choices.runs(name) for name in choices.int8)
