@@ -438,6 +438,39 @@ def build_conv_probes(out_dir: Path, *, profile, precisions: Sequence[str] = ("f
     return variants
 
 
+# Sum probes: (channels, height = width). Two convs, the second with its ReLU6, and the sum of both outputs:
+# onnxruntime cannot fuse a sum after an activation, so it adds two NCHWc tensors on its own -- what
+# depthwise-separable nets with skips do, at a fixed cost per sum the networks of the set rarely show.
+_SUM_PROBES = ((16, 16), (32, 32), (64, 8))
+
+
+def build_sum_probes(out_dir: Path, *, profile) -> list[Variant]:
+    """fp32 conv -> conv + ReLU6 -> sum of both (``_SUM_PROBES``), at each calibration batch size."""
+    import torch
+    from torch import nn
+
+    class SumAfterActivation(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.first = nn.Conv2d(channels, channels, 1)
+            self.second = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU6())
+
+        def forward(self, x):
+            y = self.first(x)
+            return y + self.second(y)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = []
+    for channels, size in _SUM_PROBES:
+        torch.manual_seed(channels)
+        base = f"probe-sum-{channels}-{size}"
+        path = _export(SumAfterActivation(channels).eval(), (1, channels, size, size), out_dir / f"{base}-fp32.onnx")
+        for batch in profile.runtime.calibration_batch_sizes:
+            variants.append(Variant(path, "probe", base, "fp32", batch, f"conv, conv + ReLU6, sum on {channels}x{size}x{size}"))
+    return variants
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -706,6 +739,7 @@ def calibrate_device(
         if probes:
             built += build_probes(folder, profile=base)
             built += build_conv_probes(folder, profile=base, precisions=[p for p in precisions if p in ("fp32", "fp16", "int8")])
+            built += build_sum_probes(folder, profile=base)
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
         samples = measure_variants(
             built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct

@@ -165,8 +165,12 @@ def datasheet_coefficients(profile) -> dict[str, float]:
     coefficients["mloads_nchwc"] = 0.0  # loads of MLAS's x86 NCHWc conv kernels: only a calibration sees them
     coefficients["mloads_int8_generic"] = 0.0  # likewise the im2col matrix of x86 int8 convs off the symmetric kernels
     coefficients["kpixels_int8_generic"] = 0.0  # and their output pixels
-    coefficients["gmacs_dwconv_plain"] = coefficients["gmacs_dwconv_fp32"]  # x86 grouped convs outside NCHWc: likewise
-    coefficients["kgroups_plain"] = 0.0  # and their per-group calls
+    for kind in ("conv", "dwconv"):  # x86 float convs outside NCHWc: likewise
+        coefficients[f"gmacs_{kind}_plain"] = coefficients[f"gmacs_{kind}_fp32"]
+    coefficients["kgroups_plain"] = 0.0  # and their per-group calls and im2col matrices: only a calibration sees them
+    coefficients["mloads_plain"] = 0.0
+    coefficients["gmacs_serial"] = 0.0  # the start of a multi-threaded op: only a calibration sees it
+    coefficients["nodes_blocked_sum"] = 0.0  # a sum of NCHWc tensors beyond an Add's cost: only a calibration sees it
     for kind in ("conv", "dwconv"):  # x86 int8 convs off MLAS's symmetric kernels: priced as the others here
         coefficients[f"gmacs_{kind}_int8_generic"] = coefficients[f"gmacs_{kind}_int8"]
     # fp16 element-wise work in a scalar loop (onnxruntime's CPU Clip): assumed 4x the fp32 vector rate

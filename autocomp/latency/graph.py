@@ -106,7 +106,10 @@ class OpCost:
 
     name: str
     op_type: str
-    kind: str  # one of MAC_KINDS, "elementwise", "scalar" (no vector code: fp16 on a CPU without it), "view", "fallback"
+    # one of MAC_KINDS, "elementwise", "scalar" (no vector code: fp16 on a CPU without it), "view", "fallback",
+    # "blocked_sum" (a sum of two NCHWc tensors that no conv fused: onnxruntime's profile times it 9-11 us above
+    # a plain Add of the same size, whatever the size, on the development machine at 2 threads)
+    kind: str
     precision: str  # fp32 | fp16 | int8
     macs: int
     elements: int  # non-MAC work: values read and written, halved; MAC ops: the output elements
@@ -118,7 +121,8 @@ class OpCost:
     loads: int = 0  # input values a dense conv's kernel loads: NCHWc broadcasts, or a generic int8 conv's im2col matrix
     generic: bool = False  # an x86 int8 conv that MLAS's symmetric conv kernels do not take (see ``_int8_generic``)
     pixels: int = 0  # convs: output pixels (batch x height x width)
-    groups: int = 0  # a float grouped conv outside NCHWc on x86: batch x groups, one small im2col + GEMM each
+    plain: bool = False  # an x86 float conv outside NCHWc: MLAS's generic im2col + GEMM path (``_mac_op``)
+    groups: int = 0  # such a conv, grouped: batch x groups, one small im2col + GEMM each
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,15 @@ def feature_names() -> list[str]:
     names += [f"mouts_{p}" for p in PRECISIONS]
     names += [f"krows_{p}" for p in PRECISIONS]
     names += ["mloads_nchwc", "mloads_int8_generic", "kpixels_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
-    names += ["gmacs_dwconv_plain", "kgroups_plain"]
+    names += ["gmacs_conv_plain", "gmacs_dwconv_plain", "kgroups_plain", "mloads_plain", "nodes_blocked_sum", "gmacs_serial"]
     return names
+
+
+# An op's first multiply-adds run on one thread while the pool starts: ``gmacs_serial`` prices the first
+# SERIAL_MACS of each MAC op above the rate the rest runs at (a hinge). Without
+# it a 2-thread fit priced batch-1 files 9% low and batch-4 ones 9% high; 2**19 gave the best held-out fit
+# of 2**15..2**21 on the development machine's calibration set (53% within +-10% against 43% without).
+SERIAL_MACS = 524288
 
 
 def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> dict[str, float]:
@@ -175,7 +186,7 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
     run = precision_map.get(p, p) if precision_map else p
     if op.kind in MAC_KINDS:
         scale = _PRECISION_BYTES[run] / _PRECISION_BYTES[p]
-        rate = f"gmacs_{op.kind}_{run}{'_generic' if op.generic else ''}" if not op.groups else "gmacs_dwconv_plain"
+        rate = f"gmacs_{op.kind}_{'plain' if op.plain else run}{'_generic' if op.generic else ''}"
         features = {
             "nodes": 1.0, "nodes_mac": 1.0, rate: op.macs * op.padding / 1e9,
             f"mbytes_{run}": op.bytes_moved * scale / 1e6, f"mouts_{run}": op.elements * op.padding / 1e6,
@@ -185,16 +196,19 @@ def op_features(op: OpCost, precision_map: Mapping[str, str] | None = None) -> d
         if op.rows:
             features[f"krows_{run}"] = op.rows / 1e3
         if op.loads:
-            features["mloads_int8_generic" if op.generic else "mloads_nchwc"] = op.loads / 1e6
+            features["mloads_int8_generic" if op.generic else "mloads_plain" if op.plain else "mloads_nchwc"] = op.loads / 1e6
         if op.generic:
             features["kpixels_int8_generic"] = op.pixels / 1e3
         if op.groups:
             features["kgroups_plain"] = op.groups / 1e3
+        features["gmacs_serial"] = min(op.macs * op.padding, SERIAL_MACS) / 1e9
         return features
     if op.kind == "view":
         return {"nodes_view": 1.0}
     if op.kind == "scalar":
         return {"nodes": 1.0, "melems_scalar": op.elements / 1e6}
+    if op.kind == "blocked_sum":
+        return {"nodes": 1.0, "nodes_blocked_sum": 1.0, f"melems_{run}": op.elements / 1e6}
     return {"nodes": 1.0, f"melems_{run}": op.elements / 1e6}
 
 
@@ -665,6 +679,8 @@ def _price_node(
     tensors = [t for t in list(node.input) + list(node.output) if t and (t not in g.constants or t == node.input[0] and op_type == "DequantizeLinear")]
     elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)
     kind = "scalar" if fp16_as_fp32 and op_type in _SCALAR_FP16 and _runs_fp16(g, node) else "elementwise"
+    if id(node) in inserted.blocked_sums:
+        kind = "blocked_sum"
     if op_type not in ELEMENTWISE_OPS:
         unpriced[op_type] += 1
         kind = "fallback"
@@ -812,6 +828,7 @@ class _InsertedKernels:
         self._reordered: set[tuple[str, str]] = set()
         self._casts: set[bytes | str] = set()  # constant values already Cast
         self._plain_readers: set[int] = set()  # convs taken that read plain NCHW
+        self.blocked_sums: set[int] = set()  # sums of two blocked tensors that no conv fused (see ``op_features``)
         self.ops: list[OpCost] = []
 
     def blocked(self, tensor: str, reader: onnx.NodeProto | None = None) -> bool:
@@ -878,6 +895,8 @@ class _InsertedKernels:
             shape = g.shape(node.output[0])
             if shape is not None and len(shape) == 4 and shape[1] % self.block == 0:
                 self._blocked.add(node.output[0])
+                if node.op_type in ("Add", "Sum") and len(data) > 1:
+                    self.blocked_sums.add(id(node))
                 return
         for tensor in data:
             if tensor in self._blocked:
@@ -1049,8 +1068,8 @@ def _mac_op(
                 passes = math.ceil(math.ceil(out_channels / strip) / _NCHWC_FILTER_BLOCKS)
                 loads = pixels * in_channels * kernel * passes
             generic = x86_int8 and _int8_generic(w_shape[1] * group, out_channels, group)
-            if generic and group == 1:  # im2col, then the int8 GEMM packs that matrix: outputs x in-channels x kernel
-                loads = pixels * w_shape[1] * kernel
+            if group == 1 and (generic or plain and kernel > 1):
+                loads = pixels * w_shape[1] * kernel  # the im2col matrix the GEMM then reads: outputs x in-channels x kernel
     else:
         weight_const = g.is_constant(w_name)
         kind = "gemm" if weight_const else "matmul"
@@ -1067,7 +1086,7 @@ def _mac_op(
     padding = math.ceil(out_channels / strip) * strip / out_channels if strip and out_channels else 1.0
     return OpCost(
         node.name, op_type, kind, precision, int(macs), _numel(y_shape), int(weight_bytes + x_bytes + y_bytes), layer, fused,
-        padding=padding * in_padding, rows=rows, loads=loads, generic=generic, pixels=pixels, groups=groups,
+        padding=padding * in_padding, rows=rows, loads=loads, generic=generic, pixels=pixels, plain=plain, groups=groups,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autocomp.cli import app
-from autocomp.latency.calibrate import _CONV_PROBES, _PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
+from autocomp.latency.calibrate import _CONV_PROBES, _PROBES, _SUM_PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
 from autocomp.latency.estimate import coefficients_for, estimate_ms
 from autocomp.latency.graph import feature_names
 from autocomp.profiles import calibration_dir, load_profile
@@ -52,8 +52,8 @@ def test_calibrate_round_trip(tmp_path):
     )
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     probes = [row for row in report.rows if row["family"] == "probe"]
-    # element-wise probes, and conv probes in the calibration's precisions (fp32, int8)
-    assert len(probes) == (len(_PROBES) + 2 * len(_CONV_PROBES)) * len(before.runtime.calibration_batch_sizes)
+    # element-wise probes, conv probes in the calibration's precisions (fp32, int8), and sums after an activation
+    assert len(probes) == (len(_PROBES) + 2 * len(_CONV_PROBES) + len(_SUM_PROBES)) * len(before.runtime.calibration_batch_sizes)
     assert {row["precision"] for row in probes if row["file"].startswith("probe-conv")} == {"fp32", "int8"}
     # 6 base models in fp32 and int8, the 3 random ones also quantized by onnxruntime's quantizer, and the user's file in 3
     user = [row for row in report.rows if row["family"] == "user"]
@@ -61,7 +61,7 @@ def test_calibrate_round_trip(tmp_path):
     assert sum(row["precision"] == "ort-int8" and row["family"] == "zoo" for row in report.rows) == 3
     assert report.samples + report.held_out == 12 + 3 + 3 + len(probes) and report.held_out >= 2
     assert not any(row["held_out"] for row in probes)  # the held-out figure is about networks only
-    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + 3 + len(_PROBES) + 2 * len(_CONV_PROBES)
+    assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + 3 + len(_PROBES) + 2 * len(_CONV_PROBES) + len(_SUM_PROBES)
     # how sure it is: the held-out error per precision class, and what the training files covered
     assert report.error_by_class["all"]["files"] == sum(row["held_out"] for row in report.rows)
 
