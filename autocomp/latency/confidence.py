@@ -52,9 +52,12 @@ class Confidence:
 
 
 def precision_class(ops: Iterable) -> str:
-    """fp32, fp16 or int8 when every multiply-add op of a graph computes in it, else mixed."""
+    """What a file's multiply-add ops compute in: int8 and fp16 layers both (mixed), else int8 layers (int8,
+    fp32 layers allowed: another tool's int8 file keeps some convs in float), else fp16 layers, else fp32."""
     precisions = {op.precision for op in ops if op.kind in ("conv", "dwconv", "gemm", "matmul")}
-    return precisions.pop() if len(precisions) == 1 else "mixed" if precisions else "fp32"
+    if {"int8", "fp16"} <= precisions:
+        return "mixed"
+    return "int8" if "int8" in precisions else "fp16" if "fp16" in precisions else "fp32"
 
 
 def coverage(graphs: Sequence, features: Sequence[Mapping[str, float]]) -> dict[str, Any]:

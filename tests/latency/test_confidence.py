@@ -91,10 +91,12 @@ def test_an_old_calibration_says_its_range_was_not_checked(files):
 def test_precision_class_reads_the_multiply_add_ops(files):
     graph = analyze_for(files["small"], with_overrides(load_profile("local"), batch_size=1))
     assert precision_class(graph.ops) == "fp32"
-    first = next(i for i, op in enumerate(graph.ops) if op.kind == "conv")
-    mixed = [dataclasses.replace(op, precision="int8") if i == first else op for i, op in enumerate(graph.ops)]
-    assert precision_class(mixed) == "mixed"
-    assert precision_class([dataclasses.replace(op, precision="int8") for op in graph.ops]) == "int8"
+    convs = [i for i, op in enumerate(graph.ops) if op.kind == "conv"]
+    one_int8 = [dataclasses.replace(op, precision="int8") if i == convs[0] else op for i, op in enumerate(graph.ops)]
+    assert precision_class(one_int8) == "int8"  # int8 layers among fp32 ones: an int8 file
+    both = [dataclasses.replace(op, precision="fp16") if i == convs[1] else op for i, op in enumerate(one_int8)]
+    assert precision_class(both) == "mixed"
+    assert precision_class([dataclasses.replace(op, precision="fp16") for op in graph.ops]) == "fp16"
 
 
 def test_measure_prints_how_sure_the_estimate_is(files):
