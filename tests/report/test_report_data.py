@@ -248,12 +248,26 @@ def test_latency_provenance(trials, study):
         "sources": {"estimate:jetson-nano": 40},
         "backend": "estimate",
         "baseline_source": "estimate:jetson-nano",
+        "chosen_sure": "",  # a study from before estimates said how sure they are
     }
     measured = bare_study(latency_source="ssh:nano-01")
     assert data.latency_provenance(data.trials_table(measured), data.study_meta(measured))["kind"] == "measured"
     mixed = bare_study(latency_source="local")
     mixed.add_trial(create_trial(values=[0.5, 1.0, 10], user_attrs={"latency_source": "estimate:x"}))
     assert data.latency_provenance(data.trials_table(mixed), data.study_meta(mixed))["kind"] == "mixed"
+
+
+def test_the_chosen_models_estimate_says_how_sure_it_is():
+    sure = "outside the calibrated range (op type <LayerNormalization> never calibrated); ±9% for 9 in 10 held-out fp32 files inside it"
+    study = bare_study(2, user_attrs={"chosen_trial": 1}, latency_source="estimate:local", latency_sure=sure)
+    trials, meta = data.trials_table(study), data.study_meta(study)
+    provenance = data.latency_provenance(trials, meta)
+    assert provenance["chosen_sure"] == sure and trials["latency_sure"].tolist() == [sure, sure]
+    from autocomp.report.html import _provenance_html
+
+    shown = _provenance_html(provenance, meta)
+    assert "How sure the chosen model's estimate is: outside the calibrated range" in shown
+    assert "&lt;LayerNormalization&gt;" in shown and "<LayerNormalization>" not in shown  # escaped
 
 
 def test_missing_optional_attrs_are_tolerated():
