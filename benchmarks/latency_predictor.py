@@ -317,9 +317,13 @@ def _flags(rows: list[dict]) -> dict:
 
 
 def foreign_model(width: float, seed: int):
-    """The issue's unseen family: a MobileNet-v1-like depthwise-separable net with sums after ReLU6."""
+    """The issue's unseen family: a MobileNet-v1-like depthwise-separable net with sums after ReLU6. Its
+    block is the one the calibration's random networks also draw (``separable_block``); its shape (a fixed
+    stage plan at widths 0.5-1.5 on 48 and 96 pixel RGB inputs) is none of theirs."""
     import torch
     from torch import nn
+
+    from autocomp.latency.calibrate import separable_block
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -327,22 +331,11 @@ def foreign_model(width: float, seed: int):
     def channels(n: int) -> int:
         return max(8, int(round(n * width / 8)) * 8)
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6())
-            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.pw(self.dw(x))
-            return x + y if self.residual else y
-
     cin = channels(32)
     layers: list = [nn.Conv2d(3, cin, 3, 2, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()]
     plan = [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1)]
     for cout, stride in plan[: rng.randint(4, 6)]:
-        layers.append(Block(cin, channels(cout), stride))
+        layers.append(separable_block(cin, channels(cout), stride))
         cin = channels(cout)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
     model = nn.Sequential(*layers).eval()

@@ -76,20 +76,6 @@ def _zoo_model(rng: random.Random):
             y = torch.relu(self.bn1(self.conv1(x)))
             return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
 
-    class Separable(nn.Module):
-        """MobileNet v1's block: depthwise then pointwise, each with its activation; a sum after the
-        activation when the shapes allow (onnxruntime cannot fuse that sum into the conv)."""
-
-        def __init__(self, cin: int, cout: int, stride: int, act) -> None:
-            super().__init__()
-            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), act())
-            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act())
-            self.skip = stride == 1 and cin == cout and rng.random() < 0.8
-
-        def forward(self, x):
-            y = self.pw(self.dw(x))
-            return x + y if self.skip else y
-
     class Inverted(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int, hidden: int) -> None:
             super().__init__()
@@ -121,7 +107,8 @@ def _zoo_model(rng: random.Random):
             layers.append(Inverted(c, out, stride, hidden=ch(16, 192)))
         elif kind == "separable":
             out = c if rng.random() < 0.5 else ch(8, 128)
-            layers.append(Separable(c, out, stride, rng.choice([nn.ReLU, nn.ReLU6])))
+            act = rng.choice([nn.ReLU, nn.ReLU6])
+            layers.append(separable_block(c, out, stride, activation=act, skip=stride == 1 and out == c and rng.random() < 0.8))
         elif kind == "plain":
             out = ch(8, 128)
             k = rng.choice([1, 3])
@@ -141,6 +128,28 @@ def _zoo_model(rng: random.Random):
     model = nn.Sequential(*layers, *head).eval()
     _randomize_bn(model, rng)
     return model, (1, in_channels, size, size)
+
+
+def separable_block(cin: int, cout: int, stride: int, *, activation=None, skip: bool = True):
+    """MobileNet v1's block: a depthwise 3x3 conv, then a pointwise one, each with BatchNorm and its
+    activation (default ReLU6), and a sum of input and output after the activation where ``skip`` and the
+    shapes allow it (onnxruntime cannot fuse that sum into the conv)."""
+    from torch import nn
+
+    act = activation or nn.ReLU6
+
+    class Separable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), act())
+            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act())
+            self.skip = skip and stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.pw(self.dw(x))
+            return x + y if self.skip else y
+
+    return Separable()
 
 
 def _randomize_bn(model, rng: random.Random) -> None:

@@ -187,21 +187,12 @@ def _separable_net():
     import torch
     from torch import nn
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.dw = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6())
-            self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.pw(self.dw(x))
-            return x + y if self.residual else y
+    from autocomp.latency.calibrate import separable_block as block
 
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
-        Block(16, 32, 1), Block(32, 32, 1), Block(32, 64, 2), Block(64, 64, 1),
+        block(16, 32, 1), block(32, 32, 1), block(32, 64, 2), block(64, 64, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     ).eval()
 
