@@ -112,7 +112,7 @@ def assess(graph, features: Mapping[str, float], calibration: Mapping[str, Any] 
             continue
         top = largest.get(name)
         if top is None:
-            outside.append(f"{name} never calibrated")
+            outside.append(f"cost-model feature {name} never calibrated")
         elif value > RANGE_FACTOR * top:
-            outside.append(f"{name} {value:.3g} > {RANGE_FACTOR:g}x the largest calibrated ({top:.3g})")
+            outside.append(f"cost-model feature {name} = {value:.3g}, over {RANGE_FACTOR:g}x the largest calibrated ({top:.3g})")
     return Confidence(klass, error, tuple(outside))
