@@ -217,12 +217,6 @@ def asks_runtime(profile) -> bool:
     )
 
 
-def estimate_graph(graph: GraphCost, coefficients: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
-    """Milliseconds for one analyzed graph under ``coefficients``."""
-    features = graph.features(precisions)
-    return sum(coefficients[name] * value for name, value in features.items())
-
-
 def _op_ms(op, coefficients: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
     return sum(coefficients[name] * value for name, value in op_features(op, precisions).items())
 

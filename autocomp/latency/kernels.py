@@ -5,8 +5,8 @@ graph after fusion, layout transformation and Cast insertion, saved through
 ``SessionOptions.optimized_model_filepath``) and counts its kernels by kind;
 ``simulated_kernels`` counts the ops of ``graph.analyze`` the same way. Where
 the two agree, the cost model prices the kernels that run, not the nodes in
-the file. This is a development and benchmark check: onnxruntime takes 10-30 ms
-to build a session, too slow for every estimate, and it only knows this machine.
+the file. This is a development and benchmark check for every file: onnxruntime
+takes 10-30 ms to build a session, and it only knows this machine.
 ``host_nchwc_block`` reads this CPU's NCHWc channel block, which ``autocomp
 calibrate --device local`` records in the calibrated profile.
 
@@ -17,7 +17,7 @@ its s8-to-u8 conversion, the DequantizeLinear it duplicates per consumer), and
 another tool's QDQ layout makes decisions no hand-written rule foresaw: in
 onnxruntime's own ``quantize_static`` output, a pointwise conv whose output
 also feeds a residual sum stays a float Conv that dequantizes its weights on
-every call.
+every call. It costs one session per quantized file, cached with the analysis.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def kernel_kind(op_type: str) -> str:
 
 
 def optimized_graph(onnx_path: Path, *, threads: int = 1):
-    """onnxruntime's optimized graph of ``onnx_path`` on this machine (CPU provider), without its weights."""
+    """onnxruntime's optimized graph of ``onnx_path`` on this machine (CPU provider); external weights are not read."""
     import onnx
     import onnxruntime as ort
 
