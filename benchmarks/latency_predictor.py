@@ -29,7 +29,9 @@ a Linear head; widths 0.5-1.5, inputs 3x48x48 and 3x96x96), exported with ``torc
 fp32 and quantized by onnxruntime's own ``quantize_static`` (QDQ, per-channel, s8 activations and
 weights). Each row says whether the estimate called the file outside the calibrated range, and the
 summary whether every file outside ±10% was so flagged. ``--reuse-calibration`` scores against the
-calibration an earlier run left in ``--work-dir`` instead of calibrating again.
+calibration an earlier run left in ``--work-dir`` instead of calibrating again; ``--interleave`` times
+the test files in the calibration's own passes (kept out of its fit), so that the host's speed drifting
+between calibration and test cannot move the score.
 
     python benchmarks/latency_predictor.py --rescore WORK_DIR
 
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", choices=("builtin", "foreign"), default="builtin",
                         help="builtin: pruned ResNetDigits and MobileNetDigits made by autocomp; foreign: another family, "
                              "quantized by onnxruntime's quantizer")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time the test files in the calibration's own interleaved passes (kept out of the fit), so "
+                             "that a shared host's drift between calibration and test cannot move the score")
     parser.add_argument("--reuse-calibration", action="store_true",
                         help="use the calibration an earlier run left in --work-dir (needs --work-dir)")
     parser.add_argument("--rescore", type=Path, default=None, metavar="WORK_DIR",
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AUTOCOMP_CACHE_DIR"] = str(work / "cache")
 
     from autocomp.latency.calibrate import (
-        SETTLE_PCT, CalibrationReport, build_variants, calibrate_device, measure_variants, settled,
+        SETTLE_PCT, CalibrationReport, Sample, build_variants, calibrate_device, measure_variants, settled,
     )
     from autocomp.latency.estimate import analyze_for, estimate_ms
     from autocomp.latency.kernels import kernel_mismatch, runtime_kernels, simulated_kernels
@@ -93,22 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
     settle_pct = SETTLE_PCT if args.settle_pct is None else args.settle_pct or None
     started = time.time()
-    if args.reuse_calibration:
-        if args.work_dir is None or not (work / "calibration.json").is_file():
-            print("error: --reuse-calibration needs the --work-dir of an earlier run (its calibration.json)", file=sys.stderr)
-            return 2
-        report = CalibrationReport(**{**json.loads((work / "calibration.json").read_text()), "path": Path("?")})
-    else:
-        report = calibrate_device(
-            "local", variants=args.calib_variants, rounds=args.rounds, passes=args.passes, settle_pct=settle_pct,
-            work_dir=work / "calib",
-            progress=lambda d, n: print(f"\rcalibration: measured {d}/{n}", end="", file=sys.stderr, flush=True),
-        )
-        (work / "calibration.json").write_text(json.dumps(report.to_dict()))
-        print(file=sys.stderr)
-    profile = load_profile("local")
-    assert profile.is_calibrated
-
     shipped = load_profile("local", calibrated=False)
     if args.test_set == "foreign":
         test = foreign_variants(work / "test", count=args.test_variants, seed=args.test_seed)
@@ -118,11 +107,32 @@ def main(argv: list[str] | None = None) -> int:
             work / "test", profile=shipped, count=args.test_variants, seed=args.test_seed + 101, families=("mobilenet",)
         )
     random.Random(7).shuffle(test)
-    samples = measure_variants(
-        test, profile=profile, backend=LocalBackend(rounds=args.rounds), passes=args.passes, settle_pct=settle_pct,
-        progress=lambda d, n: print(f"\rtest set: measured {d}/{n}", end="", file=sys.stderr, flush=True),
-    )
-    print(file=sys.stderr)
+    interleaved = args.interleave and not args.reuse_calibration
+    if args.reuse_calibration:
+        if args.work_dir is None or not (work / "calibration.json").is_file():
+            print("error: --reuse-calibration needs the --work-dir of an earlier run (its calibration.json)", file=sys.stderr)
+            return 2
+        report = CalibrationReport(**{**json.loads((work / "calibration.json").read_text()), "path": Path("?")})
+    else:
+        report = calibrate_device(
+            "local", variants=args.calib_variants, rounds=args.rounds, passes=args.passes, settle_pct=settle_pct,
+            work_dir=work / "calib", also_time=test if interleaved else (),
+            progress=lambda d, n: print(f"\rcalibration: measured {d}/{n}", end="", file=sys.stderr, flush=True),
+        )
+        (work / "calibration.json").write_text(json.dumps(report.to_dict()))
+        print(file=sys.stderr)
+    profile = load_profile("local")
+    assert profile.is_calibrated
+
+    if interleaved:  # timed in the calibration's own passes
+        timed = {row["file"]: row for row in report.rows if row.get("also_timed")}
+        samples = [Sample(v, timed[v.path.name]["measured_ms"], {}, tuple(timed[v.path.name]["passes_ms"])) for v in test]
+    else:
+        samples = measure_variants(
+            test, profile=profile, backend=LocalBackend(rounds=args.rounds), passes=args.passes, settle_pct=settle_pct,
+            progress=lambda d, n: print(f"\rtest set: measured {d}/{n}", end="", file=sys.stderr, flush=True),
+        )
+        print(file=sys.stderr)
     rows = []
     kernels_exact = 0
     for sample in samples:
@@ -196,7 +206,7 @@ def rescore(work: Path) -> int:
         features = analyze_for(path, with_overrides(base, batch_size=row["batch_size"])).features(precisions)
         return Sample(variant, row["measured_ms"], features)
 
-    calibration = [(row, sample(row, "calib")) for row in stored["calibration_rows"]]
+    calibration = [(row, sample(row, "calib")) for row in stored["calibration_rows"] if not row.get("also_timed")]
     train = [s for row, s in calibration if not row["held_out"]]
     held_out = [s for row, s in calibration if row["held_out"]]
     coefficients, _ = fit_coefficients(train, prior=coefficients_for(base))

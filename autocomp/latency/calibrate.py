@@ -709,6 +709,7 @@ def calibrate_device(
     probes: bool = True,
     threads: int | None = None,
     models: Path | None = None,
+    also_time: Sequence[Variant] = (),
 ) -> CalibrationReport:
     """Build, time and fit; write the calibrated profile (default: the user's calibration dir).
 
@@ -721,6 +722,9 @@ def calibrate_device(
     ``threads`` (``--threads``) times with that many intra-op threads instead of the profile's, and the
     calibrated profile then runs with it: a cost model holds at the thread count it was fitted at.
     ``models`` (``--models DIR``): the user's own ONNX files join the set (``model_variants``).
+    ``also_time``: files timed in the same interleaved passes but kept out of the fit and its held-out
+    figure (a benchmark's test set: a shared host's speed then moves both alike); their rows say
+    ``also_timed``.
     """
     from autocomp.latency import get_backend
     from autocomp.latency.estimate import analyze_for, coefficients_for
@@ -755,9 +759,14 @@ def calibrate_device(
             built += build_conv_probes(folder, profile=base, precisions=[p for p in precisions if p in ("fp32", "fp16", "int8")])
             built += build_sum_probes(folder, profile=base)
         random.Random(seed).shuffle(built)  # interleave models so a burst of load does not hit one model's variants
-        samples = measure_variants(
-            built, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
+        extra = {variant.path for variant in also_time}
+        timed = built + list(also_time)
+        if also_time:
+            random.Random(seed + 1).shuffle(timed)
+        measured = measure_variants(
+            timed, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
         )
+        samples = [s for s in measured if s.variant.path not in extra]
         # each file's analysed graph, for the coverage record, while the files still exist (analysis is memoized)
         graphs = {s.variant.path: analyze_for(s.variant.path, with_overrides(base, batch_size=s.variant.batch_size)) for s in samples}
     # probes always train: the held-out figure is about networks
@@ -801,9 +810,9 @@ def calibrate_device(
             "file": s.variant.path.name, "family": s.variant.family, "precision": s.variant.precision,
             "batch_size": s.variant.batch_size, "measured_ms": round(s.measured_ms, 4),
             "estimated_ms": round(predict_ms(s.features, coefficients), 4), "held_out": s in test,
-            "passes_ms": [round(ms, 4) for ms in s.passes_ms],
+            "passes_ms": [round(ms, 4) for ms in s.passes_ms], **({"also_timed": True} if s.variant.path in extra else {}),
         }
-        for s in samples
+        for s in measured
     ]
     return CalibrationReport(
         device=device, backend=calibration["backend"], samples=len(train), held_out=len(test),

@@ -46,10 +46,15 @@ def test_calibrate_round_trip(tmp_path):
     torch.manual_seed(0)
     _export(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4)).eval(),
             (1, 3, 16, 16), mine / "mynet.onnx")
+    # a benchmark's test file, timed in the same passes but kept out of the fit
+    test_file = _export(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU()).eval(), (1, 1, 16, 16), tmp_path / "test.onnx")
     report = calibrate_device(
         "local", variants=6, held_out=0.34, precisions=("fp32", "int8", "ort-int8"), prune=False, work_dir=tmp_path / "v",
-        passes=1, settle_pct=None, rounds=3, models=mine,
+        passes=1, settle_pct=None, rounds=3, models=mine, also_time=[Variant(test_file, "test", "test", "fp32", 1)],
     )
+    timed_too = [row for row in report.rows if row.get("also_timed")]
+    assert [row["file"] for row in timed_too] == ["test.onnx"] and timed_too[0]["measured_ms"] > 0
+    assert not timed_too[0]["held_out"]
     assert report.path == calibration_dir() / "local.yaml" and report.path.is_file()
     probes = [row for row in report.rows if row["family"] == "probe"]
     # element-wise probes, conv probes in the calibration's precisions (fp32, int8), and sums after an activation
@@ -59,7 +64,7 @@ def test_calibrate_round_trip(tmp_path):
     user = [row for row in report.rows if row["family"] == "user"]
     assert sorted(row["precision"] for row in user) == ["fp32", "int8", "ort-int8"]
     assert sum(row["precision"] == "ort-int8" and row["family"] == "zoo" for row in report.rows) == 3
-    assert report.samples + report.held_out == 12 + 3 + 3 + len(probes) and report.held_out >= 2
+    assert report.samples + report.held_out == 12 + 3 + 3 + len(probes) and report.held_out >= 2  # the test file is in neither
     assert not any(row["held_out"] for row in probes)  # the held-out figure is about networks only
     assert len(list((tmp_path / "v").glob("*.onnx"))) == 12 + 3 + len(_PROBES) + 2 * len(_CONV_PROBES) + len(_SUM_PROBES)
     # how sure it is: the held-out error per precision class, and what the training files covered
