@@ -243,3 +243,28 @@ def test_another_tools_int8_layout_is_read_off_the_runtime(tmp_path):
     assert live and all(op.elements > 0 for op in live)  # ...and dequantize their weights per call, priced as work
     choices = runtime_choices(int8, model)
     assert choices.int8 and all(choices.runs(name) for name in choices.int8)
+
+
+def test_a_file_this_onnxruntime_cannot_load_keeps_the_hand_rules(tmp_path, monkeypatch, caplog):
+    """The target's onnxruntime may load what this machine's cannot: the estimate says so and goes on."""
+    import random
+
+    import torch
+
+    import autocomp.latency.kernels as kernels
+    from autocomp.latency.calibrate import ort_quantized
+
+    fp32 = tmp_path / "net.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU()).eval(), (torch.randn(1, 3, 16, 16),), str(fp32),
+                      input_names=["x"], dynamo=False)
+    int8 = ort_quantized(fp32, tmp_path / "net-int8.onnx", input_shape=(1, 3, 16, 16), rng=random.Random(0))
+
+    def cannot_load(*args, **kwargs):
+        raise RuntimeError("Could not find an implementation for SomeOp")
+
+    monkeypatch.setattr(kernels, "runtime_choices", cannot_load)
+    asked = analyze(int8, nchwc_block=16, fp16_as_fp32=True, ask_runtime=True)
+    by_hand = analyze(int8, nchwc_block=16, fp16_as_fp32=True)
+    assert [op.op_type for op in asked.ops] == [op.op_type for op in by_hand.ops]
+    assert "cannot load net-int8.onnx" in caplog.text and "own rules" in caplog.text
