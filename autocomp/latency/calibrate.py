@@ -494,6 +494,7 @@ class Sample:
     measured_ms: float  # the lowest of passes_ms
     features: dict[str, float]
     passes_ms: tuple[float, ...] = ()  # one time per pass over the set, in order
+    graph: Any = None  # the analysed graph the features come from (``measure_variants`` keeps it: coverage reads its ops)
 
 
 def measure_variants(
@@ -552,9 +553,10 @@ def measure_variants(
         if not todo or pass_index + 1 == limit:
             break
         total += len(todo)
+    graphs = [analyze_for(variant.path, profile_at) for variant, profile_at in zip(variants, at_batch)]
     return [
-        Sample(variant, min(times), analyze_for(variant.path, profile_at).features(precisions), tuple(times))
-        for variant, profile_at, times in zip(variants, at_batch, times_ms)
+        Sample(variant, min(times), graph.features(precisions), tuple(times), graph)
+        for variant, graph, times in zip(variants, graphs, times_ms)
     ]
 
 
@@ -727,8 +729,8 @@ def calibrate_device(
     ``also_timed``.
     """
     from autocomp.latency import get_backend
-    from autocomp.latency.estimate import analyze_for, coefficients_for
-    from autocomp.profiles import calibration_dir, load_profile, with_overrides, with_threads
+    from autocomp.latency.estimate import coefficients_for
+    from autocomp.profiles import calibration_dir, load_profile, with_threads
 
     if backend == "estimate":
         raise LatencyError("calibration needs a real backend (local or ssh); the estimate is what it fits")
@@ -767,8 +769,6 @@ def calibrate_device(
             timed, profile=base, backend=timer, progress=progress, passes=passes, settle_pct=settle_pct
         )
         samples = [s for s in measured if s.variant.path not in extra]
-        # each file's analysed graph, for the coverage record, while the files still exist (analysis is memoized)
-        graphs = {s.variant.path: analyze_for(s.variant.path, with_overrides(base, batch_size=s.variant.batch_size)) for s in samples}
     # probes always train: the held-out figure is about networks
     train, test = split_by_base([s for s in samples if s.variant.family != "probe"], held_out=held_out, seed=seed)
     train += [s for s in samples if s.variant.family == "probe"]
@@ -778,9 +778,6 @@ def calibrate_device(
     import onnxruntime
 
     from autocomp.latency.confidence import coverage, error_by_class, precision_class
-
-    def graph_of(sample: Sample):
-        return graphs[sample.variant.path]
 
     calibration = {
         "date": _dt.date.today().isoformat(),
@@ -797,9 +794,9 @@ def calibrate_device(
         "onnxruntime": onnxruntime.__version__,
         "threads": base.runtime.threads,
         **({"cpu": host_cpu()} if backend == "local" else {}),  # a board's CPU is the profile's own
-        "coverage": coverage([graph_of(s) for s in train], [s.features for s in train]),
+        "coverage": coverage([s.graph for s in train], [s.features for s in train]),
         "error_by_class": error_by_class(
-            [precision_class(graph_of(s).ops) for s in test],
+            [precision_class(s.graph.ops) for s in test],
             [(predict_ms(s.features, coefficients) / s.measured_ms - 1.0) * 100.0 for s in test],
         ),
     }

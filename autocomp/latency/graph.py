@@ -556,10 +556,10 @@ def _analyze_stripped(
     for node in g.nodes:
         if id(node) in absorbed or node.op_type in FREE_OPS:
             continue
-        copies = max(1, choices.present.get(node.name, 1)) if choices is not None else 1
-        for _ in range(copies):  # a DequantizeLinear the runtime duplicated per consumer runs once per copy
-            _price_node(g, node, ops, unpriced, precision_of_node(node), fused_into, blocked_convs, inserted,
-                        nchwc_block=nchwc_block, fp16_as_fp32=fp16_as_fp32)
+        op = _price_node(g, node, unpriced, precision_of_node(node), fused_into, blocked_convs, inserted,
+                         nchwc_block=nchwc_block, fp16_as_fp32=fp16_as_fp32)
+        if op is not None:  # a DequantizeLinear the runtime duplicated per consumer runs once per copy
+            ops.extend([op] * (max(1, choices.present.get(node.name, 1)) if choices is not None else 1))
     return GraphCost(ops=tuple(ops), unpriced=dict(unpriced), batch_size=batch_size)
 
 
@@ -643,18 +643,17 @@ def _qdq_rules(g: "_Graph", *, trt: bool, graph_inputs: set[str]) -> tuple[set[i
 
 
 def _price_node(
-    g: "_Graph", node: onnx.NodeProto, ops: list[OpCost], unpriced: Counter[str], precision: str,
+    g: "_Graph", node: onnx.NodeProto, unpriced: Counter[str], precision: str,
     fused_into: dict[int, list[str]], blocked_convs: set[int], inserted: "_InsertedKernels", *, nchwc_block: int,
     fp16_as_fp32: bool,
-) -> None:
-    """Append the cost of one node that runs as a kernel of its own to ``ops``."""
+) -> OpCost | None:
+    """The cost of one node that runs as a kernel of its own (None: a view of a weight, folded away)."""
     op_type = node.op_type
     layer = _layer_of(node)
     if op_type in VIEW_OPS:
         if node.input and all(g.is_constant(i) for i in node.input if i):
-            return  # a view of a weight is folded away
-        ops.append(OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer))
-        return
+            return None  # a view of a weight is folded away
+        return OpCost(node.name, op_type, "view", "fp32", 0, 0, 0, layer)
     if op_type in _CONV_OPS or op_type in _GEMM_OPS:
         # MLAS pads output channels: to the NCHWc block in blocked fp32 convs, and to the 16-column
         # strips of its x86 int8 GEMM kernels (a 4-channel int8 conv does the work of 16)
@@ -666,15 +665,12 @@ def _price_node(
         plain = bool(nchwc_block) and op_type == "Conv" and id(node) not in blocked_convs and precision != "int8" and (
             precision == "fp32" or fp16_as_fp32
         )
-        ops.append(
-            _mac_op(
-                g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
-                per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8, plain=plain,
-            )
-        )
         if g.shape(node.output[0]) is None or g.shape(node.input[0]) is None:
             unpriced[f"{op_type} (shape unknown)"] += 1  # priced without its multiply-adds: say so
-        return
+        return _mac_op(
+            g, node, precision, layer, tuple(fused_into.get(id(node), ())), strip=strip,
+            per_row=inserted.reads_plain(node), nchwc=id(node) in blocked_convs, x86_int8=x86_int8, plain=plain,
+        )
     # a weight the runtime dequantizes on every call: its int8 values read, its floats written
     tensors = [t for t in list(node.input) + list(node.output) if t and (t not in g.constants or t == node.input[0] and op_type == "DequantizeLinear")]
     elements = sum(_numel(g.shape(t)) for t in tensors) // 2  # values read and written, per 2 (a unary op: its size)
@@ -686,7 +682,7 @@ def _price_node(
         kind = "fallback"
     if op_type == "QuantizeLinear":
         precision = "int8"
-    ops.append(OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer))
+    return OpCost(node.name, op_type, kind, precision, 0, elements, 0, layer)
 
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)

@@ -98,7 +98,6 @@ class RuntimeChoices:
 def runtime_choices(onnx_path: Path, original) -> RuntimeChoices:
     """``RuntimeChoices`` of ``original`` (the file's ``onnx.ModelProto``, shape-inferred) from this machine's onnxruntime."""
     optimized = optimized_graph(onnx_path)
-    names = {node.name for node in original.graph.node if node.name}
     first_output = {node.name: node.output[0] for node in original.graph.node if node.name and node.output}
     known = {v.name for v in (*original.graph.input, *original.graph.value_info, *original.graph.output)}
     producer = {out: node for node in optimized.graph.node for out in node.output}
@@ -122,7 +121,7 @@ def runtime_choices(onnx_path: Path, original) -> RuntimeChoices:
     added: list[tuple[str, str]] = []
     for node in optimized.graph.node:
         name = base(node)
-        if name in names:
+        if name in first_output:
             present[name] += 1
             if _INT8_KERNEL.match(node.op_type):
                 int8.add(name)
