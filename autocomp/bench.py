@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.objective import SearchContext
-from autocomp.plan import HEADS
+from autocomp.plan import DEPTH, HEADS
 from autocomp.precision import SUPPORTED_BITS
 from autocomp.study import (
     DEFAULT_SAMPLER,
@@ -118,8 +118,8 @@ def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int
                     params[name] = max(dist.choices)
                 elif name.startswith("prune/"):
                     params[name] = min(max(ratio, dist.low), dist.high)
-                elif name.startswith(("sparsity/", HEADS)):
-                    params[name] = dist.low  # every attention head kept: uniform pruning cuts widths
+                elif name.startswith(("sparsity/", HEADS, DEPTH)):
+                    params[name] = dist.low  # every head and block kept: uniform pruning cuts widths
                 elif name.startswith("bits/"):
                     params[name] = bits
             if params not in plans:  # ratios clipped to the space's range can repeat

@@ -82,9 +82,12 @@ def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, la
     baseline = channel_counts(teacher)
     # q/k/v projections carry their attention module's head count (kept heads = channels / head size)
     blocks = {projection: block for block in attention_blocks(teacher).values() for projection in block.projections}
+    # a layer of a block that depth pruning removed has no channels left; the row says which block went
+    removed = {stack: ratio for stack, ratio in plan.depth.items() if ratio > 0}
     rows = []
     for layer in compressible_layers(teacher):
         block, channels = blocks.get(layer), artifact.channels.get(layer)
+        gone = next((f"{stack}.{layer[len(stack) + 1:].split('.')[0]}" for stack in removed if layer.startswith(f"{stack}.")), None)
         rows.append({
             "layer": layer,
             "prune_ratio": plan.prune.get(layer, 0.0),
@@ -95,6 +98,7 @@ def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, la
             "heads": None if block is None or channels is None else channels // block.head_size,
             "baseline_heads": None if block is None else block.num_heads,
             "est_latency_ms": layer_ms.get(layer),
+            "removed_block": gone if channels is None else None,
         })
     return rows
 

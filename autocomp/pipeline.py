@@ -17,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from autocomp.compress.distill import DistillConfig, build_student, distill
+from autocomp.compress.depth import remove_blocks, removed_blocks
 from autocomp.compress.heads import prune_heads
 from autocomp.compress.prune import channel_counts, prune_channels, prune_to_width
 from autocomp.compress.quantize import quantize_onnx
@@ -36,6 +37,9 @@ OnPhase = Callable[[str], None]
 # Real samples the export is checked on beside the example input (a few batches, a few dozen samples).
 EXPORT_CHECK_BATCHES = 3
 EXPORT_CHECK_SAMPLES = 96
+DEPTH_SAMPLES = 128
+"""Training samples the teacher runs on to rank its blocks for depth pruning (deterministic, so an exported
+trial's structure is rebuilt with the same blocks)."""
 METRIC_TOLERANCE = 0.01
 """How far an fp32 ONNX file's metric may sit from PyTorch's (absolute, or relative above 1) before the
 export is called wrong: argmax ties may flip a sample, a wrong trace moves the metric by far more."""
@@ -76,19 +80,29 @@ def compress_model(
     """
     plan.validate(teacher)
     example = task.example_inputs()
-    if plan.width == 1.0 and not any(plan.prune.values()) and not any(plan.sparsity.values()) and not any(plan.heads.values()):
+    structural = (plan.prune, plan.sparsity, plan.heads, plan.depth)
+    if plan.width == 1.0 and not any(any(ratios.values()) for ratios in structural):
         return teacher  # bit-widths act on the ONNX graph; nothing to fine-tune
     prune_ratios = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0}
     head_ratios = {path: ratio for path, ratio in plan.heads.items() if ratio > 0}
+    depth_ratios = {path: ratio for path, ratio in plan.depth.items() if ratio > 0}
+    # the teacher decides which blocks go, so a narrower student loses the same ones
+    removed = removed_blocks(teacher, depth_ratios, training_samples(task, max_samples=DEPTH_SAMPLES)) if depth_ratios else []
 
     def prune_structure(model: nn.Module) -> nn.Module:
-        """Whole attention heads first (their own dependency), then channels."""
-        if head_ratios:
-            model = prune_heads(model, head_ratios, example)
-        return prune_channels(model, prune_ratios, example, round_to=round_to) if prune_ratios else model
+        """Whole blocks first, then attention heads (their own dependency), then channels; the head and
+        channel ratios of a removed block are moot."""
+        if removed:
+            model = remove_blocks(model, removed)
+        present = dict(model.named_modules())
+        heads = {path: ratio for path, ratio in head_ratios.items() if path in present}
+        channels = {layer: ratio for layer, ratio in prune_ratios.items() if layer in present}
+        if heads:
+            model = prune_heads(model, heads, example)
+        return prune_channels(model, channels, example, round_to=round_to) if channels else model
 
     steps = finetune.steps
-    if order[0] == "prune" and (prune_ratios or head_ratios) and plan.width < 1.0:
+    if order[0] == "prune" and (prune_ratios or head_ratios or removed) and plan.width < 1.0:
         steps = finetune.steps // 2
         model = prune_structure(teacher)
         if steps:
@@ -96,7 +110,7 @@ def compress_model(
         model = prune_to_width(model, plan.width, example, round_to=round_to)
     else:
         model = prune_structure(build_student(task, teacher, plan.width, round_to=round_to, init=student))
-    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0}
+    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0 and layer in dict(model.named_modules())}
     if sparsity:
         model = apply_sparsity(model, sparsity)
     if steps:
@@ -123,9 +137,11 @@ def build_artifact(
     ]
     with _ONNX_STAGE:
         fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
-        if any(bits != 32 for bits in plan.bits.values()):
+        present = dict(model.named_modules())
+        bits = {layer: b for layer, b in plan.bits.items() if layer in present}  # a removed block's layers are gone
+        if any(b != 32 for b in bits.values()):
             calibration = calibration_inputs(task, max_samples=calibration_samples)
-            quantize_onnx(fp32_path, final, plan.bits, calibration=calibration, recipe=recipe)
+            quantize_onnx(fp32_path, final, bits, calibration=calibration, recipe=recipe)
             fp32_path.unlink()
         else:
             shutil.move(fp32_path, final)
@@ -199,7 +215,8 @@ def score_artifact(task: Task, model: nn.Module, plan: CompressionPlan, artifact
     """The task's metric on the ONNX file and on the PyTorch model it came from; an fp32 file must agree."""
     accuracy = evaluate_onnx(task, artifact.onnx_path)
     torch_accuracy = score(task, torch_predictor(model), what=what)
-    if not any(bits != 32 for bits in plan.bits.values()):
+    present = dict(model.named_modules())
+    if not any(bits != 32 for layer, bits in plan.bits.items() if layer in present):
         check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
     return accuracy, torch_accuracy
 

@@ -5,6 +5,7 @@ Optuna parameter names are stored in studies, so they are stable:
 * ``prune/<module path>``    structured (channel) sparsity ratio in [0, 1)
 * ``sparsity/<module path>`` unstructured magnitude sparsity ratio in [0, 1)
 * ``heads/<module path>``    fraction of a self-attention module's heads to remove, in [0, 1)
+* ``depth/<module path>``    fraction of a stack of attention blocks to remove (whole blocks), in [0, 1)
 * ``bits/<module path>``     precision of that layer in the exported graph: 32, 16, 8 (static int8,
                              calibrated) or ``"dyn8"`` (dynamic int8: int8 weights, activations
                              quantized at run time, onnxruntime's ``quantize_dynamic``)
@@ -27,7 +28,7 @@ from autocomp.errors import PlanError
 from autocomp.precision import SUPPORTED_BITS, precision
 
 PRUNE, SPARSITY, BITS, WIDTH = "prune/", "sparsity/", "bits/", "distill/width"
-HEADS = "heads/"
+HEADS, DEPTH = "heads/", "depth/"
 COMPRESSIBLE = (nn.Conv2d, nn.Conv1d, nn.Linear)
 """Layer types a plan may name: they own the weights that pruning, sparsity and bit-widths act on."""
 
@@ -45,9 +46,10 @@ class CompressionPlan:
     bits: Mapping[str, int | str] = field(default_factory=dict)
     width: float = 1.0
     heads: Mapping[str, float] = field(default_factory=dict)
+    depth: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for kind, ratios in (("prune", self.prune), ("sparsity", self.sparsity), ("heads", self.heads)):
+        for kind, ratios in (("prune", self.prune), ("sparsity", self.sparsity), ("heads", self.heads), ("depth", self.depth)):
             for layer, ratio in ratios.items():
                 if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
                     raise PlanError(f"{kind}/{layer}: ratio {ratio!r} is outside [0, 1); use e.g. 0.5 for half the channels")
@@ -59,16 +61,19 @@ class CompressionPlan:
         object.__setattr__(self, "prune", _frozen({k: float(v) for k, v in self.prune.items()}))
         object.__setattr__(self, "sparsity", _frozen({k: float(v) for k, v in self.sparsity.items()}))
         object.__setattr__(self, "heads", _frozen({k: float(v) for k, v in self.heads.items()}))
+        object.__setattr__(self, "depth", _frozen({k: float(v) for k, v in self.depth.items()}))
         object.__setattr__(self, "bits", _frozen({k: precision(v) for k, v in self.bits.items()}))
         object.__setattr__(self, "width", float(self.width))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "CompressionPlan":
         """Build a plan from Optuna ``trial.params`` (unknown names are an error, not ignored)."""
-        prune, sparsity, bits, heads, width = {}, {}, {}, {}, 1.0
+        prune, sparsity, bits, heads, depth, width = {}, {}, {}, {}, {}, 1.0
         for name, value in params.items():
             if name == WIDTH:
                 width = value
+            elif name.startswith(DEPTH):
+                depth[name[len(DEPTH) :]] = value
             elif name.startswith(HEADS):
                 heads[name[len(HEADS) :]] = value
             elif name.startswith(PRUNE):
@@ -80,9 +85,9 @@ class CompressionPlan:
             else:
                 raise PlanError(
                     f"unknown plan parameter {name!r}; expected {PRUNE}<layer>, {SPARSITY}<layer>, {BITS}<layer>, "
-                    f"{HEADS}<attention module> or {WIDTH}"
+                    f"{HEADS}<attention module>, {DEPTH}<block stack> or {WIDTH}"
                 )
-        return cls(prune=prune, sparsity=sparsity, bits=bits, width=width, heads=heads)
+        return cls(prune=prune, sparsity=sparsity, bits=bits, width=width, heads=heads, depth=depth)
 
     def to_params(self) -> dict[str, Any]:
         """The Optuna parameter dict for this plan (inverse of ``from_params``)."""
@@ -90,6 +95,7 @@ class CompressionPlan:
         params.update({f"{SPARSITY}{k}": v for k, v in self.sparsity.items()})
         params.update({f"{BITS}{k}": v for k, v in self.bits.items()})
         params.update({f"{HEADS}{k}": v for k, v in self.heads.items()})
+        params.update({f"{DEPTH}{k}": v for k, v in self.depth.items()})
         params[WIDTH] = self.width
         return params
 
@@ -104,6 +110,7 @@ class CompressionPlan:
             and not any(self.prune.values())
             and not any(self.sparsity.values())
             and not any(self.heads.values())
+            and not any(self.depth.values())
             and all(b == 32 for b in self.bits.values())
         )
 
@@ -130,6 +137,16 @@ class CompressionPlan:
                     raise PlanError(
                         f"{HEADS}{path}: {path!r} is not a self-attention module of the model; "
                         f"attention modules: {', '.join(blocks) or 'none'}"
+                    )
+        if self.depth:
+            from autocomp.compress.depth import block_stacks
+
+            stacks = block_stacks(model)
+            for path in self.depth:
+                if path not in stacks:
+                    raise PlanError(
+                        f"{DEPTH}{path}: {path!r} is not a stack of attention blocks of the model; "
+                        f"stacks: {', '.join(stacks) or 'none'}"
                     )
 
 

@@ -20,10 +20,11 @@ import optuna.distributions as od
 from torch import nn
 
 from autocomp.compress.distill import STUDENT_INITS, DistillConfig
+from autocomp.compress.depth import block_stacks
 from autocomp.compress.heads import attention_blocks
 from autocomp.errors import ConfigError
 from autocomp.paths import data_dirs
-from autocomp.plan import BITS, HEADS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
+from autocomp.plan import BITS, DEPTH, HEADS, PRUNE, SPARSITY, SUPPORTED_BITS, WIDTH, compressible_layers
 from autocomp.yamlio import check_keys, load_yaml
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quantize"))
 _TOP_KEYS = (
-    "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "sparsity", "bits",
+    "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "depth", "sparsity", "bits",
 )
 _FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps", "screen")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
@@ -81,6 +82,7 @@ class SearchSpace:
     student: str = "pruned"  # how a narrower student starts: the teacher channel-pruned, or the task's fresh model
     prune: tuple[LayerRule, ...] = ()
     heads: tuple[LayerRule, ...] = ()  # patterns over self-attention module paths; ratio of heads removed
+    depth: tuple[LayerRule, ...] = ()  # patterns over stacks of attention blocks; ratio of whole blocks removed
     sparsity: tuple[LayerRule, ...] = ()
     bits: tuple[LayerRule, ...] = ()
     path: Path | None = None
@@ -110,15 +112,19 @@ class SearchSpace:
             result[WIDTH] = self.width
         prunable = layers if example_inputs is None else _group_leaders(model, example_inputs, layers, excluded=set(every) - set(layers))
         attention = [path for path in attention_blocks(model) if not _matches(path, self.exclude)] if self.heads else []
-        for prefix, rules in ((PRUNE, self.prune), (HEADS, self.heads), (SPARSITY, self.sparsity), (BITS, self.bits)):
-            candidates = {PRUNE: prunable, HEADS: attention}.get(prefix, layers)
+        stacks = [path for path in block_stacks(model) if not _matches(path, self.exclude)] if self.depth else []
+        if self.depth and not stacks:
+            log.info("search space %r: the model has no stack of attention blocks; depth not searched", self.name)
+        depth_rules = self.depth if stacks else ()
+        for prefix, rules in ((PRUNE, self.prune), (HEADS, self.heads), (DEPTH, depth_rules), (SPARSITY, self.sparsity), (BITS, self.bits)):
+            candidates = {PRUNE: prunable, HEADS: attention, DEPTH: stacks}.get(prefix, layers)
             for rule in rules:
                 matched = [layer for layer in candidates if _matches(layer, rule.patterns) and prefix + layer not in result]
                 if not matched:
-                    what, label, listing = (
-                        ("self-attention module", "attention modules", attention) if prefix == HEADS
-                        else ("compressible layer", "layers", layers)
-                    )
+                    what, label, listing = {
+                        HEADS: ("self-attention module", "attention modules", attention),
+                        DEPTH: ("stack of attention blocks", "stacks", stacks),
+                    }.get(prefix, ("compressible layer", "layers", layers))
                     raise ConfigError(
                         f"search space {self.name!r}: {prefix.rstrip('/')} patterns {list(rule.patterns)} match no "
                         f"{what} of the model (after exclude); {label}: {', '.join(listing[:8]) or 'none'}"
@@ -198,6 +204,7 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None)
         student=_student(data.get("distill") or {}, where=f"{where}: distill.student"),
         prune=_rules(data.get("prune") or [], kind="ratio", where=f"{where}: prune"),
         heads=_rules(data.get("heads") or [], kind="ratio", where=f"{where}: heads"),
+        depth=_rules(data.get("depth") or [], kind="ratio", where=f"{where}: depth"),
         sparsity=_rules(data.get("sparsity") or [], kind="ratio", where=f"{where}: sparsity"),
         bits=_rules(data.get("bits") or [], kind="choices", where=f"{where}: bits"),
         path=path,

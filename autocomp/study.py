@@ -28,7 +28,7 @@ from autocomp.allocate import queue_proposals, queue_refined
 from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
-from autocomp.plan import HEADS, CompressionPlan
+from autocomp.plan import DEPTH, HEADS, CompressionPlan
 from autocomp.precision import DYNAMIC_INT8
 from autocomp.tasks import model_fingerprint
 
@@ -312,7 +312,7 @@ def _attention_anchors(distributions: dict[str, Any], *, fast_bits: tuple[int | 
         for name, dist in distributions.items():
             if name == "distill/width":
                 plan[name] = max(dist.choices)
-            elif name.startswith(HEADS) or name.startswith("sparsity/"):
+            elif name.startswith((HEADS, DEPTH, "sparsity/")):
                 plan[name] = dist.low
             elif name.startswith("prune/"):
                 plan[name] = _nearest(dist, ratio)

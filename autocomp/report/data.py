@@ -427,6 +427,7 @@ LAYER_COLUMNS = [
     "baseline_latency_ms",
     "est_latency_ms",
     "speedup",
+    "removed_block",
 ]
 
 
@@ -607,6 +608,13 @@ def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
             reasons.append(
                 f"unstructured sparsity gives no speedup on {device} → channel pruning instead ({pruned} of {n} layers pruned)"
             )
+    gone = layers["removed_block"].dropna().astype(str) if "removed_block" in layers else pd.Series(dtype=str)
+    if len(gone):
+        blocks = sorted(set(gone))
+        reasons.append(
+            f"depth pruned: {len(blocks)} whole block(s) removed ({', '.join(blocks)}), with their {len(gone)} layers and "
+            "the per-block glue (LayerNorm, head reshapes, Softmax) that width pruning cannot remove"
+        )
     heads = pd.to_numeric(layers["heads"], errors="coerce") if "heads" in layers else pd.Series(dtype=float)
     if heads.notna().any():
         query = layers[layers["layer"].astype(str).str.endswith(".query")]

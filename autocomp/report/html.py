@@ -205,7 +205,7 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
         heads = [(arrow(r.baseline_heads, r.heads, "g"), r.heads)] if with_heads else []
         rows.append(("", [
             (f"<code>{esc(r.layer)}</code>", r.layer),
-            (arrow(r.baseline_channels, r.channels, "g"), r.channels),
+            (_removed(r) or arrow(r.baseline_channels, r.channels, "g"), r.channels),
             *heads,
             (_fmt(r.prune_ratio * 100, ".0f", "%"), r.prune_ratio),
             (_fmt(r.sparsity_ratio * 100, ".0f", "%"), r.sparsity_ratio),
@@ -214,6 +214,14 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
             (_fmt(r.speedup, ".2f", "×"), r.speedup),
         ]))
     return table(headers, rows, table_id="layers", sortable=True)
+
+
+def _removed(row: Any) -> str:
+    """The channels cell of a layer whose whole block depth pruning removed."""
+    block = getattr(row, "removed_block", None)
+    if not isinstance(block, str) or not block:
+        return ""
+    return f"{_fmt(row.baseline_channels, 'g')} → removed with <code>{esc(block)}</code>"
 
 
 def _header(meta: data.StudyMeta) -> str:
