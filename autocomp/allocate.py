@@ -28,14 +28,15 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna.distributions as od
 
 from autocomp.errors import AutocompError, first_line
-from autocomp.plan import BITS, WIDTH, CompressionPlan
+from autocomp.latency.base import side_by_side
+from autocomp.plan import BITS, DEPTH, WIDTH, CompressionPlan
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class Option:
     accuracy: float = math.nan
     latency_ms: float = math.nan  # the device's estimator
     error: str = ""
-    measured_ms: float = math.nan  # uniform options only, with the search's own backend when it is not the estimator
+    measured_ms: float = math.nan  # a knob's whole change only, with the search's own backend when it is not the estimator
+    baseline_measured_ms: float = math.nan  # the baseline file, timed side by side with it (interleaved where the backend can)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,8 +122,11 @@ def sensitivity_profile(
             by_kind.setdefault(_kind(name), {}).setdefault(value, {}).update(change)
     todo += [(change, kind + UNIFORM, value) for kind, values in by_kind.items() for value, change in values.items() if len(change) > 1]
     work = ctx.out_dir / "sensitivity"  # one option's files at a time
+    kept = ctx.out_dir / "sensitivity-timed"  # the files of the changes timed for real, until they are
+    timing = ctx.backend is not ctx.estimator and ctx.backend.name != "estimate"
+    single = {kind for kind, values in by_kind.items() if all(len(change) == 1 for change in values.values())}
     calibration = None
-    options = []
+    options, timed = [], []
     for done, (change, name, value) in enumerate(todo, 1):
         plan = CompressionPlan.from_params({**base, **change})
         try:
@@ -131,10 +136,12 @@ def sensitivity_profile(
             else:
                 path = build_artifact(ctx.task, plan_structure(ctx, plan), plan, work, recipe=ctx.profile.int8_recipe, calibration_samples=32).onnx_path
             accuracy, estimate_ms = evaluate_onnx(ctx.task, path), ctx.estimator.measure(path, ctx.profile).median_ms
-            # a knob's uniform change is also timed for real, which rescales its layers' estimated savings
-            measured = name.endswith(UNIFORM) and ctx.backend is not ctx.estimator and ctx.backend.name != "estimate"
-            measured_ms = ctx.backend.measure(path, ctx.profile).median_ms if measured else math.nan
-            options.append(Option(name, value, accuracy, estimate_ms, measured_ms=measured_ms))
+            options.append(Option(name, value, accuracy, estimate_ms))
+            # a knob's whole change (every layer of it, or its one parameter: depth) is also timed for real,
+            # which rescales its layers' estimated savings
+            if timing and (name.endswith(UNIFORM) or _kind(name) in single):
+                kept.mkdir(parents=True, exist_ok=True)
+                timed.append((len(options) - 1, shutil.copy(path, kept / f"{len(timed)}.onnx")))
         except AutocompError as exc:
             log.info("sensitivity of %s=%s: %s", name, value, first_line(exc))
             options.append(Option(name, value, error=first_line(exc)))
@@ -142,6 +149,15 @@ def sensitivity_profile(
             shutil.rmtree(work, ignore_errors=True)
         if progress:
             progress(done, len(todo))
+    if timed:
+        try:
+            baseline_ms, *measured = (r.median_ms for r in side_by_side(ctx.backend, [baseline_onnx, *(path for _, path in timed)], ctx.profile))
+            for (index, _), ms in zip(timed, measured):
+                options[index] = replace(options[index], measured_ms=ms, baseline_measured_ms=baseline_ms)
+        except AutocompError as exc:
+            log.warning("the sensitivity pass could not time its changes (%s); their savings stay the estimator's", first_line(exc))
+        finally:
+            shutil.rmtree(kept, ignore_errors=True)
     return options
 
 
@@ -168,6 +184,7 @@ def greedy_path(
     baseline_accuracy: float,
     baseline_latency_ms: float,
     baseline_measured_ms: float | None = None,
+    removes: Mapping[tuple[str, Any], Sequence[str]] | None = None,
 ) -> Path:
     """Each step takes the move that saves the most milliseconds per point of predicted accuracy lost.
 
@@ -177,6 +194,10 @@ def greedy_path(
     option was also timed (``measured_ms``, with ``baseline_measured_ms``), that value's savings are
     rescaled to the measured fraction saved (static int8 that the estimator prices fast and the
     device runs slowly saves nothing), and predicted latencies are in the measured unit.
+
+    ``removes`` maps a depth move (``("depth/blocks", 0.5)``) to the blocks it removes: once it is
+    taken, the parameters of layers inside them are moot, so their drops and savings no longer count
+    (the removal's own profile holds them) and moves on them are never proposed.
     """
     table: dict[str, dict[Any, tuple[float, float]]] = {}  # param -> value -> (accuracy drop, ms saved)
     uniform: dict[tuple[str, Any], float] = {}  # (kind, value) -> accuracy drop with every parameter of the kind at it
@@ -186,11 +207,12 @@ def greedy_path(
         if option.error:
             continue
         drop = max(0.0, baseline_accuracy - option.accuracy)
+        estimated = (baseline_latency_ms - option.latency_ms) / baseline_latency_ms
+        reference = option.baseline_measured_ms if math.isfinite(option.baseline_measured_ms) else baseline_measured_ms
+        if (measured or math.isfinite(option.baseline_measured_ms)) and math.isfinite(option.measured_ms) and estimated > 0:
+            timing[(_kind(option.param), option.value)] = (1.0 - option.measured_ms / reference) / estimated
         if option.param.endswith(UNIFORM):
-            uniform[(option.param[: -len(UNIFORM)], option.value)] = drop
-            estimated = (baseline_latency_ms - option.latency_ms) / baseline_latency_ms
-            if measured and math.isfinite(option.measured_ms) and estimated > 0:
-                timing[(option.param[: -len(UNIFORM)], option.value)] = (1.0 - option.measured_ms / baseline_measured_ms) / estimated
+            uniform[(_kind(option.param), option.value)] = drop
         elif option.param in distributions:
             table.setdefault(option.param, {})[option.value] = (drop, baseline_latency_ms - option.latency_ms)
     # Drops do not add up: each layer alone at static int8 cost an encoder nothing measurable, all of
@@ -201,26 +223,46 @@ def greedy_path(
         for name in members:
             drop, saved = table[name][value]
             share = drop / singles if singles > 1e-6 else 1.0 / len(members)
-            table[name][value] = (total * share, saved * timing.get((kind, value), 1.0))
+            table[name][value] = (total * share, saved)
+    for name, values in table.items():  # measured savings, where the knob's whole change was timed
+        for value, (drop, saved) in values.items():
+            values[value] = (drop, saved * timing.get((_kind(name), value), 1.0))
+    removes = removes or {}
+
+    def moot(plan: Mapping[str, Any]) -> set[str]:
+        gone = tuple(f"{block}." for (name, value), blocks in removes.items() if plan.get(name) == value for block in blocks)
+        return {name for name in plan if name.split("/", 1)[-1].startswith(gone)} if gone else set()
+
+    def totals(plan: Mapping[str, Any]) -> tuple[float, float]:
+        # predicted (accuracy drop, ms saved): the live parameters' profiled changes, added up
+        gone = moot(plan)
+        live = [table[name][plan[name]] for name in table if name not in gone and plan[name] in table[name]]
+        return sum(d for d, _ in live), sum(s for _, s in live)
+
     current = {name: identity_value(name, dist) for name, dist in distributions.items()}
-    state = {name: (0.0, 0.0) for name in current}
     steps = [(dict(current), 0.0, 0.0)]
+    drop_now, saved_now = 0.0, 0.0
     while True:
         best = None
+        gone = moot(current)
         for name, values in table.items():
-            drop_now, saved_now = state[name]
-            for value, (drop, saved) in values.items():
+            if name in gone:
+                continue
+            for value in values:
+                if value == current[name]:
+                    continue
+                drop, saved = totals({**current, name: value})
                 gain, cost = saved - saved_now, drop - drop_now
                 if gain <= 0:
                     continue
                 score = (gain / max(cost, 1e-6), gain)  # ms per point lost; a free move first, the bigger one first
                 if best is None or score > best[0]:
-                    best = (score, name, value)
+                    best = (score, name, value, drop, saved)
         if best is None:
             break
-        _, name, value = best
-        current[name], state[name] = value, table[name][value]
-        steps.append((dict(current), sum(d for d, _ in state.values()), sum(s for _, s in state.values())))
+        _, name, value, drop_now, saved_now = best
+        current[name] = value
+        steps.append((dict(current), drop_now, saved_now))
     unit = baseline_measured_ms / baseline_latency_ms if measured else 1.0
     return Path(tuple(steps), baseline_accuracy, baseline_latency_ms, unit)
 
@@ -340,9 +382,25 @@ def _path(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> tuple
     timed = any(math.isfinite(o.measured_ms) for o in options)
     path = greedy_path(
         options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms,
-        baseline_measured_ms=baseline["latency_ms"] if timed else None,
+        baseline_measured_ms=baseline["latency_ms"] if timed else None, removes=depth_removals(ctx, distributions),
     )
     return path, baseline["latency_source"] if timed else f"estimate:{ctx.profile.name}"
+
+
+def depth_removals(ctx, distributions: Mapping[str, od.BaseDistribution]) -> dict[tuple[str, Any], list[str]]:
+    """(depth param, value) -> the blocks the pipeline removes for it (the teacher's choice, as ``compress_model`` makes it)."""
+    from autocomp.compress.depth import removed_blocks
+    from autocomp.pipeline import DEPTH_SAMPLES
+    from autocomp.runtime import training_samples
+
+    params = [(name, dist) for name, dist in distributions.items() if name.startswith(DEPTH)]
+    if not params:
+        return {}
+    samples = training_samples(ctx.task, max_samples=DEPTH_SAMPLES)
+    return {
+        (name, value): removed_blocks(ctx.teacher, {name[len(DEPTH):]: value}, samples)
+        for name, dist in params for value in candidate_values(name, dist)
+    }
 
 
 def _enqueue(study, proposal: Proposal, *, unit: str, round_: int) -> None:

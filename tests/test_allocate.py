@@ -61,6 +61,40 @@ def test_proposals_follow_the_cheapest_milliseconds_and_count_compounding_int8_e
     assert free[0].params["bits/a"] == 8
 
 
+def test_once_a_block_is_removed_its_own_layers_are_moot():
+    # two blocks; removing block 1 saves 4 ms for 0.02 points; pruning its FFN alone saves 1 ms for nothing
+    dists = {
+        "depth/blocks": od.FloatDistribution(0.0, 0.5, step=0.5),
+        "prune/blocks.0.fc1": od.FloatDistribution(0.0, 0.5, step=0.5),
+        "prune/blocks.1.fc1": od.FloatDistribution(0.0, 0.5, step=0.5),
+    }
+    options = [
+        Option("depth/blocks", 0.5, 0.98, 6.0),
+        Option("prune/blocks.0.fc1", 0.5, 0.99, 9.0),
+        Option("prune/blocks.1.fc1", 0.5, 1.0, 9.0),
+    ]
+    removes = {("depth/blocks", 0.5): ["blocks.1"]}
+    steps = greedy_path(options, dists, baseline_accuracy=1.0, baseline_latency_ms=10.0, removes=removes).steps
+    last, drop, saved = steps[-1]
+    # the free FFN cut in block 1 is taken first, then the removal of that block makes it moot: its
+    # millisecond is not counted twice, and the path never spends a move on it again
+    assert last["depth/blocks"] == 0.5 and last["prune/blocks.0.fc1"] == 0.5
+    assert saved == pytest.approx(4.0 + 1.0) and drop == pytest.approx(0.02 + 0.01)
+    unaware = greedy_path(options, dists, baseline_accuracy=1.0, baseline_latency_ms=10.0).steps[-1]
+    assert unaware[2] == pytest.approx(6.0)  # without the removal map, the moot cut's saving is double-counted
+
+
+def test_a_knob_timed_beside_the_baseline_is_rescaled_by_that_timing():
+    # the estimator says removing a block saves 1 ms of 10; timed side by side with the baseline it saved half
+    dists = {"depth/blocks": od.FloatDistribution(0.0, 0.5, step=0.5), "prune/a": od.FloatDistribution(0.0, 0.5, step=0.5)}
+    depth = Option("depth/blocks", 0.5, 0.99, 9.0, measured_ms=3.0, baseline_measured_ms=6.0)
+    prune = Option("prune/a", 0.5, 0.99, 8.0)
+    steps = greedy_path([depth, prune], dists, baseline_accuracy=1.0, baseline_latency_ms=10.0, baseline_measured_ms=20.0).steps
+    # the removal's saving is 50% of the estimate's 10 ms (not 1 ms, and not 85% against the baseline timed at another moment)
+    assert steps[1][0]["depth/blocks"] == 0.5 and steps[1][2] == pytest.approx(5.0)
+    assert steps[-1][2] == pytest.approx(5.0 + 2.0)
+
+
 def test_proposals_stop_where_the_predicted_accuracy_leaves_reach():
     """Plans predicted far below the floor before fine-tuning are the ones early stopping ends: not proposed."""
     full = path(_options(int8_together=0.3))

@@ -401,6 +401,42 @@ def test_a_fastest_plan_slower_than_the_baseline_is_not_chosen():
     assert chosen is not None and chosen.values[1] == 0.8
 
 
+def test_the_fastest_trials_timed_again_beside_the_baseline_decide_the_choice(tmp_path):
+    """A measured search times its fastest feasible trials again, interleaved with the baseline in one
+    process: the trial that was only lucky in its own timing is not chosen, and the figures are stored."""
+    from types import SimpleNamespace
+
+    from autocomp.latency.local import LocalBackend
+    from autocomp.profiles import load_profile
+    from autocomp.study import CONFIRMED, choose_trial, confirm_fastest
+    from tiny_models import TinyResNet
+    from autocomp.export import export_onnx
+
+    small, large = TinyResNet(width=0.5).eval(), TinyResNet(width=4.0).eval()
+    example = (torch.randn(1, 1, 16, 16),)
+    files = {name: export_onnx(model, example, tmp_path / f"{name}.onnx") for name, model in (("small", small), ("large", large))}
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("baseline", {"latency_ms": 1.0, "artifact": str(files["large"])})
+    study.set_user_attr("accuracy_floor", 0.9)
+    # trial 0 is the large network, lucky in its own timing (0.1 ms); trial 1 is the small one, timed at 0.5 ms
+    for name, latency in (("large", 0.1), ("small", 0.5)):
+        study.add_trial(optuna.trial.create_trial(
+            values=[0.95, latency, 100.0], system_attrs={"constraints": [0.0]}, user_attrs={"artifact": str(files[name])}
+        ))
+    assert choose_trial(study)[0].number == 0  # each trial's own timing alone picks the lucky one
+    backend = LocalBackend(rounds=10)
+    ctx = SimpleNamespace(backend=backend, estimator=object(), profile=load_profile("local"))
+    confirmed = confirm_fastest(ctx, study)
+    assert set(confirmed) == {"baseline", "0", "1"} and study.user_attrs[CONFIRMED] == confirmed
+    assert confirmed["1"] < confirmed["0"]  # an eighth of the channels runs faster, side by side
+    chosen, rule = choose_trial(study)
+    assert chosen.number == 1 and "timed again side by side with the baseline" in rule
+    # the baseline is the large network too: trial 0 is no faster than it, so it could never be the answer alone
+    study.set_user_attr(CONFIRMED, {"baseline": 1.0, "0": 1.2})
+    chosen, rule = choose_trial(study)
+    assert chosen is None and "none is faster than the baseline (1.000 ms), keep the baseline" in rule
+
+
 def test_the_chosen_plan_is_fine_tuned_longer_and_that_model_ships(tmp_path):
     """final_steps: the chosen trial's weights distil further, the ONNX file is scored again, and export ships it
     with both the trial's and the final figures in metrics.json."""

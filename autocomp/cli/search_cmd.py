@@ -128,6 +128,12 @@ def search(
             f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster), "
             f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
         )
+        side = outcome.study.user_attrs.get("confirmed_ms") or {}
+        if str(c.number) in side and side.get("baseline"):
+            console.print(
+                f"timed again side by side with the baseline: {side[str(c.number)]:.3f} vs {side['baseline']:.3f} ms "
+                f"({side['baseline'] / side[str(c.number)]:.2f}x faster)"
+            )
         if final is not None:
             shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
             console.print(

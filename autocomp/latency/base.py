@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from autocomp.errors import LatencyError, first_line
 
@@ -68,3 +68,13 @@ def check_onnx_file(onnx_path: Path) -> Path:
         first = first_line(exc, limit=200)
         raise LatencyError(f"{path} fails onnx.checker ({first}); re-export it with a supported opset") from None
     return path
+
+
+def side_by_side(backend: Any, paths: Sequence[Path], profile: "DeviceProfile") -> list[LatencyResult]:
+    """The files timed together: interleaved in one process where the backend can (``measure_set``), else in
+    turn; never from a result cache (``inner``), since a cached figure was timed at another moment. A shared
+    host's speed drifts by more between two separate timings than the savings being compared."""
+    inner = getattr(backend, "inner", backend)
+    if hasattr(inner, "measure_set"):
+        return inner.measure_set([(path, profile) for path in paths])
+    return [inner.measure(path, profile) for path in paths]

@@ -82,6 +82,8 @@ class StudyMeta:
     state_counts: Mapping[str, int]
     accuracy_scale: float
     """100 when accuracies are stored as fractions in [0, 1] (shown as percent), else 1."""
+    confirmed_ms: Mapping[str, float] = field(default_factory=dict)
+    """The fastest trials and the baseline timed again side by side (``study.CONFIRMED``), when the search did."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def study_meta(study: optuna.Study) -> StudyMeta:
         directions=tuple(d.name.lower() for d in study.directions),
         state_counts=counts,
         accuracy_scale=accuracy_scale(accuracies),
+        confirmed_ms={str(k): float(v) for k, v in (attrs.get("confirmed_ms") or {}).items() if _float_or_none(v)},
     )
 
 
@@ -493,6 +496,8 @@ def chosen_summary(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any] | No
     out["accuracy_delta_pts"] = out["accuracy_pct"] - out["baseline_accuracy_pct"]
     out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"] if out["latency_ms"] else np.nan
     out["size_ratio"] = out["baseline_size_mb"] / out["size_mb"] if out["size_mb"] else np.nan
+    side = meta.confirmed_ms
+    out["side_by_side"] = (side[str(out["trial"])], side["baseline"]) if str(out["trial"]) in side and "baseline" in side else None
     return out
 
 

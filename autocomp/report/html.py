@@ -252,6 +252,14 @@ def _provenance_html(prov: dict[str, Any], meta: data.StudyMeta) -> str:
     return f'<p class="note info" id="latency-provenance">{tag} {explain}. Sources: {sources}{base}.{sure}</p>'
 
 
+def _side_by_side_html(pair: tuple[float, float] | None) -> str:
+    if not pair:
+        return ""
+    trial_ms, baseline_ms = pair
+    return (f'<br>timed again side by side: {_fmt(trial_ms, ".3g", " ms")} vs {_fmt(baseline_ms, ".3g", " ms")} '
+            f'baseline · {_fmt(baseline_ms / trial_ms, ".2f", "× faster")}')
+
+
 def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: dict[str, Any]) -> str:
     parts = ['<section id="summary"><h2>summary</h2>']
     if summary is None:
@@ -266,7 +274,8 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
              f'baseline {_fmt(summary["baseline_accuracy_pct"], ".2f", "%")} '
              f'<span class="delta {cls}">({_fmt(delta, "+.2f")} pts)</span>'),
             ("latency", _fmt(summary["latency_ms"], ".3g", " ms"),
-             f'baseline {_fmt(summary["baseline_latency_ms"], ".3g", " ms")} · {_fmt(summary["speedup"], ".2f", "× faster")}'),
+             f'baseline {_fmt(summary["baseline_latency_ms"], ".3g", " ms")} · {_fmt(summary["speedup"], ".2f", "× faster")}'
+             + _side_by_side_html(summary.get("side_by_side"))),
             ("size", esc(data.format_bytes(summary["size_bytes"])),
              f'baseline {esc(data.format_bytes(summary["baseline_size_bytes"]))} · {_fmt(summary["size_ratio"], ".2f", "× smaller")}'),
         ]
