@@ -128,26 +128,19 @@ class CompressionPlan:
                     raise PlanError(
                         f"{kind}/{layer}: {layer!r} is a {type(module).__name__}; plans name Conv or Linear layers"
                     )
-        if self.heads:
-            from autocomp.compress.heads import attention_blocks
+        if not (self.heads or self.depth):
+            return
+        from autocomp.compress.depth import block_stacks  # compress/ imports this module: not at the top
+        from autocomp.compress.heads import attention_blocks
 
-            blocks = attention_blocks(model)
-            for path in self.heads:
-                if path not in blocks:
-                    raise PlanError(
-                        f"{HEADS}{path}: {path!r} is not a self-attention module of the model; "
-                        f"attention modules: {', '.join(blocks) or 'none'}"
-                    )
-        if self.depth:
-            from autocomp.compress.depth import block_stacks
-
-            stacks = block_stacks(model)
-            for path in self.depth:
-                if path not in stacks:
-                    raise PlanError(
-                        f"{DEPTH}{path}: {path!r} is not a stack of attention blocks of the model; "
-                        f"stacks: {', '.join(stacks) or 'none'}"
-                    )
+        for prefix, paths, find, what, label in (
+            (HEADS, self.heads, attention_blocks, "a self-attention module", "attention modules"),
+            (DEPTH, self.depth, block_stacks, "a stack of attention blocks", "stacks"),
+        ):
+            known = find(model) if paths else {}
+            for path in paths:
+                if path not in known:
+                    raise PlanError(f"{prefix}{path}: {path!r} is not {what} of the model; {label}: {', '.join(known) or 'none'}")
 
 
 def compressible_layers(model: nn.Module) -> list[str]:

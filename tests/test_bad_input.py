@@ -11,6 +11,7 @@ reuses one built the same way (``python -m venv DIR && DIR/bin/pip install -e .`
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def files(tmp_path_factory) -> Path:
 
 TASK = f"{TESTS / 'bad_tasks.py'}"
 SEARCH = ["search", "--device", "local"]
+HOST_WARNING = "warning: local's cost model was calibrated on "
 TINY = ["--task", f"{TESTS / 'search_tasks.py'}:shapes", "--space", "{files}/tiny.yaml", "--out", "{files}/out-{case}"]
 
 # (case id, arguments, the exact stderr line after "error: "); {files} and {case} are filled in.
@@ -141,7 +143,7 @@ CASES = [
     ("task-metric-nan", [*SEARCH, *TINY, "--task", f"{TASK}:nan_metric"], "task 'shapes': evaluate() returned nan (scoring the ONNX file model.onnx); it must return a finite float (higher is better): fix the task's metric"),
     ("task-metric-raises", [*SEARCH, *TINY, "--task", f"{TASK}:raising_metric"], "task 'shapes': evaluate() raised KeyError: 'labels' (scoring the ONNX file model.onnx); fix the task's metric"),
     ("task-unexportable", [*SEARCH, *TINY, "--task", f"{TASK}:unexportable"], 'Unexportable.forward() returns a SimpleNamespace, not tensors; make it return a tensor (or a tuple or dict of tensors), e.g. with a wrapper module around the model'),
-    ("task-data-dependent-branch", [*SEARCH, *TINY, "--task", f"{TASK}:branchy"], "ONNX output 'output' differs from PyTorch on training batch 1 of 3 (batch 32): max abs difference 1.89 exceeds the tolerance atol=0.0001 + rtol=0.001*|value|; it matched on the example input, so the trace fixed one path: likely data-dependent Python control flow in forward() (an if on tensor values) or a value baked in at trace time; make it tensor code (torch.where) or use the dynamo exporter"),
+    ("task-data-dependent-branch", [*SEARCH, *TINY, "--task", f"{TASK}:branchy"], "ONNX output 'output' differs from PyTorch on training batch 1 of 3 (batch 32): max abs difference {number} exceeds the tolerance atol=0.0001 + rtol=0.001*|value|; it matched on the example input, so the trace fixed one path: likely data-dependent Python control flow in forward() (an if on tensor values) or a value baked in at trace time; make it tensor code (torch.where) or use the dynamo exporter"),
     ("floor-above-baseline", [*SEARCH, *TINY, "--task", f"{TASK}:untrained", "--min-accuracy", "0.9"], "--min-accuracy '0.9' asks for 0.9000, above the uncompressed baseline's 0.2422: no compressed model is expected to reach it; give a floor at or below the baseline, or -1 for one point below it"),
     # measure
     ("measure-missing", ["measure", "{files}/missing.onnx", "--device", "local"], 'ONNX file {files}/missing.onnx does not exist; give the path of an exported .onnx model'),
@@ -186,10 +188,14 @@ def test_bad_input_is_one_line_and_exit_2(autocomp_exe, files, tmp_path, case, a
     }
     done = subprocess.run([str(autocomp_exe), *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
+    # on a CPU other than the one the shipped `local` calibration was fitted on, the search says so first
+    # (a fact about this machine, not about the input): the input's problem is still the one error line
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith(HOST_WARNING)]
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert len(lines) == 1, done.stderr
-    assert lines[0] == "error: " + expected.format(files=files, tests=TESTS, case=case)
+    # {number}: a figure of this machine's float arithmetic (the branchy model's difference moves with the CPU)
+    wanted = re.escape("error: " + expected.format(files=files, tests=TESTS, case=case, number="\x00")).replace("\x00", r"[0-9.]+")
+    assert re.fullmatch(wanted, lines[0]), (lines[0], expected)
     assert "s3cret" not in done.stdout + done.stderr
     db = files / f"out-{case}" / "study.db"
     if case in AFTER_THE_STUDY_OPENS:  # the study exists, but it records no trial and no wrong baseline

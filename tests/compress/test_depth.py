@@ -6,36 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-import transformers  # a dev dependency (".[dev]"): the base install does not need it
-
 from autocomp.compress.depth import block_influence, block_stacks, blocks_kept, removed_blocks, remove_blocks
 from autocomp.errors import PlanError
 from autocomp.export import export_onnx
 from autocomp.plan import CompressionPlan
 from autocomp.runtime import onnx_session
 from autocomp.tasks.vit import ViTDigits
-
-
-class Encoder(nn.Module):
-    """A 3-layer BERT encoder returning its last hidden state."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        config = transformers.BertConfig(
-            vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=32,
-        )
-        self.bert = transformers.BertModel(config, add_pooling_layer=False)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def bert_inputs(batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(batch * 100 + seq)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[0, seq // 2 :] = 0
-    return torch.randint(0, 100, (batch, seq), generator=generator), mask
+from test_heads import Encoder, inputs as bert_inputs  # the same small BERT encoder, from its config class
 
 
 def vit_inputs(batch: int = 4) -> tuple[torch.Tensor]:
@@ -51,7 +28,7 @@ def silence(block: nn.Module) -> None:
 
 def test_stacks_are_found_in_a_vit_and_a_bert_encoder():
     assert block_stacks(ViTDigits()) == {"blocks": 4}
-    assert block_stacks(Encoder()) == {"bert.encoder.layer": 3}
+    assert block_stacks(Encoder(layers=3)) == {"bert.encoder.layer": 3}
     assert block_stacks(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))) == {}  # no attention: not a stack
     assert [blocks_kept(4, r) for r in (0.0, 0.25, 0.5, 0.75, 0.99)] == [4, 3, 2, 1, 1]
 
@@ -85,7 +62,7 @@ def test_kept_blocks_keep_their_paths_so_a_plan_still_names_them(tmp_path):
 
 def test_a_bert_layer_goes_and_the_encoder_runs_with_its_mask_and_exports(tmp_path):
     torch.manual_seed(0)
-    encoder = Encoder().eval()
+    encoder = Encoder(layers=3).eval()
     chosen = removed_blocks(encoder, {"bert.encoder.layer": 0.34}, [bert_inputs()])
     assert len(chosen) == 1 and chosen[0].startswith("bert.encoder.layer.")
     pruned = remove_blocks(encoder, chosen)
@@ -97,6 +74,9 @@ def test_a_bert_layer_goes_and_the_encoder_runs_with_its_mask_and_exports(tmp_pa
     ids, mask = bert_inputs(3, 16)
     out = onnx_session(path).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), pruned(ids, mask), rtol=1e-3, atol=1e-4)
+    # what `autocomp export` writes beside the ONNX file: a torch.export program of the same model
+    program = torch.export.export(pruned, bert_inputs(), dynamic_shapes=({0: torch.export.Dim.AUTO}, {0: torch.export.Dim.AUTO}))
+    torch.testing.assert_close(program.module()(ids, mask), pruned(ids, mask))
 
 
 def test_a_plan_naming_something_that_is_not_a_stack_is_refused():

@@ -18,10 +18,10 @@ from autocomp.runtime import onnx_session
 class Encoder(nn.Module):
     """A BERT encoder returning its last hidden state: a tensor, as export needs."""
 
-    def __init__(self, heads: int = 4) -> None:
+    def __init__(self, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
         config = transformers.BertConfig(
-            vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=128,
+            vocab_size=100, hidden_size=64, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=128,
             max_position_embeddings=32,
         )
         self.bert = transformers.BertModel(config, add_pooling_layer=False)

@@ -343,3 +343,20 @@ def test_empty_study_tables():
     assert not trials["pareto"].any()
     assert data.history_table(trials).empty
     assert data.study_meta(study).state_counts == {"FAIL": 2}
+
+
+def test_removed_blocks_and_the_side_by_side_timing_are_reported(study):
+    from dataclasses import replace as with_fields
+
+    meta = data.study_meta(study)
+    layers = data.chosen_layers(study, meta)
+    assert layers["removed_block"].isna().all()  # a study without depth pruning says nothing of blocks
+    assert not any(r.startswith("depth pruned") for r in data.device_reasons(meta, layers))
+    layers["removed_block"] = layers["removed_block"].astype(object)
+    layers.loc[layers.index[:2], "removed_block"] = "blocks.3"
+    reasons = data.device_reasons(meta, layers)
+    assert "depth pruned: 1 whole block(s) removed (blocks.3), with their 2 layers" in " ".join(reasons)
+    trials = data.trials_table(study)
+    assert data.chosen_summary(trials, meta)["side_by_side"] is None
+    timed = with_fields(meta, confirmed_ms={"baseline": 2.0, str(meta.chosen_trial): 0.5})
+    assert data.chosen_summary(trials, timed)["side_by_side"] == (0.5, 2.0)
