@@ -43,7 +43,7 @@ class KeptBlocks(nn.ModuleList):
 
 def block_stacks(model: nn.Module) -> dict[str, int]:
     """Module path -> number of blocks, for every stack of identical attention blocks, in model order."""
-    owners = [path for path in attention_blocks(model)]
+    owners = list(attention_blocks(model))
     stacks = {}
     for path, module in model.named_modules():
         if not path or not isinstance(module, (nn.Sequential, nn.ModuleList)):
