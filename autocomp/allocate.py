@@ -123,7 +123,6 @@ def sensitivity_profile(
     todo += [(change, kind + UNIFORM, value) for kind, values in by_kind.items() for value, change in values.items() if len(change) > 1]
     work = ctx.out_dir / "sensitivity"  # one option's files at a time
     kept = ctx.out_dir / "sensitivity-timed"  # the files of the changes timed for real, until they are
-    timing = ctx.backend is not ctx.estimator and ctx.backend.name != "estimate"
     single = {kind for kind, values in by_kind.items() if all(len(change) == 1 for change in values.values())}
     calibration = None
     options, timed = [], []
@@ -139,7 +138,7 @@ def sensitivity_profile(
             options.append(Option(name, value, accuracy, estimate_ms))
             # a knob's whole change (every layer of it, or its one parameter: depth) is also timed for real,
             # which rescales its layers' estimated savings
-            if timing and (name.endswith(UNIFORM) or _kind(name) in single):
+            if ctx.measures and (name.endswith(UNIFORM) or _kind(name) in single):
                 kept.mkdir(parents=True, exist_ok=True)
                 timed.append((len(options) - 1, shutil.copy(path, kept / f"{len(timed)}.onnx")))
         except AutocompError as exc:
@@ -208,8 +207,11 @@ def greedy_path(
             continue
         drop = max(0.0, baseline_accuracy - option.accuracy)
         estimated = (baseline_latency_ms - option.latency_ms) / baseline_latency_ms
-        reference = option.baseline_measured_ms if math.isfinite(option.baseline_measured_ms) else baseline_measured_ms
-        if (measured or math.isfinite(option.baseline_measured_ms)) and math.isfinite(option.measured_ms) and estimated > 0:
+        # the baseline timed beside the option, else the one the search timed (studies from before the former)
+        reference = option.baseline_measured_ms
+        if not math.isfinite(reference):
+            reference = baseline_measured_ms if measured else math.nan
+        if math.isfinite(option.measured_ms) and math.isfinite(reference) and estimated > 0:
             timing[(_kind(option.param), option.value)] = (1.0 - option.measured_ms / reference) / estimated
         if option.param.endswith(UNIFORM):
             uniform[(_kind(option.param), option.value)] = drop

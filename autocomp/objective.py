@@ -67,6 +67,11 @@ class SearchContext:
     seed: int = 0
 
     @property
+    def measures(self) -> bool:
+        """True when latencies come from a real run (``--backend local`` or ``ssh``), not the estimator."""
+        return self.backend is not self.estimator and self.backend.name != "estimate"
+
+    @property
     def finetune(self) -> DistillConfig:
         return replace(self.space.finetune.distill, seed=self.seed)
 

@@ -110,7 +110,8 @@ def compress_model(
         model = prune_to_width(model, plan.width, example, round_to=round_to)
     else:
         model = prune_structure(build_student(task, teacher, plan.width, round_to=round_to, init=student))
-    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0 and layer in dict(model.named_modules())}
+    present = dict(model.named_modules())
+    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0 and layer in present}
     if sparsity:
         model = apply_sparsity(model, sparsity)
     if steps:
@@ -137,8 +138,7 @@ def build_artifact(
     ]
     with _ONNX_STAGE:
         fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
-        present = dict(model.named_modules())
-        bits = {layer: b for layer, b in plan.bits.items() if layer in present}  # a removed block's layers are gone
+        bits = live_bits(plan, model)
         if any(b != 32 for b in bits.values()):
             calibration = calibration_inputs(task, max_samples=calibration_samples)
             quantize_onnx(fp32_path, final, bits, calibration=calibration, recipe=recipe)
@@ -146,6 +146,12 @@ def build_artifact(
         else:
             shutil.move(fp32_path, final)
     return Artifact(final, onnx_stats(final), channel_counts(model))
+
+
+def live_bits(plan: CompressionPlan, model: nn.Module) -> dict[str, int | str]:
+    """The plan's precisions of the layers ``model`` still has (a block depth pruning removed took its own)."""
+    present = dict(model.named_modules())
+    return {layer: bits for layer, bits in plan.bits.items() if layer in present}
 
 
 def _same_layout(batch: tuple[Any, ...], example: tuple[Any, ...]) -> bool:
@@ -215,8 +221,7 @@ def score_artifact(task: Task, model: nn.Module, plan: CompressionPlan, artifact
     """The task's metric on the ONNX file and on the PyTorch model it came from; an fp32 file must agree."""
     accuracy = evaluate_onnx(task, artifact.onnx_path)
     torch_accuracy = score(task, torch_predictor(model), what=what)
-    present = dict(model.named_modules())
-    if not any(bits != 32 for layer, bits in plan.bits.items() if layer in present):
+    if not any(bits != 32 for bits in live_bits(plan, model).values()):
         check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
     return accuracy, torch_accuracy
 

@@ -388,7 +388,7 @@ def confirm_fastest(ctx: SearchContext, study: optuna.Study) -> dict[str, float]
     and a backend that measures; nothing is stored when there is nothing to compare or timing fails.
     """
     study.set_user_attr(CONFIRMED, None)  # an earlier run's figures lack this run's trials
-    if ctx.backend is ctx.estimator or ctx.backend.name == "estimate" or study.user_attrs.get("latency_budget_ms") is not None:
+    if not ctx.measures or study.user_attrs.get("latency_budget_ms") is not None:
         return None
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
     fastest = [t for t in sorted(feasible, key=lambda t: t.values[1]) if Path(str(t.user_attrs.get("artifact", ""))).is_file()]
@@ -413,29 +413,26 @@ def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     budget = study.user_attrs.get("latency_budget_ms")
     floor = study.user_attrs.get("accuracy_floor")
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-    confirmed = study.user_attrs.get(CONFIRMED) or {}
-    retimed = [t for t in feasible if str(t.number) in confirmed]
-    if budget is None and retimed and "baseline" in confirmed:
-        rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
-        rule += f", the {len(retimed)} fastest timed again side by side with the baseline"
-        chosen = min(retimed, key=lambda t: (confirmed[str(t.number)], -t.values[0]))
-        if confirmed[str(chosen.number)] >= confirmed["baseline"]:
-            rule += f": none is faster than the baseline ({confirmed['baseline']:.3f} ms), keep the baseline"
-            chosen = None
-        return chosen, rule
     if budget is not None:
         rule = f"most accurate trial within the {budget:g} ms latency budget"
         if floor is not None:
             rule += f" and at or above {100 * floor:.1f}% accuracy"
-        chosen = max(feasible, key=lambda t: (t.values[0], -t.values[1]), default=None)
+        return max(feasible, key=lambda t: (t.values[0], -t.values[1]), default=None), rule
+    rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
+    confirmed = study.user_attrs.get(CONFIRMED) or {}
+    retimed = [t for t in feasible if str(t.number) in confirmed]
+    if retimed and "baseline" in confirmed:  # timed again side by side: those figures decide
+        rule += f", the {len(retimed)} fastest timed again side by side with the baseline"
+        latency_ms = {t.number: confirmed[str(t.number)] for t in retimed}
+        candidates, baseline_ms = retimed, confirmed["baseline"]
     else:
-        rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
-        chosen = min(feasible, key=lambda t: (t.values[1], -t.values[0]), default=None)
-        baseline_ms = (study.user_attrs.get("baseline") or {}).get("latency_ms")
-        if chosen is not None and isinstance(baseline_ms, (int, float)) and chosen.values[1] >= baseline_ms:
-            # the baseline is not a trial, but it is the alternative: a "fastest" plan slower than it is no answer
-            rule += f", faster than the baseline ({baseline_ms:.3f} ms): none is, keep the baseline"
-            chosen = None
+        latency_ms = {t.number: t.values[1] for t in feasible}
+        candidates, baseline_ms = feasible, (study.user_attrs.get("baseline") or {}).get("latency_ms")
+    chosen = min(candidates, key=lambda t: (latency_ms[t.number], -t.values[0]), default=None)
+    if chosen is not None and isinstance(baseline_ms, (int, float)) and latency_ms[chosen.number] >= baseline_ms:
+        # the baseline is not a trial, but it is the alternative: a "fastest" plan slower than it is no answer
+        rule += f", faster than the baseline ({baseline_ms:.3f} ms): none is, keep the baseline"
+        chosen = None
     return chosen, rule
 
 

@@ -425,7 +425,7 @@ def test_the_fastest_trials_timed_again_beside_the_baseline_decide_the_choice(tm
         ))
     assert choose_trial(study)[0].number == 0  # each trial's own timing alone picks the lucky one
     backend = LocalBackend(rounds=10)
-    ctx = SimpleNamespace(backend=backend, estimator=object(), profile=load_profile("local"))
+    ctx = SimpleNamespace(backend=backend, measures=True, profile=load_profile("local"))
     confirmed = confirm_fastest(ctx, study)
     assert set(confirmed) == {"baseline", "0", "1"} and study.user_attrs[CONFIRMED] == confirmed
     assert confirmed["1"] < confirmed["0"]  # an eighth of the channels runs faster, side by side
@@ -434,7 +434,7 @@ def test_the_fastest_trials_timed_again_beside_the_baseline_decide_the_choice(tm
     # the baseline is the large network too: trial 0 is no faster than it, so it could never be the answer alone
     study.set_user_attr(CONFIRMED, {"baseline": 1.0, "0": 1.2})
     chosen, rule = choose_trial(study)
-    assert chosen is None and "none is faster than the baseline (1.000 ms), keep the baseline" in rule
+    assert chosen is None and "side by side with the baseline, faster than the baseline (1.000 ms): none is, keep the baseline" in rule
 
 
 def test_the_chosen_plan_is_fine_tuned_longer_and_that_model_ships(tmp_path):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from autocomp.compress.heads import attention_blocks
 from autocomp.errors import PlanError
+from autocomp.plan import CompressionPlan
 
 
 class KeptBlocks(nn.ModuleList):
@@ -98,15 +99,10 @@ def removed_blocks(
     teacher: nn.Module, ratios: Mapping[str, float], samples: Sequence[tuple[Tensor, ...]]
 ) -> list[str]:
     """The block paths a plan's depth ratios remove: in each stack, the blocks of least influence in the teacher."""
+    CompressionPlan(depth=ratios).validate(teacher)  # the plan's own checks: stacks of the model, ratios in [0, 1)
     stacks = block_stacks(teacher)
     removed: list[str] = []
     for stack, ratio in ratios.items():
-        if stack not in stacks:
-            raise PlanError(
-                f"depth/{stack}: {stack!r} is not a stack of attention blocks of the model; stacks: {', '.join(stacks) or 'none'}"
-            )
-        if not 0.0 <= ratio < 1.0:
-            raise PlanError(f"depth/{stack}: ratio {ratio!r} is outside [0, 1); use e.g. 0.5 for half the blocks")
         drop = stacks[stack] - blocks_kept(stacks[stack], ratio)
         if drop:
             influence = block_influence(teacher, stack, samples)
