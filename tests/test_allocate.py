@@ -129,6 +129,13 @@ def test_refit_on_finished_trials_proposes_the_fastest_plan_predicted_to_meet_th
     # with no recovery the floor allows only a gentler plan
     unrefined = refine(p, [(q, q.predicted_accuracy) for q in first], floor=0.985, taken=[q.params for q in first])
     assert unrefined is not None and unrefined.predicted_latency_ms > refined.predicted_latency_ms
+    # the plan ran already, as itself or as its fp32 twin (settle_precisions): the next fastest meeting the floor instead
+    twin = {name: 32 if name.startswith("bits/") else value for name, value in refined.params.items()}
+    assert twin != refined.params
+    for ran in (refined.params, twin):
+        again = refine(p, finished, floor=0.985, taken=[*(q.params for q in first), ran])
+        assert again is not None and again.params not in (refined.params, twin)
+        assert refined.predicted_latency_ms <= again.predicted_latency_ms and again.predicted_accuracy >= 0.985
 
 
 def test_a_change_that_failed_is_never_proposed():
@@ -203,8 +210,72 @@ def test_the_report_tables_the_profile_and_the_predictions_against_the_trials():
     assert frame["accuracy_drop"].tolist()[:2] == pytest.approx([0.05, 0.0])
     assert frame["latency_saved_pct"].tolist()[:2] == pytest.approx([25.0, 50.0])
     assert frame["error"].tolist() == ["", "", "refused"]
-    study.enqueue_trial({"x": 1.0}, user_attrs={PROPOSAL: {"accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2}})
+    study.enqueue_trial({"x": 1.0}, user_attrs={PROPOSAL: {
+        "accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2, "precisions": "fp32: 1.000 ms, as profiled 1.100 ms",
+    }})
     study.optimize(lambda t: (t.suggest_float("x", 0, 2) * 0.0 + 0.87, 1.3, 10.0), n_trials=1)
     rows = proposals_table(study).to_dict("records")
     assert rows == [{"trial": 0, "round": 2, "predicted_accuracy": 0.88, "accuracy": 0.87, "predicted_latency_ms": 1.2,
-                     "latency_ms": 1.3, "latency_unit": "local"}]
+                     "latency_ms": 1.3, "latency_unit": "local", "precisions": "fp32: 1.000 ms, as profiled 1.100 ms"}]
+
+
+class _PerNode:
+    """A latency backend for hosts where each op's fixed cost dominates, as on digits-vit at 2 threads:
+    a file costs 0.01 ms per node plus its weight bytes at 10 MB/ms. Quantizing adds nodes (QDQ pairs)."""
+
+    name = "per-node"
+
+    def __init__(self, per_node_ms: float = 0.01) -> None:
+        self.per_node_ms = per_node_ms
+
+    def measure(self, onnx_path, profile):
+        import onnx
+
+        from autocomp.latency.base import LatencyResult
+
+        model = onnx.load(str(onnx_path))
+        ms = self.per_node_ms * len(model.graph.node) + onnx_path.stat().st_size / 1e7
+        return LatencyResult(median_ms=ms, p90_ms=ms, runs=1, source=self.name)
+
+
+def _settling_context(tmp_path, backend):
+    from autocomp.objective import SearchContext
+    from autocomp.profiles import load_profile
+    from autocomp.search_space import parse_space
+    from tiny_models import ShapesTask
+    import yaml
+
+    task = ShapesTask(train_epochs=1)
+    space = parse_space(yaml.safe_load(SPACE), name="tiny")
+    return SearchContext(
+        task=task, teacher=task.build_model(), space=space, profile=load_profile("local"), backend=backend,
+        estimator=backend, out_dir=tmp_path, accuracy_floor=None, latency_budget_ms=None,
+    )
+
+
+def test_a_proposal_keeps_its_reduced_precisions_only_where_they_pay_on_its_own_structure(tmp_path):
+    """Each proposal is priced as proposed and all in fp32, with its own pruning: the faster is queued, the
+    figures are recorded, and two proposals that become one are queued once."""
+    from autocomp.allocate import settle_precisions
+
+    ctx = _settling_context(tmp_path, _PerNode(per_node_ms=0.01))  # nodes dominate: QDQ costs more than it saves
+    distributions = ctx.space.distributions(ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs())
+    bits = sorted(name for name in distributions if name.startswith("bits/"))
+    base = {name: (32 if name.startswith("bits/") else 1.0 if name == "distill/width" else 0.0) for name in distributions}
+    pruned = {**base, "prune/block1_conv1": 0.5}
+    int8 = Proposal({**pruned, **{name: 8 for name in bits}}, 0.9, 1.0)
+    half = Proposal({**pruned, bits[0]: 8}, 0.9, 1.2)
+    fp32 = Proposal(pruned, 0.9, 1.5)
+    settled = settle_precisions(ctx, [int8, half, fp32], distributions)
+    assert [p.params for p in settled] == [pruned]  # all three are the fp32 plan once the int8 layers go
+    assert settled[0].precisions.startswith("fp32: ") and "as profiled" in settled[0].precisions
+    assert settled[0].predicted_latency_ms < int8.predicted_latency_ms  # rescaled by the priced ratio
+    assert not (tmp_path / "precision-check").exists()
+
+    ctx = _settling_context(tmp_path, _PerNode(per_node_ms=0.0))  # bytes only: int8 weights are a quarter
+    settled = settle_precisions(ctx, [int8, fp32], distributions)
+    assert [p.params for p in settled] == [int8.params, fp32.params]
+    assert settled[0].precisions.startswith("as profiled: ") and settled[1].precisions == ""
+    # a space that leaves fp32 out of a layer's choices has nothing to compare with
+    narrowed = {**distributions, bits[0]: od.CategoricalDistribution([16, 8])}
+    assert settle_precisions(ctx, [int8], narrowed) == [int8]

@@ -108,6 +108,10 @@ class DigitsTask:
         self.name = "digits" if arch == "resnet" else f"digits-{arch}"
         self.recipe = recipe
         self.batch_size = batch_size
+        # The ViT's students also match the teacher's final hidden states (after the last LayerNorm): with
+        # whole blocks removed, the logits alone under-constrain what the remaining blocks must compute
+        # (one block of four kept, 480 steps: 96.22 % from logits only, 96.67 % with this term).
+        self.distill_features = {"norm": 1.0} if arch == "vit" else {}
 
     def build_model(self, width: float | None = None) -> nn.Module:
         """The trained model (cached after the first call); with ``width``, a fresh untrained one."""
