@@ -18,6 +18,10 @@ layer can take. Here, once per study:
    value. For a ladder of latency targets between the path's fastest plan and
    the baseline, the first plan on the path under the target is proposed.
 
+3. **Pricing** (``price_proposals``): each proposed plan is built without
+   fine-tuning and timed beside the baseline, as proposed and in fp32, since
+   savings profiled alone do not add up on the plan; the faster is queued.
+
 The proposals are queued as trials after the hand-made anchors, each with its
 prediction in its user attrs; every one still gets the full fine-tune, export
 and ONNX score, so the prediction's error is recorded, never assumed.
@@ -69,7 +73,7 @@ class Proposal:
     params: dict[str, Any]
     predicted_accuracy: float
     predicted_latency_ms: float
-    precisions: str = ""  # what ``settle_precisions`` found, when it priced the proposal both ways
+    priced: str = ""  # what ``price_proposals`` measured: its file beside the baseline's (and its fp32 twin)
 
 
 def identity_value(name: str, dist: od.BaseDistribution) -> Any:
@@ -311,7 +315,7 @@ def refine(path: Path, finished: Sequence[tuple[Proposal, float]], *, floor: flo
     if not ratios:
         return None
     scale = min(2.0, max(0.05, ratios[len(ratios) // 2]))
-    # a plan that ran already, as the path has it or as its fp32 twin (``settle_precisions``), is not proposed again
+    # a plan that ran already, as the path has it or as its fp32 twin (``price_proposals``), is not proposed again
     ran = [dict(plan) for plan in taken] + [_at_fp32(plan) for plan in taken]
     meeting = [
         s for s in path.steps
@@ -349,8 +353,9 @@ def queue_proposals(
     path, unit = _path(ctx, study, distributions)
     study.set_user_attr("sensitivity_baseline_ms", path.baseline_latency_ms)  # the report's "latency saved"
     floor, margin = ctx.accuracy_floor, ctx.space.finetune.early_stop_max_drop
-    proposals = settle_precisions(
-        ctx, propose(path, count=count, min_accuracy=None if floor is None else floor - margin), distributions
+    proposals = price_proposals(
+        ctx, propose(path, count=count, min_accuracy=None if floor is None else floor - margin), distributions,
+        baseline_onnx=baseline_file(study), baseline_ms=path.baseline_latency_ms * path.unit,
     )
     for proposal in proposals:
         _enqueue(study, proposal, unit=unit, round_=1)
@@ -376,66 +381,76 @@ def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) 
     taken = [t.params for t in study.get_trials(deepcopy=False)]
     proposal = refine(path, finished, floor=ctx.accuracy_floor, taken=taken)
     if proposal is not None:
-        proposal = settle_precisions(ctx, [proposal], distributions)[0]
-        proposal = None if proposal.params in taken else proposal  # settled to a plan that ran
+        priced = price_proposals(ctx, [proposal], distributions, baseline_onnx=baseline_file(study), baseline_ms=path.baseline_latency_ms * path.unit)
+        proposal = priced[0] if priced and priced[0].params not in taken else None  # priced into a plan that ran, or no faster
     if proposal is not None:
         _enqueue(study, proposal, unit=unit, round_=2)
     study.set_user_attr(REFINED, proposal is not None)
     return proposal
 
 
-def settle_precisions(ctx, proposals: Sequence[Proposal], distributions: Mapping[str, od.BaseDistribution]) -> list[Proposal]:
-    """Each proposal's reduced precisions, kept only where they pay on the proposal's own structure.
+def price_proposals(
+    ctx, proposals: Sequence[Proposal], distributions: Mapping[str, od.BaseDistribution], *,
+    baseline_onnx: pathlib.Path, baseline_ms: float,
+) -> list[Proposal]:
+    """The proposals priced for real before any is fine-tuned; reduced precisions kept only where they pay.
 
-    The path adds up a precision's savings as profiled on the unpruned model, but int8 (static or
-    dynamic) adds a fixed cost per layer, the activation's quantize and the int32 rescale, while the
-    MatMul it speeds up shrinks with the pruning around it. On digits-vit (AMD EPYC, 2 threads, one
-    process, interleaved) two of four blocks removed and the rest at dyn8 ran 1.99x faster than the
-    baseline; the same structure in fp32 ran 2.89x. So each proposal is built without fine-tuning (the
-    weights do not change its latency) and priced as proposed and with every layer at fp32, side by side
-    where the search measures, by the estimator where it does not; the faster is queued (fp32 on a tie,
-    since it loses no accuracy). Duplicates this makes are dropped. A space whose precisions leave out
-    fp32 somewhere has nothing to compare with.
+    The path adds up each change's savings as profiled alone, on the unpruned model; the plan they make
+    runs otherwise. Int8 (static or dynamic) adds a fixed cost per layer, the activation's quantize and
+    the int32 rescale, while the MatMul it speeds up shrinks with the pruning around it: on digits-vit
+    (AMD EPYC, 2 threads) a proposal with its heads and FFN pruned ran 0.283 ms as profiled, at dyn8 and
+    int8, and 0.239 ms in fp32, side by side. So each proposal is built without fine-tuning (weights do
+    not change latency) and exported as proposed and, where it has reduced precisions, with every layer
+    at fp32; the files are timed with the baseline's, side by side where the search measures, by the
+    estimator where it does not. Per proposal the faster file is queued (fp32 on a tie, since it loses
+    no accuracy), its predicted latency is its own figure in the baseline's unit (``baseline_ms``), and
+    one that is no faster than the baseline is dropped (fine-tuning will not make it faster). Duplicates
+    this makes are dropped too. Where pricing fails, the proposals go as the path made them.
     """
     from autocomp.objective import plan_structure
     from autocomp.pipeline import build_artifact
 
-    reduced = [p for p in proposals if any(v != 32 for k, v in p.params.items() if k.startswith(BITS))]
-    full_width = all(32 in getattr(dist, "choices", ()) for name, dist in distributions.items() if name.startswith(BITS))
-    if not reduced or not full_width:
-        return list(proposals)
-    work = ctx.out_dir / "precision-check"
-    files: list[pathlib.Path] = []
+    # a space that leaves fp32 out of some layer's choices has no fp32 twin to offer
+    twins = all(32 in getattr(dist, "choices", ()) for name, dist in distributions.items() if name.startswith(BITS))
+    work = ctx.out_dir / "proposal-pricing"
+    files, owners = [baseline_onnx], []  # owners[i]: (proposal index, params) of files[i + 1]
     try:
-        for index, proposal in enumerate(reduced):
+        for index, proposal in enumerate(proposals):
             plan = CompressionPlan.from_params(proposal.params)
             model = plan_structure(ctx, plan)
-            fp32 = CompressionPlan.from_params(_at_fp32(proposal.params))
-            for name, variant in (("as-proposed", plan), ("fp32", fp32)):
-                artifact = build_artifact(ctx.task, model, variant, work / f"{index}-{name}", recipe=ctx.profile.int8_recipe, calibration_samples=32)
+            variants = [proposal.params]
+            if twins and _at_fp32(proposal.params) != proposal.params:
+                variants.append(_at_fp32(proposal.params))
+            for k, params in enumerate(variants):
+                variant = CompressionPlan.from_params(params)
+                artifact = build_artifact(ctx.task, model, variant, work / f"{index}-{k}", recipe=ctx.profile.int8_recipe, calibration_samples=32)
                 files.append(artifact.onnx_path)
+                owners.append((index, params))
         if ctx.measures:
             timings = [r.median_ms for r in side_by_side(ctx.backend, files, ctx.profile)]
         else:
             timings = [ctx.estimator.measure(path, ctx.profile).median_ms for path in files]
     except AutocompError as exc:
-        log.warning("could not price the proposals in fp32 (%s); they are queued as the profile proposed them", first_line(exc))
+        log.warning("could not price the proposals (%s); they are queued as the profile proposed them", first_line(exc))
         return list(proposals)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    settled: dict[int, Proposal] = {}
-    for proposal, proposed_ms, fp32_ms in zip(reduced, timings[0::2], timings[1::2]):
-        if fp32_ms <= proposed_ms:
-            settled[id(proposal)] = replace(
-                proposal, params=_at_fp32(proposal.params), predicted_latency_ms=proposal.predicted_latency_ms * fp32_ms / proposed_ms,
-                precisions=f"fp32: {fp32_ms:.3f} ms, as profiled {proposed_ms:.3f} ms",
-            )
-        else:
-            settled[id(proposal)] = replace(proposal, precisions=f"as profiled: {proposed_ms:.3f} ms, fp32 {fp32_ms:.3f} ms")
+    base_ms, priced = timings[0], {}
+    for (index, params), ms in zip(owners, timings[1:]):
+        priced.setdefault(index, []).append((ms, params))
     out: list[Proposal] = []
-    for proposal in (settled.get(id(p), p) for p in proposals):
-        if all(q.params != proposal.params for q in out):
-            out.append(proposal)
+    for index, proposal in enumerate(proposals):
+        options = priced[index]
+        ms, params = min(options, key=lambda o: (o[0], o[1] != _at_fp32(o[1])))  # the faster; fp32 on a tie
+        note = f"{ms:.3f} ms beside the baseline's {base_ms:.3f} ms"
+        if len(options) == 2:
+            other = next(m for m, p in options if p is not params)
+            note += f" in fp32 (as profiled {other:.3f} ms)" if params != proposal.params else f" as profiled (fp32 {other:.3f} ms)"
+        if ms >= base_ms:
+            log.info("proposal dropped: %s, no faster than the baseline", note)
+            continue
+        if all(q.params != params for q in out):
+            out.append(replace(proposal, params=params, predicted_latency_ms=ms / base_ms * baseline_ms, priced=note))
     return out
 
 
@@ -478,6 +493,6 @@ def depth_removals(ctx, distributions: Mapping[str, od.BaseDistribution]) -> dic
 
 def _enqueue(study, proposal: Proposal, *, unit: str, round_: int) -> None:
     prediction = {"accuracy": proposal.predicted_accuracy, "latency_ms": proposal.predicted_latency_ms, "latency_unit": unit, "round": round_}
-    if proposal.precisions:
-        prediction["precisions"] = proposal.precisions
+    if proposal.priced:
+        prediction["priced"] = proposal.priced
     study.enqueue_trial(proposal.params, user_attrs={PROPOSAL: prediction}, skip_if_exists=True)

@@ -129,7 +129,7 @@ def test_refit_on_finished_trials_proposes_the_fastest_plan_predicted_to_meet_th
     # with no recovery the floor allows only a gentler plan
     unrefined = refine(p, [(q, q.predicted_accuracy) for q in first], floor=0.985, taken=[q.params for q in first])
     assert unrefined is not None and unrefined.predicted_latency_ms > refined.predicted_latency_ms
-    # the plan ran already, as itself or as its fp32 twin (settle_precisions): the next fastest meeting the floor instead
+    # the plan ran already, as itself or as its fp32 twin (price_proposals): the next fastest meeting the floor instead
     twin = {name: 32 if name.startswith("bits/") else value for name, value in refined.params.items()}
     assert twin != refined.params
     for ran in (refined.params, twin):
@@ -211,12 +211,12 @@ def test_the_report_tables_the_profile_and_the_predictions_against_the_trials():
     assert frame["latency_saved_pct"].tolist()[:2] == pytest.approx([25.0, 50.0])
     assert frame["error"].tolist() == ["", "", "refused"]
     study.enqueue_trial({"x": 1.0}, user_attrs={PROPOSAL: {
-        "accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2, "precisions": "fp32: 1.000 ms, as profiled 1.100 ms",
+        "accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2, "priced": "1.000 ms beside the baseline's 2.000 ms",
     }})
     study.optimize(lambda t: (t.suggest_float("x", 0, 2) * 0.0 + 0.87, 1.3, 10.0), n_trials=1)
     rows = proposals_table(study).to_dict("records")
     assert rows == [{"trial": 0, "round": 2, "predicted_accuracy": 0.88, "accuracy": 0.87, "predicted_latency_ms": 1.2,
-                     "latency_ms": 1.3, "latency_unit": "local", "precisions": "fp32: 1.000 ms, as profiled 1.100 ms"}]
+                     "latency_ms": 1.3, "latency_unit": "local", "priced": "1.000 ms beside the baseline's 2.000 ms"}]
 
 
 class _PerNode:
@@ -253,12 +253,14 @@ def _settling_context(tmp_path, backend):
     )
 
 
-def test_a_proposal_keeps_its_reduced_precisions_only_where_they_pay_on_its_own_structure(tmp_path):
-    """Each proposal is priced as proposed and all in fp32, with its own pruning: the faster is queued, the
-    figures are recorded, and two proposals that become one are queued once."""
-    from autocomp.allocate import settle_precisions
+def test_proposals_are_priced_before_fine_tuning_and_keep_reduced_precisions_only_where_they_pay(tmp_path):
+    """Each proposal's file is priced beside the baseline's, as proposed and all in fp32: the faster is queued
+    with its own figure as the prediction, one no faster than the baseline is dropped, duplicates go once."""
+    from autocomp.allocate import price_proposals
+    from autocomp.export import export_onnx
 
     ctx = _settling_context(tmp_path, _PerNode(per_node_ms=0.01))  # nodes dominate: QDQ costs more than it saves
+    baseline = export_onnx(ctx.teacher, ctx.task.example_inputs(), tmp_path / "baseline.onnx")
     distributions = ctx.space.distributions(ctx.teacher, supported_bits=ctx.profile.supported_bits, example_inputs=ctx.task.example_inputs())
     bits = sorted(name for name in distributions if name.startswith("bits/"))
     base = {name: (32 if name.startswith("bits/") else 1.0 if name == "distill/width" else 0.0) for name in distributions}
@@ -266,16 +268,19 @@ def test_a_proposal_keeps_its_reduced_precisions_only_where_they_pay_on_its_own_
     int8 = Proposal({**pruned, **{name: 8 for name in bits}}, 0.9, 1.0)
     half = Proposal({**pruned, bits[0]: 8}, 0.9, 1.2)
     fp32 = Proposal(pruned, 0.9, 1.5)
-    settled = settle_precisions(ctx, [int8, half, fp32], distributions)
-    assert [p.params for p in settled] == [pruned]  # all three are the fp32 plan once the int8 layers go
-    assert settled[0].precisions.startswith("fp32: ") and "as profiled" in settled[0].precisions
-    assert settled[0].predicted_latency_ms < int8.predicted_latency_ms  # rescaled by the priced ratio
-    assert not (tmp_path / "precision-check").exists()
+    nothing = Proposal(base, 1.0, 0.5)  # the baseline itself: no faster than it
+    priced = price_proposals(ctx, [int8, half, fp32, nothing], distributions, baseline_onnx=baseline, baseline_ms=2.0)
+    assert [p.params for p in priced] == [pruned]  # all three are the fp32 plan once the int8 layers go
+    assert "in fp32 (as profiled" in priced[0].priced
+    base_ms = _PerNode(0.01).measure(baseline, ctx.profile).median_ms
+    assert priced[0].predicted_latency_ms == pytest.approx(2.0 * float(priced[0].priced.split(" ms")[0]) / base_ms, rel=1e-2)
+    assert 0 < priced[0].predicted_latency_ms < 2.0
+    assert not (tmp_path / "proposal-pricing").exists()
 
     ctx = _settling_context(tmp_path, _PerNode(per_node_ms=0.0))  # bytes only: int8 weights are a quarter
-    settled = settle_precisions(ctx, [int8, fp32], distributions)
-    assert [p.params for p in settled] == [int8.params, fp32.params]
-    assert settled[0].precisions.startswith("as profiled: ") and settled[1].precisions == ""
-    # a space that leaves fp32 out of a layer's choices has nothing to compare with
+    priced = price_proposals(ctx, [int8, fp32], distributions, baseline_onnx=baseline, baseline_ms=2.0)
+    assert [p.params for p in priced] == [int8.params, fp32.params]
+    assert "as profiled (fp32" in priced[0].priced and "(" not in priced[1].priced
+    # a space that leaves fp32 out of a layer's choices has no fp32 twin to offer
     narrowed = {**distributions, bits[0]: od.CategoricalDistribution([16, 8])}
-    assert settle_precisions(ctx, [int8], narrowed) == [int8]
+    assert [p.params for p in price_proposals(ctx, [int8], narrowed, baseline_onnx=baseline, baseline_ms=2.0)] == [int8.params]

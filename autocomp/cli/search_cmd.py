@@ -123,17 +123,19 @@ def search(
         console.print(styled("no trial meets the constraints", "yellow", f"({outcome.rule}); try more --trials or a looser floor/budget"))
     else:
         c = outcome.chosen
-        console.print(
-            f"chosen: trial {c.number} ({outcome.rule}): accuracy {100 * c.values[0]:.2f}%, "
-            f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster), "
-            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
-        )
         side = outcome.study.user_attrs.get("confirmed_ms") or {}
         if str(c.number) in side and side.get("baseline"):
-            console.print(
-                f"timed again side by side with the baseline: {side[str(c.number)]:.3f} vs {side['baseline']:.3f} ms "
-                f"({side['baseline'] / side[str(c.number)]:.2f}x faster)"
+            # the figure the choice read: the trial's own timing was taken at another moment of a drifting host
+            speed = (
+                f"{side[str(c.number)]:.3f} vs {side['baseline']:.3f} ms timed side by side with the baseline "
+                f"({side['baseline'] / side[str(c.number)]:.2f}x faster; {c.values[1]:.3f} ms in its own trial)"
             )
+        else:
+            speed = f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster)"
+        console.print(
+            f"chosen: trial {c.number} ({outcome.rule}): accuracy {100 * c.values[0]:.2f}%, {speed}, "
+            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
+        )
         if final is not None:
             shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
             console.print(

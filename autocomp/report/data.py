@@ -676,7 +676,7 @@ def importances(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FOR_IMPORTA
 
 
 SENSITIVITY_COLUMNS = ["param", "value", "accuracy_drop", "latency_saved_pct", "error"]
-PROPOSAL_COLUMNS = ["trial", "round", "predicted_accuracy", "accuracy", "predicted_latency_ms", "latency_ms", "latency_unit", "precisions"]
+PROPOSAL_COLUMNS = ["trial", "round", "predicted_accuracy", "accuracy", "predicted_latency_ms", "latency_ms", "latency_unit", "priced"]
 
 
 def sensitivity_table(study: optuna.Study) -> pd.DataFrame:
@@ -714,6 +714,6 @@ def proposals_table(study: optuna.Study) -> pd.DataFrame:
             "predicted_latency_ms": _float_or_none(prediction.get("latency_ms")),
             "latency_ms": trial.values[1] if done else np.nan,
             "latency_unit": str(prediction.get("latency_unit", "")),
-            "precisions": str(prediction.get("precisions", "")),
+            "priced": str(prediction.get("priced", "")),
         })
     return pd.DataFrame(rows, columns=PROPOSAL_COLUMNS)

@@ -360,12 +360,12 @@ def _sensitivity_html(study: optuna.Study) -> str:
         out.append(_figure_html(figures.sensitivity_figure(frame), "fig-sensitivity"))
     if not proposals.empty:
         headers = [("trial", True), ("round", True), ("predicted accuracy", True), ("accuracy", True),
-                   ("predicted latency", True), ("latency ms", True), ("predicted in", False), ("precisions priced on the plan", False)]
+                   ("predicted latency", True), ("latency ms", True), ("predicted in", False), ("priced before fine-tuning", False)]
         rows = [("", [
             (str(r.trial), r.trial), (str(r.round), r.round),
             (_fmt(r.predicted_accuracy, ".4f"), r.predicted_accuracy), (_fmt(r.accuracy, ".4f"), r.accuracy),
             (_fmt(r.predicted_latency_ms, ".3f"), r.predicted_latency_ms), (_fmt(r.latency_ms, ".3f"), r.latency_ms),
-            (esc(r.latency_unit), r.latency_unit), (esc(r.precisions), r.precisions),
+            (esc(r.latency_unit), r.latency_unit), (esc(r.priced), r.priced),
         ]) for r in proposals.itertuples(index=False)]
         out.append(table(headers, rows, table_id="proposals", sortable=True))
     out.append("</section>")
