@@ -70,11 +70,12 @@ def check_onnx_file(onnx_path: Path) -> Path:
     return path
 
 
-def side_by_side(backend: Any, paths: Sequence[Path], profile: "DeviceProfile") -> list[LatencyResult]:
-    """The files timed together: interleaved in one process where the backend can (``measure_set``), else in
-    turn; never from a result cache (``inner``), since a cached figure was timed at another moment. A shared
-    host's speed drifts by more between two separate timings than the savings being compared."""
+def side_by_side(backend: Any, paths: Sequence[Path], profile: "DeviceProfile", *, rounds: int | None = None) -> list[LatencyResult]:
+    """The files timed together: interleaved in one process where the backend can (``measure_set``, in ``rounds``
+    rounds if given), else in turn; never from a result cache (``inner``), since a cached figure was timed at
+    another moment. A shared host's speed drifts by more between two separate timings than the savings being
+    compared."""
     inner = getattr(backend, "inner", backend)
     if hasattr(inner, "measure_set"):
-        return inner.measure_set([(path, profile) for path in paths])
+        return inner.measure_set([(path, profile) for path in paths], **({"rounds": rounds} if rounds else {}))
     return [inner.measure(path, profile) for path in paths]

@@ -115,9 +115,9 @@ class LocalBackend:
         return _result(payload)
 
     def measure_set(
-        self, items: Sequence[tuple[Path, object]], *, progress: Callable[[int, int], None] | None = None
+        self, items: Sequence[tuple[Path, object]], *, progress: Callable[[int, int], None] | None = None, rounds: int | None = None
     ) -> list[LatencyResult]:
-        """Time several (file, profile) pairs in one process, interleaved in ``self.rounds`` rounds (see the module docstring).
+        """Time several (file, profile) pairs in one process, interleaved in ``rounds`` (default ``self.rounds``) rounds (see the module docstring).
 
         The profiles may differ in batch size only: one process runs them all with the same threads and provider.
         ``progress(done, rounds)`` after each round.
@@ -136,10 +136,10 @@ class LocalBackend:
             spec_path.write_text(json.dumps(spec))
             cmd = [
                 self.python, str(BENCH_SCRIPT), "--set", str(spec_path), *self._runtime_args(items[0][1].runtime),
-                "--warmup-s", str(SET_WARMUP_S), "--rounds", str(self.rounds), "--block-ms", str(SET_BLOCK_MS),
+                "--warmup-s", str(SET_WARMUP_S), "--rounds", str(rounds or self.rounds), "--block-ms", str(SET_BLOCK_MS),
             ]
             # a generous bound: each file's round is about SET_BLOCK_MS plus one run
-            timeout_s = self.timeout_s + len(items) * self.rounds * 1.0
+            timeout_s = self.timeout_s + len(items) * (rounds or self.rounds) * 1.0
             payload = self._run(cmd, what=f"a set of {len(items)} files", timeout_s=timeout_s, fix="time fewer rounds", progress=progress)
         return [_result(entry) for entry in payload["results"]]
 
