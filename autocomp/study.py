@@ -377,13 +377,6 @@ CONFIRMED = "confirmed_ms"
 """Study attr: after a measured search, the fastest feasible trials and the baseline timed again side by
 side (``{"baseline": ms, "<trial number>": ms}``); the choice reads these figures."""
 CONFIRM_TRIALS = 5
-CONFIRM_ROUNDS = 150
-"""Rounds of the confirming set: about 10 ms per file per round, so 6 files take about 10 s, not the
-default 2 s. Each file's figure is its fastest block; at 2 threads on a 2-core host a neighbour on the
-other core slows the files with big, parallel kernels most, so a short window can catch the baseline
-only in slow stretches (BERT's baseline: 1.088 ms in a search's 30-round confirm, 0.44-0.46 ms in
-separate processes and 0.50-0.58 ms in 30-round sets minutes later). A longer window gives every
-file more chances at a quiet stretch; it narrows that risk, it does not remove it."""
 
 
 def confirm_fastest(ctx: SearchContext, study: optuna.Study) -> dict[str, float] | None:
@@ -406,7 +399,7 @@ def confirm_fastest(ctx: SearchContext, study: optuna.Study) -> dict[str, float]
     from autocomp.latency.base import side_by_side
 
     try:
-        results = side_by_side(ctx.backend, [baseline, *(Path(t.user_attrs["artifact"]) for t in fastest)], ctx.profile, rounds=CONFIRM_ROUNDS)
+        results = side_by_side(ctx.backend, [baseline, *(Path(t.user_attrs["artifact"]) for t in fastest)], ctx.profile)
     except AutocompError as exc:
         log.warning("the fastest trials could not be timed again beside the baseline (%s); each trial's own timing decides", first_line(exc))
         return None

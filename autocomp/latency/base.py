@@ -70,12 +70,23 @@ def check_onnx_file(onnx_path: Path) -> Path:
     return path
 
 
-def side_by_side(backend: Any, paths: Sequence[Path], profile: "DeviceProfile", *, rounds: int | None = None) -> list[LatencyResult]:
-    """The files timed together: interleaved in one process where the backend can (``measure_set``, in ``rounds``
-    rounds if given), else in turn; never from a result cache (``inner``), since a cached figure was timed at
-    another moment. A shared host's speed drifts by more between two separate timings than the savings being
-    compared."""
+SIDE_BY_SIDE_S = 10.0
+"""Least seconds of timed blocks in a ``side_by_side`` set (see there)."""
+
+
+def side_by_side(backend: Any, paths: Sequence[Path], profile: "DeviceProfile") -> list[LatencyResult]:
+    """The files timed together: interleaved in one process where the backend can (``measure_set``), else in
+    turn; never from a result cache (``inner``), since a cached figure was timed at another moment. A shared
+    host's speed drifts by more between two separate timings than the savings being compared.
+
+    The interleaved set spreads over at least ``SIDE_BY_SIDE_S``: each file's figure is its fastest block,
+    and at 2 threads on a 2-core host a neighbour on the other core slows the files with big, parallel
+    kernels most, so a window of 2 s can see the largest file only in slow stretches (BERT's baseline:
+    1.088 ms in a search's 2 s confirming set; 0.44-0.46 ms in separate processes and 0.50-0.58 ms in
+    2 s sets minutes later). A longer window gives every file more chances at a quiet stretch; it
+    narrows that risk, it does not remove it.
+    """
     inner = getattr(backend, "inner", backend)
     if hasattr(inner, "measure_set"):
-        return inner.measure_set([(path, profile) for path in paths], **({"rounds": rounds} if rounds else {}))
+        return inner.measure_set([(path, profile) for path in paths], min_s=SIDE_BY_SIDE_S)
     return [inner.measure(path, profile) for path in paths]

@@ -23,6 +23,7 @@ spread over the whole measurement: 64 files timed twice that way agreed within
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -115,9 +116,10 @@ class LocalBackend:
         return _result(payload)
 
     def measure_set(
-        self, items: Sequence[tuple[Path, object]], *, progress: Callable[[int, int], None] | None = None, rounds: int | None = None
+        self, items: Sequence[tuple[Path, object]], *, progress: Callable[[int, int], None] | None = None, min_s: float = 0.0
     ) -> list[LatencyResult]:
-        """Time several (file, profile) pairs in one process, interleaved in ``rounds`` (default ``self.rounds``) rounds (see the module docstring).
+        """Time several (file, profile) pairs in one process, interleaved in ``self.rounds`` rounds, or more where
+        the rounds' blocks must add up to ``min_s`` seconds (see the module docstring).
 
         The profiles may differ in batch size only: one process runs them all with the same threads and provider.
         ``progress(done, rounds)`` after each round.
@@ -131,15 +133,16 @@ class LocalBackend:
             {"model": str(_checked(path, profile)), "shapes": batch_shapes(path, batch_size=profile.runtime.batch_size, shapes=self.shapes)}
             for path, profile in items
         ]
+        rounds = max(self.rounds, math.ceil(min_s * 1000.0 / (len(items) * SET_BLOCK_MS)))
         with tempfile.TemporaryDirectory(prefix="autocomp-time-") as tmp:
             spec_path = Path(tmp) / "set.json"
             spec_path.write_text(json.dumps(spec))
             cmd = [
                 self.python, str(BENCH_SCRIPT), "--set", str(spec_path), *self._runtime_args(items[0][1].runtime),
-                "--warmup-s", str(SET_WARMUP_S), "--rounds", str(rounds or self.rounds), "--block-ms", str(SET_BLOCK_MS),
+                "--warmup-s", str(SET_WARMUP_S), "--rounds", str(rounds), "--block-ms", str(SET_BLOCK_MS),
             ]
             # a generous bound: each file's round is about SET_BLOCK_MS plus one run
-            timeout_s = self.timeout_s + len(items) * (rounds or self.rounds) * 1.0
+            timeout_s = self.timeout_s + len(items) * rounds * 1.0
             payload = self._run(cmd, what=f"a set of {len(items)} files", timeout_s=timeout_s, fix="time fewer rounds", progress=progress)
         return [_result(entry) for entry in payload["results"]]
 
