@@ -96,6 +96,15 @@ def test_digits_factory_builds_fresh_students_of_a_width():
     assert MobileNetDigits(width=0.5)(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
+def test_the_builtin_vit_distils_students_to_the_teachers_final_hidden_states_and_the_cnns_do_not():
+    """With whole blocks removed, logits alone under-constrain the remaining blocks (README: depth pruning)."""
+    from autocomp.compress.distill import _feature_weights
+
+    vit = load_task("digits-vit")
+    assert _feature_weights(vit, vit.build_model(width=1.0)) == {"norm": 1.0}  # a module the ViT has
+    assert _feature_weights(DigitsTask(arch="resnet"), ResNetDigits()) == {}
+
+
 def test_digits_teacher_is_trained_and_cached():
     task = DigitsTask()
     model = task.build_model()  # trains once per cache dir (about a minute), then loads
