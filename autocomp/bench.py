@@ -203,7 +203,9 @@ def _timed_search(
         run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end, timeout_s=timeout_s)
     wall_s = time.perf_counter() - started
     new = frozenset(t.number for t in finished_trials(study)) - before
-    if new:  # a study's time over every invocation: what a resumed search has left, and the grid's budget
+    if timeout_s is None or timeout_s > 0:
+        # a study's time over every invocation that ran: what a resumed search has left, and the grid's budget;
+        # it counts even when no trial finished (the sensitivity pass and the pricing can take a whole budget)
         study.set_user_attr("bench_wall_s", float(study.user_attrs.get("bench_wall_s", 0.0)) + wall_s)
     run = MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
     chosen = run.chosen
