@@ -410,6 +410,8 @@ def price_proposals(
     from autocomp.objective import plan_structure
     from autocomp.pipeline import build_artifact
 
+    if not proposals:
+        return []
     # a space that leaves fp32 out of some layer's choices has no fp32 twin to offer
     twins = all(32 in getattr(dist, "choices", ()) for name, dist in distributions.items() if name.startswith(BITS))
     work = ctx.out_dir / "proposal-pricing"

@@ -284,3 +284,4 @@ def test_proposals_are_priced_before_fine_tuning_and_keep_reduced_precisions_onl
     # a space that leaves fp32 out of a layer's choices has no fp32 twin to offer
     narrowed = {**distributions, bits[0]: od.CategoricalDistribution([16, 8])}
     assert [p.params for p in price_proposals(ctx, [int8], narrowed, baseline_onnx=baseline, baseline_ms=2.0)] == [int8.params]
+    assert price_proposals(ctx, [], distributions, baseline_onnx=tmp_path / "absent.onnx", baseline_ms=2.0) == []  # nothing timed
