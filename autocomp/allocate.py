@@ -315,11 +315,10 @@ def refine(path: Path, finished: Sequence[tuple[Proposal, float]], *, floor: flo
     if not ratios:
         return None
     scale = min(2.0, max(0.05, ratios[len(ratios) // 2]))
-    # a plan that ran already, as the path has it or as its fp32 twin (``price_proposals``), is not proposed again
-    ran = [dict(plan) for plan in taken] + [_at_fp32(plan) for plan in taken]
+    # a step is passed over when it ran, or its fp32 twin did: the two files ``price_proposals`` chooses from
     meeting = [
         s for s in path.steps
-        if s[2] > 0 and path.baseline_accuracy - s[1] * scale >= floor and s[0] not in ran and _at_fp32(s[0]) not in ran
+        if s[2] > 0 and path.baseline_accuracy - s[1] * scale >= floor and s[0] not in taken and _at_fp32(s[0]) not in taken
     ]
     if not meeting:
         return None
@@ -378,11 +377,10 @@ def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) 
         (Proposal(t.params, t.user_attrs[PROPOSAL]["accuracy"], t.user_attrs[PROPOSAL]["latency_ms"]), t.values[0])
         for t in trials if t.state == TrialState.COMPLETE
     ]
-    taken = [t.params for t in study.get_trials(deepcopy=False)]
-    proposal = refine(path, finished, floor=ctx.accuracy_floor, taken=taken)
+    proposal = refine(path, finished, floor=ctx.accuracy_floor, taken=[t.params for t in study.get_trials(deepcopy=False)])
     if proposal is not None:
         priced = price_proposals(ctx, [proposal], distributions, baseline_onnx=baseline_file(study), baseline_ms=path.baseline_latency_ms * path.unit)
-        proposal = priced[0] if priced and priced[0].params not in taken else None  # priced into a plan that ran, or no faster
+        proposal = priced[0] if priced else None  # none when it was no faster than the baseline
     if proposal is not None:
         _enqueue(study, proposal, unit=unit, round_=2)
     study.set_user_attr(REFINED, proposal is not None)
