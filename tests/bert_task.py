@@ -8,7 +8,9 @@ whose cosine to anything was 1.0) and pruning hurts: whole heads cut by half wit
 score cosine 0.91. The weights are cached in the temp dir, keyed by the recipe, so the search and
 export processes of one test run train it once. The metric is the mean cosine between the model's
 pooled embedding and the original's on 128 sentences that none of the 256 distillation
-sentences hold.
+sentences hold. Its ``augment`` varies those 256 by swapping tokens between them (``swap_tokens``):
+without it, a student with half the blocks removed matched the teacher on the 256 (cosine 1.000)
+and scored 0.970 on the held-out ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autocomp.tasks.augment import swap_tokens
 
 
 class Encoder(nn.Module):
@@ -104,6 +108,11 @@ class SentenceEncoderTask:
         for start in range(0, len(order), 32):
             idx = order[start : start + 32]
             yield (self.train_ids[idx], self.train_mask[idx]), None
+
+    def augment(self, inputs):
+        # 256 sentences alone let a student match the teacher on them and miss on new ones
+        ids, mask = inputs
+        return swap_tokens(ids, mask, rate=0.3), mask
 
     def distill_loss(self, student_out, teacher_out, labels):
         return F.mse_loss(student_out, teacher_out)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import torch
+import yaml
 from optuna.trial import TrialState
 
 import transformers  # noqa: F401  (a dev dependency; the encoder below is built from its config classes)
@@ -29,12 +30,12 @@ def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
     # the shipped transformer space, sampled at random after its anchors (no proposals: their pass is
     # tested in test_allocate.py) so that every precision is drawn, with a short final fine-tune and no
     # screen (every sampled plan runs in full; the screen is tested in test_fidelity.py)
-    shipped = (Path(__file__).parent.parent / "search_spaces" / "transformer.yaml").read_text()
+    # (and 120 steps a trial: the test checks that plans run, not how far they recover)
+    spec = yaml.safe_load((Path(__file__).parent.parent / "search_spaces" / "transformer.yaml").read_text())
+    spec["proposals"] = 0
+    spec["finetune"].update(steps=120, final_steps=40, screen={"after_steps": 0})
     space = tmp_path / "transformer.yaml"
-    space.write_text(
-        shipped.replace("proposals: 4", "proposals: 0").replace("final_steps: 480", "final_steps: 40")
-        .replace("screen: {after_steps: 40", "screen: {after_steps: 0")
-    )
+    space.write_text(yaml.safe_dump(spec))
     out = tmp_path / "run"
     args = ["search", "--device", "local", "--task", TASK, "--space", str(space), "--trials", "6",
             "--sampler", "random", "--seed", "2", "--out", str(out), "--study-name", "bert"]  # fmt: skip
@@ -84,3 +85,25 @@ def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):
     exported = onnx.load(str(tmp_path / "dynamic" / "model.onnx"))
     onnx.checker.check_model(exported)
     assert any(node.op_type == "MatMulInteger" for node in exported.graph.node)
+
+
+def test_distill_features_read_a_hugging_face_modules_hidden_state(caplog):
+    """``bert.encoder`` returns a ModelOutput, not a tensor: its first tensor (the last hidden state) is the feature."""
+    from autocomp.compress.distill import DistillConfig, distill
+    from bert_task import Encoder, SentenceEncoderTask
+
+    torch.manual_seed(0)
+    teacher = Encoder(hidden=64, heads=4, layers=1, ffn=128)
+    student = Encoder(hidden=64, heads=4, layers=1, ffn=128)  # another init: its hidden states differ
+
+    def first_loss(features):
+        task = SentenceEncoderTask()
+        task.distill_features = features
+        losses = []
+        distill(student, teacher, task, config=DistillConfig(steps=1), on_step=lambda step, loss, model: losses.append(loss))
+        return losses[0]
+
+    with caplog.at_level("WARNING"):
+        plain, with_hidden = first_loss({}), first_loss({"bert.encoder": 1.0})
+    assert "left out" not in caplog.text
+    assert with_hidden > plain + 1e-4  # the hidden-state MSE was added to the same batch's loss

@@ -71,7 +71,7 @@ def block_influence(model: nn.Module, stack: str, samples: Sequence[tuple[Tensor
 
     def hook(name: str):
         def record(_module: nn.Module, args: tuple, output: Any) -> None:
-            inp, out = _first_tensor(args), _first_tensor(output)
+            inp, out = first_tensor(args), first_tensor(output)
             if inp is None or out is None or inp.shape != out.shape:
                 raise PlanError(f"depth/{stack}: block {name} changes its hidden state's shape; only shape-keeping blocks can be removed")
             cos = torch.nn.functional.cosine_similarity(inp.flatten(0, -2).float(), out.flatten(0, -2).float(), dim=-1)
@@ -134,7 +134,8 @@ def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> nn.Module:
     return pruned
 
 
-def _first_tensor(value: Any) -> Tensor | None:
+def first_tensor(value: Any) -> Tensor | None:
+    """A module output's first tensor: itself, or the first of a tuple or of a mapping (a Hugging Face ``ModelOutput``)."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, Mapping):

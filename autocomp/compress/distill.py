@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from autocomp.compress.depth import first_tensor
 from autocomp.compress.prune import prune_to_width
 from autocomp.compress.sparsity import clone_model
-from autocomp.errors import CompressionError, ConfigError, PlanError
+from autocomp.errors import CompressionError, ConfigError, PlanError, TaskError, first_line
 from autocomp.tasks.base import Task, accepts_width
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,11 @@ def distill(
     ``weight * MSE`` between that module's output (its first tensor) in the
     student and in the teacher, which keeps a pruned encoder's hidden states,
     not only its final embedding, on the teacher's. A module whose output shape
-    differs between them (a narrower student) is left out with a warning. The
+    differs between them (a narrower student) is left out with a warning. A task
+    may also define ``augment(inputs)``: each batch's inputs are passed through it
+    before teacher and student see them, so the student learns the teacher on
+    more inputs than the task holds (the teacher supplies the targets; labels go
+    on unchanged). The
     teacher runs in eval mode without gradients (its mode is restored after).
     Results are deterministic for a given ``config.seed``; the caller's random
     state is left as it was. Sparsity masks from ``apply_sparsity`` are kept,
@@ -134,6 +139,7 @@ def distill(
         return trained.eval()
     loss_fn = _loss_function(task, config)
     features = _feature_weights(task, trained)
+    augment = _augmenter(task)
     device = _device_of(trained)
     teacher_was_training = teacher.training
     teacher.eval()
@@ -152,7 +158,7 @@ def distill(
                 empty = True
                 for inputs, labels in task.train_batches():
                     empty = False
-                    inputs = tuple(x.to(device) for x in inputs)
+                    inputs = tuple(x.to(device) for x in augment(tuple(inputs)))
                     labels = labels.to(device) if labels is not None else None
                     trained.train()
                     with torch.no_grad():
@@ -198,6 +204,31 @@ def _loss_function(task: Task, config: DistillConfig) -> Callable[[Any, Any, Ten
     return loss
 
 
+def _augmenter(task: Task) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]:
+    """The task's ``augment``, checked on each batch: as many tensors back, each of its input's shape."""
+    custom = getattr(task, "augment", None)
+    if custom is None:
+        return lambda inputs: inputs
+    if not callable(custom):
+        raise ConfigError(f"{type(task).__name__}.augment must be a method taking a batch's inputs (a tuple of tensors)")
+
+    def augment(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        try:
+            out = custom(inputs)
+        except Exception as exc:
+            raise TaskError(f"{type(task).__name__}.augment failed: {first_line(exc)}") from exc
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        if len(out) != len(inputs) or any(not isinstance(o, Tensor) or o.shape != i.shape for o, i in zip(out, inputs)):
+            got = ", ".join(str(tuple(o.shape)) if isinstance(o, Tensor) else type(o).__name__ for o in out)
+            raise TaskError(
+                f"{type(task).__name__}.augment must return its inputs' tensors with their shapes "
+                f"({', '.join(str(tuple(i.shape)) for i in inputs)}); it returned {got}"
+            )
+        return out
+
+    return augment
+
+
 def _feature_weights(task: Task, model: nn.Module) -> dict[str, float]:
     """The task's ``distill_features`` (module path -> weight), checked against the model."""
     features = getattr(task, "distill_features", None) or {}
@@ -223,7 +254,9 @@ def _outputs(model: nn.Module, paths: Mapping[str, float]) -> Iterator[dict[str,
 
     def keep(path: str):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            captured[path] = _first(out)
+            tensor = first_tensor(out)  # a Hugging Face module returns a ModelOutput mapping
+            if tensor is not None:  # one holding none is left out by _matching, with a warning
+                captured[path] = tensor
 
         return hook
 

@@ -32,7 +32,11 @@ class Task(Protocol):
     for outputs that are not class logits; the default is soft-target KL plus
     cross-entropy. It may also set ``distill_features``, module path -> weight
     (``{"bert.encoder.layer.3": 1.0}``): intermediate representations (hidden
-    states) the student is pulled to, by MSE, on top of that loss.
+    states) the student is pulled to, by MSE, on top of that loss. And it may
+    define ``augment(inputs) -> inputs`` (``swap_tokens`` for token ids): each
+    distillation batch's inputs, varied. The teacher's outputs on them are the
+    targets, so varied inputs need no labels (labels go on unchanged: vary them
+    only in ways that keep a label true if ``distill_loss`` uses labels).
 
     ``evaluate`` should score inputs that ``train_batches`` never yields: a
     student distilled on a few dozen inputs can match the teacher on them and

@@ -9,7 +9,7 @@ from torch import nn
 
 from autocomp.compress.distill import DistillConfig, build_student, default_distill_loss, distill
 from autocomp.compress.prune import channel_counts, prune_channels
-from autocomp.errors import CompressionError, ConfigError, PlanError
+from autocomp.errors import CompressionError, ConfigError, PlanError, TaskError
 from autocomp.tasks.base import torch_predictor
 from tiny_models import ShapesTask, TinyResNet
 
@@ -224,3 +224,30 @@ def test_half_width_digits_student_recovers_by_distillation():
     tuned = distill(student, teacher, task, config=DistillConfig(steps=30, lr=3e-3, seed=0))
 
     assert task.evaluate(torch_predictor(tuned)) >= 0.93
+
+
+def test_a_tasks_augment_varies_what_teacher_and_student_see(shapes_task):
+    """Each batch goes through the task's augment before the teacher labels it; a wrong shape back is one clear error."""
+    teacher = shapes_task.build_model()
+    seen = []
+    handle = teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+
+    class Flipped(ShapesTask):
+        def augment(self, inputs):
+            return (inputs[0].flip(-1),)
+
+    task = Flipped()
+    distill(TinyResNet(width=0.5), teacher, task, config=DistillConfig(steps=1, seed=0))
+    handle.remove()
+    assert len(seen) == 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # distill seeds its run with config.seed; train_batches shuffles with it
+        batch = next(iter(task.train_batches()))[0][0]
+    assert torch.equal(seen[0], batch.flip(-1)) and not torch.equal(seen[0], batch)
+
+    class Cropped(ShapesTask):
+        def augment(self, inputs):
+            return (inputs[0][..., :-1],)
+
+    with pytest.raises(TaskError, match=r"Cropped.augment must return its inputs' tensors with their shapes \(\(32, 1, 16, 16\)\); it returned \(32, 1, 16, 15\)"):
+        distill(TinyResNet(width=0.5), teacher, Cropped(), config=DistillConfig(steps=1))
