@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from autocomp.compress.heads import attention_blocks
+from autocomp.compress.heads import attention_blocks, first_tensor
 from autocomp.errors import PlanError
 from autocomp.plan import CompressionPlan
 
@@ -132,16 +132,3 @@ def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> nn.Module:
         parent_path, _, attr = stack.rpartition(".")
         setattr(modules[parent_path] if parent_path else pruned, attr, replacement)
     return pruned
-
-
-def first_tensor(value: Any) -> Tensor | None:
-    """A module output's first tensor: itself, or the first of a tuple or of a mapping (a Hugging Face ``ModelOutput``)."""
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, Tensor):
-                return item
-    return None

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autocomp.compress.depth import first_tensor
+from autocomp.compress.heads import first_tensor
 from autocomp.compress.prune import prune_to_width
 from autocomp.compress.sparsity import clone_model
 from autocomp.errors import CompressionError, ConfigError, PlanError, TaskError, first_line

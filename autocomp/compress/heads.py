@@ -123,7 +123,7 @@ def prune_heads(
                 pruned, tuple(example_inputs), importance=tp.importance.GroupMagnitudeImportance(p=2),
                 num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, pruning_ratio=0.0,
                 pruning_ratio_dict=channel_ratios, head_pruning_ratio_dict=head_ratios, round_to=None,
-                output_transform=output_transform or _first_tensor,
+                output_transform=output_transform or _summed_output,
             )
             pruner.step()
     except Exception as exc:  # torch-pruning reports tracing failures as assorted exception types
@@ -138,11 +138,22 @@ def prune_heads(
     return pruned.train(model.training)  # tracing switches the copy to eval mode
 
 
-def _first_tensor(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out.sum()
-    values = out.values() if isinstance(out, Mapping) else out
-    for value in values:
-        if isinstance(value, Tensor):
-            return value.sum()
-    raise CompressionError(f"the model returns a {type(out).__name__} holding no tensor; pass output_transform")
+def first_tensor(value: Any) -> Tensor | None:
+    """A module output's first tensor: itself, or the first of a tuple or of a mapping (a Hugging Face ``ModelOutput``)."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            if isinstance(item, Tensor):
+                return item
+    return None
+
+
+def _summed_output(out: Any) -> Tensor:
+    """torch-pruning's output transform: a scalar from the model's first output tensor, to trace back from."""
+    tensor = first_tensor(out)
+    if tensor is None:
+        raise CompressionError(f"the model returns a {type(out).__name__} holding no tensor; pass output_transform")
+    return tensor.sum()
