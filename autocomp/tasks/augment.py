@@ -20,9 +20,7 @@ def swap_tokens(ids: torch.Tensor, mask: torch.Tensor | None = None, *, rate: fl
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"swap_tokens: rate {rate} must be in [0, 1]")
     rows = torch.randint(len(ids), ids.shape)
-    donors = ids.gather(0, rows)
-    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-    if mask is not None:  # a donor's padding is no token: that position keeps its own
-        keep &= mask.gather(0, rows).bool()
-    swap = (torch.rand(ids.shape) < rate) & keep
-    return torch.where(swap, donors, ids)
+    swap = torch.rand(ids.shape) < rate
+    if mask is not None:  # padding, its own or the donor's, is no token: that position keeps its own
+        swap &= mask.bool() & mask.gather(0, rows).bool()
+    return torch.where(swap, ids.gather(0, rows), ids)
