@@ -67,6 +67,8 @@ class MethodRun:
 
     @property
     def chosen(self) -> FrozenTrial | None:
+        if self.final is not None and self.final.get("promoted"):  # the final fine-tune lifted a faster trial over the floor
+            return self.study.trials[self.final["trial"]]
         return choose_trial(self.study)[0]
 
     @property
@@ -208,9 +210,8 @@ def _timed_search(
         # it counts even when no trial finished (the sensitivity pass and the pricing can take a whole budget)
         study.set_user_attr("bench_wall_s", float(study.user_attrs.get("bench_wall_s", 0.0)) + wall_s)
     run = MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
-    chosen = run.chosen
-    if final and chosen is not None:
-        run.final = final_finetune(ctx, study, chosen)
+    if final:
+        run.final = final_finetune(ctx, study, run.chosen)
     return run
 
 

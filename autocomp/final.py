@@ -1,6 +1,6 @@
 """The final fine-tune: the chosen plan's model is fine-tuned longer before it ships.
 
-A trial fine-tunes for the space's per-trial budget (60-120 steps); a user's
+A trial fine-tunes for the space's per-trial budget (60-400 steps); a user's
 hand-made recipe fine-tunes the one model it keeps for hundreds. So once the
 search has chosen, the chosen trial's own weights continue distilling for
 ``finetune.final_steps`` more steps, the model is exported, quantized and scored
@@ -9,10 +9,23 @@ study records both the trial's and the final figures (``FINAL``); ``autocomp
 export`` ships the final model, unless the longer fine-tune scored lower on the
 held-out metric, in which case the trial's model stays the one shipped and the
 record says so.
+
+The trial's score is a low-fidelity figure: it says where a plan stands after
+the per-trial budget, not after the final one. Plans that need more steps (whole
+blocks removed) end their trial just under the floor while being much faster.
+So before the chosen trial, the final fine-tune is given to the few trials that
+are faster than it and under the floor by at most ``finetune.promote.within``
+(``promotion_candidates``), fastest first, as Hyperband promotes the best of
+a rung to the next fidelity. The first that reaches the floor after its final
+fine-tune becomes the chosen trial (its record says ``promoted``, and the study's
+``chosen_trial`` and rule change with it); when none does, the chosen trial's own
+final fine-tune follows as before. Each try costs one final fine-tune; the record
+lists them.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -20,7 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
+
+from autocomp.errors import AutocompError, first_line
+
+log = logging.getLogger(__name__)
 
 FINAL = "final"
 """Study attr: the final fine-tune of the chosen trial (see ``final_finetune``)."""
@@ -30,34 +47,129 @@ def final_dir(out_dir: Path) -> Path:
     return out_dir / "final"
 
 
-def final_finetune(
-    ctx, study, chosen: FrozenTrial, *, on_step: Callable[[int, int], None] | None = None
-) -> dict[str, Any] | None:
-    """Fine-tune ``chosen`` for the space's ``final_steps`` more steps, export and score it; stored as ``FINAL``.
+def promotion_candidates(ctx, study, chosen: FrozenTrial | None) -> list[FrozenTrial]:
+    """The trials the final fine-tune may still lift over the floor, fastest first.
 
-    Returns the record, or None when the space asks for no final fine-tune. Done once per chosen
-    trial: a resumed search that chose the same trial reuses the record. ``on_step(step, steps)``.
+    Complete, under the floor by at most ``finetune.promote.within``, faster than the chosen trial
+    (both by their own trial's timing; than the baseline when nothing was chosen) and with their
+    weights on disk; at most ``finetune.promote.candidates``. Only for the "fastest trial at the
+    floor" rule: under a latency budget the choice is the most accurate plan, and speed buys nothing.
     """
+    spec = ctx.space.finetune
+    floor = ctx.accuracy_floor
+    if spec.final_steps <= 0 or spec.promote_candidates <= 0 or floor is None or ctx.latency_budget_ms is not None:
+        return []
+    if chosen is not None:
+        limit_ms = chosen.values[1]
+    else:
+        limit_ms = (study.user_attrs.get("baseline") or {}).get("latency_ms", float("inf"))
+    near = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if floor - spec.promote_within <= t.values[0] < floor and t.values[1] < limit_ms
+        and (Path(str(t.user_attrs.get("artifact", ""))).parent / "model_state.pt").is_file()
+    ]
+    return sorted(near, key=lambda t: t.values[1])[: spec.promote_candidates]
+
+
+def final_finetune(
+    ctx, study, chosen: FrozenTrial | None, *, on_step: Callable[[int, int, int], None] | None = None
+) -> dict[str, Any] | None:
+    """The final fine-tune: of a promoted faster trial that reaches the floor, else of ``chosen``; stored as ``FINAL``.
+
+    Returns the record of the model that ships, or None when the space asks for no final fine-tune
+    or nothing was chosen and no promotion reached the floor. Done once per choice: a resumed search
+    that chose the same trial reuses the record. ``on_step(step, steps, trial_number)``.
+    """
+    steps = ctx.space.finetune.final_steps
+    if steps <= 0:
+        return None
+    chosen_number = None if chosen is None else chosen.number
+    stored = study.user_attrs.get(FINAL)
+    if isinstance(stored, dict) and stored.get("chosen_before", stored.get("trial")) == chosen_number and stored.get("steps") == steps:
+        if stored.get("promoted"):
+            _adopt(study, stored)  # the search that resumed chose again, without the promotion
+        return stored if stored.get("trial") is not None else None
+    tried: list[dict[str, Any]] = []
+    for trial in promotion_candidates(ctx, study, chosen):
+        record = _finetune_trial(ctx, trial, steps, on_step)
+        reached = record["accuracy"] >= ctx.accuracy_floor
+        if reached and _faster_beside(ctx, study, chosen, record):
+            record.update(shipped="final", promoted=True, chosen_before=chosen_number, tried=tried)
+            study.set_user_attr(FINAL, record)
+            _adopt(study, record)
+            return record
+        kept = {k: record[k] for k in ("trial", "trial_accuracy", "accuracy", "seconds", "side_by_side_ms") if k in record}
+        tried.append({**kept, "reason": "no faster side by side" if reached else "still under the floor"})
+    if chosen is None:
+        study.set_user_attr(FINAL, {"trial": None, "chosen_before": None, "steps": steps, "tried": tried})
+        return None
+    record = _finetune_trial(ctx, chosen, steps, on_step)
+    # a longer fine-tune that scores lower on held-out inputs over-fitted the distillation data: ship the trial
+    record.update(shipped="final" if record["accuracy"] >= chosen.values[0] else "trial", chosen_before=chosen_number, tried=tried)
+    study.set_user_attr(FINAL, record)
+    return record
+
+
+def _faster_beside(ctx, study, chosen: FrozenTrial | None, record: dict[str, Any]) -> bool:
+    """With a measuring backend, the promoted model must beat the chosen trial's (the baseline's when none) timed
+    side by side, as the choice's own figures were (``study.confirm_fastest``): each trial was timed at its own
+    moment of a drifting host. The figures go into ``record``; the estimator prices them all the same way, so
+    without a measurement the trials' own figures stand."""
+    if not ctx.measures:
+        return True
+    from autocomp.latency.base import side_by_side
+
+    rival = Path(str((study.user_attrs.get("baseline") or {}).get("artifact", ""))) if chosen is None else Path(chosen.user_attrs["artifact"])
+    if not rival.is_file():
+        return True
+    try:
+        rival_result, promoted_result = side_by_side(ctx.backend, [rival, Path(record["artifact"])], ctx.profile)
+    except AutocompError as exc:
+        log.warning("the promoted trial could not be timed beside %s (%s); the trials' own timings decide", rival, first_line(exc))
+        return True
+    name = "baseline" if chosen is None else str(chosen.number)
+    record["side_by_side_ms"] = {name: rival_result.median_ms, str(record["trial"]): promoted_result.median_ms}
+    return promoted_result.median_ms < rival_result.median_ms
+
+
+def _adopt(study, record: dict[str, Any]) -> None:
+    """A promoted trial becomes the study's chosen one (the report, ``autocomp export`` and a bench read it)."""
+    study.set_user_attr("chosen_trial", record["trial"])
+    rule, promoted = study.user_attrs.get("chosen_rule") or "fastest trial", promotion_text(record)
+    if promoted not in rule:
+        study.set_user_attr("chosen_rule", f"{rule}; {promoted}")
+
+
+def promotion_text(record: dict[str, Any]) -> str:
+    """One line on a promoted trial: where its trial left it, where the final fine-tune took it, what it replaced."""
+    before = "nothing was chosen" if record["chosen_before"] is None else f"it replaces trial {record['chosen_before']}"
+    side = record.get("side_by_side_ms") or {}
+    beside = "".join(
+        f" ({ms:.3f} vs {other:.3f} ms side by side with {'the baseline' if name == 'baseline' else 'trial ' + name})"
+        for name, other in side.items() if name != str(record["trial"]) for ms in [side[str(record["trial"])]]
+    )
+    return (
+        f"trial {record['trial']} was faster{beside} but {100 * record['trial_accuracy']:.2f}% after its trial, under the "
+        f"floor; after {record['steps']} more steps it scores {100 * record['accuracy']:.2f}%, so {before}"
+    )
+
+
+def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, Any]:
+    """Continue distilling ``trial``'s weights for ``steps`` steps, export, score and time the model."""
     from autocomp.compress.distill import distill
     from autocomp.objective import plan_structure
     from autocomp.pipeline import build_artifact, score_artifact
     from autocomp.plan import CompressionPlan
 
-    steps = ctx.space.finetune.final_steps
-    stored = study.user_attrs.get(FINAL)
-    if steps <= 0:
-        return None
-    if isinstance(stored, dict) and stored.get("trial") == chosen.number and stored.get("steps") == steps:
-        return stored
     started = time.perf_counter()
-    plan = CompressionPlan.from_params(chosen.params)
+    plan = CompressionPlan.from_params(trial.params)
     model = plan_structure(ctx, plan)
-    trial_onnx = Path(chosen.user_attrs["artifact"])
+    trial_onnx = Path(trial.user_attrs["artifact"])
     model.load_state_dict(torch.load(trial_onnx.parent / "model_state.pt", weights_only=True))
     # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate
     tuned = distill(
-        model, ctx.teacher, ctx.task, config=replace(ctx.finetune, steps=steps, seed=ctx.seed + chosen.number),
-        on_step=None if on_step is None else (lambda step, loss, _model: on_step(step, steps)),
+        model, ctx.teacher, ctx.task, config=replace(ctx.finetune, steps=steps, seed=ctx.seed + trial.number),
+        on_step=None if on_step is None else (lambda step, loss, _model: on_step(step, steps, trial.number)),
     )
     out = final_dir(ctx.out_dir)
     shutil.rmtree(out, ignore_errors=True)
@@ -65,14 +177,10 @@ def final_finetune(
     accuracy, torch_accuracy = score_artifact(ctx.task, tuned, plan, artifact, what="the finally fine-tuned model in PyTorch")
     torch.save(tuned.state_dict(), out / "model_state.pt")
     latency = ctx.backend.measure(artifact.onnx_path, ctx.profile)
-    record = {
-        "trial": chosen.number, "steps": steps, "accuracy": accuracy, "torch_accuracy": torch_accuracy,
+    return {
+        "trial": trial.number, "steps": steps, "accuracy": accuracy, "torch_accuracy": torch_accuracy,
         "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_source": latency.source,
         "size_bytes": artifact.stats.size_bytes, "params": artifact.stats.params, "onnx_sha256": artifact.stats.sha256,
-        "artifact": str(artifact.onnx_path), "trial_accuracy": chosen.values[0],
-        # a longer fine-tune that scores lower on held-out inputs over-fitted the distillation data: ship the trial
-        "shipped": "final" if accuracy >= chosen.values[0] else "trial",
+        "artifact": str(artifact.onnx_path), "trial_accuracy": trial.values[0],
         "seconds": time.perf_counter() - started,
     }
-    study.set_user_attr(FINAL, record)
-    return record

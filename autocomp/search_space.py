@@ -34,7 +34,8 @@ PIPELINE_ORDERS = (("distill", "prune", "quantize"), ("prune", "distill", "quant
 _TOP_KEYS = (
     "schema_version", "description", "pipeline", "finetune", "exclude", "proposals", "distill", "prune", "heads", "depth", "sparsity", "bits",
 )
-_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps", "screen")
+_FINETUNE_KEYS = ("steps", "temperature", "alpha", "lr", "early_stop", "final_steps", "promote", "screen")
+_PROMOTE_KEYS = ("candidates", "within")
 _EARLY_STOP_KEYS = ("after_steps", "max_drop")
 _SCREEN_KEYS = ("after_steps", "keep", "min_screened")
 _RULE_KEYS = ("layers", "ratio", "choices")
@@ -57,6 +58,8 @@ class FinetuneSpec:
     early_stop_after_steps: int = 20  # evaluate once after this many steps ...
     early_stop_max_drop: float = 0.5  # ... and stop if accuracy is this far below the floor (hopeless)
     final_steps: int = 0  # the chosen plan's model fine-tunes this many more steps before it ships (final.py)
+    promote_candidates: int = 2  # ... after up to this many faster trials just under the floor had theirs ...
+    promote_within: float = 0.005  # ... if under it by at most this (accuracy as a fraction); see final.py
     screen_after_steps: int = 0  # multi-fidelity (fidelity.py): score each plan after this many steps (0: off) ...
     screen_keep: float = 1 / 3  # ... and finish only the best third of the screened ones ...
     screen_min: int = 4  # ... once this many have been screened
@@ -213,10 +216,9 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path | None = None)
 
 def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
     check_keys(data, allowed=_FINETUNE_KEYS, where=where)
-    early = data.get("early_stop") or {}
-    check_keys(early, allowed=_EARLY_STOP_KEYS, where=f"{where}.early_stop")
-    screen = data.get("screen") or {}
-    check_keys(screen, allowed=_SCREEN_KEYS, where=f"{where}.screen")
+    early = _section(data, "early_stop", _EARLY_STOP_KEYS, where=where)
+    screen = _section(data, "screen", _SCREEN_KEYS, where=where)
+    promote = _section(data, "promote", _PROMOTE_KEYS, where=where)
     defaults = FinetuneSpec()
     base = defaults.distill
     spec = FinetuneSpec(
@@ -233,6 +235,10 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
             early.get("max_drop", defaults.early_stop_max_drop), where=f"{where}.early_stop.max_drop", low=0.0, high=1.0
         ),
         final_steps=_number(data.get("final_steps", defaults.final_steps), where=f"{where}.final_steps", low=0, integer=True),
+        promote_candidates=_number(
+            promote.get("candidates", defaults.promote_candidates), where=f"{where}.promote.candidates", low=0, integer=True
+        ),
+        promote_within=_number(promote.get("within", defaults.promote_within), where=f"{where}.promote.within", low=0.0, high=1.0),
         screen_after_steps=_number(
             screen.get("after_steps", defaults.screen_after_steps), where=f"{where}.screen.after_steps", low=0, integer=True
         ),
@@ -245,6 +251,15 @@ def _finetune(data: Mapping[str, Any], *, where: str) -> FinetuneSpec:
             "(the screen comes before the full budget); lower it or set 0 to screen nothing"
         )
     return spec
+
+
+def _section(data: Mapping[str, Any], key: str, allowed: tuple[str, ...], *, where: str) -> Mapping[str, Any]:
+    """A nested mapping of ``finetune`` (absent: the defaults), its keys checked."""
+    section = data.get(key) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where}.{key}: {section!r} must be a mapping with keys {', '.join(allowed)}")
+    check_keys(section, allowed=allowed, where=f"{where}.{key}")
+    return section
 
 
 def _number(value: Any, *, where: str, low: float, high: float | None = None, integer: bool = False) -> Any:

@@ -116,13 +116,19 @@ def search(
             f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%"
         )
         outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
-        final = None if outcome.chosen is None or outcome.interrupted else _final_finetune(ctx, study, outcome.chosen)
+        final = None if outcome.interrupted else _final_finetune(ctx, study, outcome.chosen)
+        chosen = outcome.chosen
+        if final is not None and final.get("promoted"):
+            from autocomp.final import promotion_text
+
+            chosen = study.trials[final["trial"]]
+            console.print(styled("promoted:", "bold", promotion_text(final)))
         _print_front(outcome.study, baseline)
         report_path = _write_report(outcome.study, out_dir)
-    if outcome.chosen is None:
+    if chosen is None:
         console.print(styled("no trial meets the constraints", "yellow", f"({outcome.rule}); try more --trials or a looser floor/budget"))
     else:
-        c = outcome.chosen
+        c = chosen
         side = outcome.study.user_attrs.get("confirmed_ms") or {}
         if str(c.number) in side and side.get("baseline"):
             # the figure the choice read: the trial's own timing was taken at another moment of a drifting host
@@ -133,7 +139,7 @@ def search(
         else:
             speed = f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster)"
         console.print(
-            f"chosen: trial {c.number} ({outcome.rule}): accuracy {100 * c.values[0]:.2f}%, {speed}, "
+            f"chosen: trial {c.number} ({outcome.rule if c is outcome.chosen else 'promoted by its final fine-tune'}): accuracy {100 * c.values[0]:.2f}%, {speed}, "
             f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
         )
         if final is not None:
@@ -153,15 +159,23 @@ def search(
 
 
 def _final_finetune(ctx, study, chosen):
-    """The chosen plan's longer fine-tune (the space's ``final_steps``), with a progress bar."""
+    """The final fine-tune (the space's ``final_steps``) of each promoted trial it tries and of the chosen one, with progress bars."""
     from autocomp.final import final_finetune
 
     if ctx.space.finetune.final_steps <= 0:
         return None
-    columns = (SpinnerColumn(), TextColumn("[bold]final fine-tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TrialsLeftColumn())
+    columns = (
+        SpinnerColumn(), TextColumn("[bold]final fine-tune {task.description}", markup=False), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), TrialsLeftColumn(),
+    )
+    bars: dict[int, object] = {}
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("", total=ctx.space.finetune.final_steps, done_here=0, started_s=time.monotonic())
-        return final_finetune(ctx, study, chosen, on_step=lambda step, steps: progress.update(bar, completed=step, done_here=step))
+        def on_step(step: int, steps: int, trial: int) -> None:
+            if trial not in bars:  # one bar per trial tried, so a promotion that fell short stays visible
+                bars[trial] = progress.add_task(f"of trial {trial}", total=steps, done_here=0, started_s=time.monotonic())
+            progress.update(bars[trial], completed=step, done_here=step)
+
+        return final_finetune(ctx, study, chosen, on_step=on_step)
 
 
 def _auto_space(teacher):
@@ -263,7 +277,8 @@ class TrialsLeftColumn(ProgressColumn):
 def _print_front(study, baseline: dict) -> None:
     from autocomp.study import choose_trial
 
-    chosen, rule = choose_trial(study)
+    _, rule = choose_trial(study)
+    chosen = study.user_attrs.get("chosen_trial")  # a promoted trial replaces the rule's (final.py)
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
     for column in ("trial", "accuracy %", "latency ms", "speedup", "size kB", "width", "mean prune", "precisions", "latency source"):
@@ -276,7 +291,7 @@ def _print_front(study, baseline: dict) -> None:
         params = trial.params
         prunes = [v for k, v in params.items() if k.startswith("prune/")]
         bits = [v for k, v in params.items() if k.startswith("bits/")]
-        mark = "*" if chosen is not None and trial.number == chosen.number else ""
+        mark = "*" if trial.number == chosen else ""
         table.add_row(
             f"{mark}{trial.number}", f"{100 * trial.values[0]:.2f}", f"{trial.values[1]:.3f}",
             f"{baseline['latency_ms'] / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",

@@ -279,6 +279,9 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
             f"{len(screens)} plans screened after {screens[0].get('steps')} of {screens[0].get('of_steps')} fine-tuning steps: "
             f"{out} screened out (pruned, with the reason), {len(screens) - out} fine-tuned in full",
         ))
+    final = final_text(attrs.get("final"))
+    if final:
+        rows.append(("final fine-tune", final))
     return RunFacts(
         export_command=export_command(run_dir, chosen_trial=meta.chosen_trial),
         export_trial=meta.chosen_trial,
@@ -290,6 +293,30 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
         rows=rows,
         version_rows=list(versions.items()) or [("versions", NOT_RECORDED)],
     )
+
+
+def final_text(record: Any) -> str | None:
+    """The final fine-tune's record (``final.py``) in a line: what it tried, what it scored, which model ships."""
+    if not isinstance(record, Mapping):
+        return None
+    tried = [t for t in record.get("tried") or () if isinstance(t, Mapping)]
+    parts = [
+        f"tried trial {t.get('trial')} first (faster; {_pct(t.get('trial_accuracy'))} after its trial, "
+        f"{_pct(t.get('accuracy'))} after the final fine-tune: {t.get('reason', 'not promoted')})"
+        for t in tried
+    ]
+    if record.get("trial") is not None:
+        kept = {"final": "the final model ships", "trial": "it scored lower, so the trial's model ships"}.get(record.get("shipped"), "")
+        promoted = ", promoted over the chosen trial: its final score reached the floor" if record.get("promoted") else ""
+        parts.append(
+            f"trial {record['trial']}: {_pct(record.get('trial_accuracy'))} after its trial, {_pct(record.get('accuracy'))} after "
+            f"{record.get('steps')} more steps{promoted}; {kept}"
+        )
+    return "; ".join(parts) or None
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "?"
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
