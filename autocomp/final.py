@@ -143,10 +143,11 @@ def _adopt(study, record: dict[str, Any]) -> None:
 def promotion_text(record: dict[str, Any]) -> str:
     """One line on a promoted trial: where its trial left it, where the final fine-tune took it, what it replaced."""
     before = "nothing was chosen" if record["chosen_before"] is None else f"it replaces trial {record['chosen_before']}"
-    side = record.get("side_by_side_ms") or {}
+    side = dict(record.get("side_by_side_ms") or {})  # {rival: ms, promoted trial: ms}, from _faster_beside
+    ms = side.pop(str(record["trial"]), None)
     beside = "".join(
         f" ({ms:.3f} vs {other:.3f} ms side by side with {'the baseline' if name == 'baseline' else 'trial ' + name})"
-        for name, other in side.items() if name != str(record["trial"]) for ms in [side[str(record["trial"])]]
+        for name, other in side.items()
     )
     return (
         f"trial {record['trial']} was faster{beside} but {100 * record['trial_accuracy']:.2f}% after its trial, under the "
