@@ -2,9 +2,10 @@
 
 A resumed search closes the trials it finds RUNNING as killed, and the
 baseline is written into the run folder: both are only right when no other
-process is working on the same study. Until several workers are made safe
-(heartbeats on a shared storage), a second ``autocomp search`` on the same run
-folder, or on the same storage and study name, is refused in one line.
+process is working on the same study. So a second ``autocomp search`` on the
+same run folder, or on the same SQLite storage and study name, is refused in
+one line. On a database server, workers share a study (``autocomp.storage``)
+and only the run folder stays one process's.
 
 ``fcntl.flock`` locks are released by the kernel when their process dies, so
 a SIGKILLed search never leaves a stale lock behind.
@@ -26,8 +27,11 @@ LOCK_NAME = ".autocomp.lock"
 
 
 @contextlib.contextmanager
-def exclusive_run(out_dir: Path, *, storage: str, study_name: str) -> Iterator[None]:
+def exclusive_run(out_dir: Path, *, storage: str, study_name: str, shared: bool = False) -> Iterator[None]:
     """Hold the run folder's lock and the study's lock for the block; ConfigError if another process holds either.
+
+    ``shared``: the study is on a database server, where workers share it by design (heartbeats tell
+    their trials apart, ``autocomp.storage``): only the run folder is locked, one process each.
 
     ``out_dir`` is created when missing, and removed again when the block fails
     before anything but the lock was written there (a rejected first run leaves
@@ -44,7 +48,9 @@ def exclusive_run(out_dir: Path, *, storage: str, study_name: str) -> Iterator[N
     study_lock.parent.mkdir(parents=True, exist_ok=True)
     failed = False
     try:
-        with _locked(out_dir / LOCK_NAME, f"run folder {out_dir}"), _locked(study_lock, f"study {study_name!r}"):
+        with _locked(out_dir / LOCK_NAME, f"run folder {out_dir}"), (
+            contextlib.nullcontext() if shared else _locked(study_lock, f"study {study_name!r}")
+        ):
             yield
     except BaseException:
         failed = True

@@ -29,6 +29,7 @@ from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import DEPTH, HEADS, CompressionPlan
+from autocomp.storage import GRACE_S, WORKER, Heartbeat, close_stale, engine_url, heartbeat_enabled, is_shared, shared_storage, stale_reason, worker_id
 from autocomp.precision import DYNAMIC_INT8
 from autocomp.tasks import model_fingerprint
 
@@ -39,9 +40,11 @@ DEFAULT_SAMPLER = "tpe"
 DEFAULT_TRIALS = 20
 
 
-def make_sampler(name: str, *, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, *, seed: int | None, parallel: bool = False) -> optuna.samplers.BaseSampler:
+    """``parallel``: other processes run trials of the same study at once. TPE then treats their running
+    trials as bad results (``constant_liar``), so that workers do not all sample the same region."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, constant_liar=parallel)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "gp":
@@ -68,7 +71,7 @@ def check_storage(url: str) -> None:
     shown = masked_url(url)
     example = "e.g. sqlite:///runs/study.db or postgresql://user@host:5432/autocomp"
     try:
-        parsed = make_url(url)
+        parsed = make_url(engine_url(url))
     except (ArgumentError, ValueError):
         raise ConfigError(f"--storage {shown!r} is not a database URL; {example}") from None
     try:
@@ -78,21 +81,30 @@ def check_storage(url: str) -> None:
     try:
         dialect.import_dbapi()
     except ImportError as exc:
-        hint = "pip install 'psycopg[binary]'" if parsed.get_backend_name() == "postgresql" else "install the database driver"
+        hint = "pip install 'autocomp[postgres]'" if parsed.get_backend_name() == "postgresql" else "install the database driver"
         raise ConfigError(
             f"--storage {shown!r}: the {parsed.drivername} driver is not installed ({exc.name or exc}); {hint}"
         ) from None
 
 
-def open_study(*, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create the study, or load it when it exists (that is how a search resumes)."""
+def open_study(
+    *, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler, grace_s: int = GRACE_S, create: bool = True
+) -> optuna.Study:
+    """Create the study, or load it when it exists (that is how a search resumes; ``create=False``: a
+    worker joins only a study a search made). On a database server, with heartbeats (``storage``)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_storage(storage)
     try:
+        engine = shared_storage(storage, grace_s=grace_s) if is_shared(storage) else storage
+        if not create and study_name not in optuna.get_all_study_names(engine):
+            raise ConfigError(
+                f"no study named {study_name!r} in {masked_url(storage)}; start it with 'autocomp search --storage URL "
+                f"--study-name {study_name} ...' first"
+            )
         study = optuna.create_study(
-            study_name=study_name, storage=storage, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
+            study_name=study_name, storage=engine, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
         )
     except (ValueError, ImportError, SQLAlchemyError) as exc:
         first = first_line(exc)
@@ -108,7 +120,7 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
     check_storage(storage)
     shown = masked_url(storage)
     try:
-        names = optuna.get_all_study_names(storage)
+        names = optuna.get_all_study_names(engine_url(storage))
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or file
         first = first_line(exc)
         raise ConfigError(f"cannot read study storage {shown!r}: {masked_url(first)}") from None
@@ -120,7 +132,7 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
         study_name = names[0]
     elif study_name not in names:
         raise ConfigError(f"no study named {study_name!r} in {shown}; it holds {', '.join(names)}")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=engine_url(storage))
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,27 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
 
 
 TEACHER_FINGERPRINT = "teacher_sha256"
+
+
+def joined_study(ctx: SearchContext, study: optuna.Study) -> tuple[SearchContext, dict[str, Any]]:
+    """A worker's context on a study a search prepared: its baseline (checked against this worker's
+    trained model) and floor as stored; nothing is written."""
+    stored = study.user_attrs.get("baseline")
+    floor = study.user_attrs.get("accuracy_floor")
+    if stored is None or floor is None:
+        raise ConfigError(
+            f"study {study.study_name!r} has no baseline yet; start the workers after 'autocomp search' has printed its baseline"
+        )
+    baseline = _revalidated(stored, fingerprint=model_fingerprint(ctx.teacher), study_name=study.study_name)
+    return replace(ctx, accuracy_floor=floor), baseline
+
+
+def distributions_sha(distributions: dict[str, Any]) -> str:
+    """A fingerprint of a space as it applies to a model: a worker with another version of it is refused."""
+    import hashlib
+
+    text = repr(sorted((name, optuna.distributions.distribution_to_json(d)) for name, d in distributions.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _revalidated(stored: dict[str, Any], *, fingerprint: str, study_name: str) -> dict[str, Any]:
@@ -366,7 +399,12 @@ def close_orphans(study: optuna.Study) -> list[int]:
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that count towards --trials: complete, stopped or failed by themselves (not killed or interrupted)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
+    attrs = study.user_attrs
+    return [t for t in study.get_trials(deepcopy=False) if _counts(t, attrs)]
+
+
+def _counts(trial: FrozenTrial, study_attrs: dict[str, Any]) -> bool:
+    return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED) and stale_reason(study_attrs, trial.number) is None
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -449,12 +487,18 @@ def run_search(
     on_trial_start: Callable[[int], None] | None = None,
     on_trial_end: TrialCallback | None = None,
     on_profile: Callable[[int, int], None] | None = None,
+    lead: bool = True,
 ) -> SearchOutcome:
     """Run trials until the study holds ``n_trials`` finished ones (resuming counts earlier ones).
 
     A new study queues the hand-made anchors first, then (when the space asks for ``proposals``)
     the plans the sensitivity profile proposes (``allocate.queue_proposals``; ``on_profile(done,
     total)`` follows that pass). ``timeout_s`` counts from the call, so that pass is part of it.
+
+    On a shared storage (``autocomp.storage``) other processes work on the same study: the trials
+    they run count too, each trial sends heartbeats, and dead workers' trials are closed and
+    re-queued. ``lead``: this is the search, not a worker: it queues the plans above and, once
+    no trial is left running anywhere, confirms and chooses; a worker only runs trials.
     """
     started = time.monotonic()
     distributions = ctx.space.distributions(
@@ -463,20 +507,31 @@ def run_search(
     if not distributions:
         raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
     _check_same_choices(study, distributions)
-    close_orphans(study)
-    if not study.get_trials(deepcopy=False):
+    shared = heartbeat_enabled(study)
+    if shared:
+        close_stale(study)
+    else:
+        close_orphans(study)
+    if lead and not study.get_trials(deepcopy=False):
         for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits, fast_bits=ctx.profile.fast_bits):
             study.enqueue_trial(params, skip_if_exists=True)
-    if len(finished_trials(study)) < n_trials:
+    if lead and len(finished_trials(study)) < n_trials:
         queue_proposals(ctx, study, distributions, progress=on_profile)
     deadline = None if timeout_s is None else started + timeout_s
     lock = threading.Lock()
     interrupted = threading.Event()
     claimed = [len(finished_trials(study))]
 
+    def taken() -> int:
+        """Trials that count or may count: this process's claims, or on a shared study every worker's."""
+        if not shared:
+            return claimed[0]
+        close_stale(study)
+        return len(finished_trials(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def claim() -> bool:
         with lock:
-            if interrupted.is_set() or claimed[0] >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+            if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
                 return False
             claimed[0] += 1
             return True
@@ -485,9 +540,14 @@ def run_search(
         while claim():
             with lock:  # two threads asking at once can both pop the same queued trial
                 trial = study.ask(distributions)
+            if shared:
+                if _surplus(study, trial, n_trials):
+                    continue
+                trial.set_user_attr(WORKER, worker_id())
             if on_trial_start:
                 on_trial_start(trial.number)
-            frozen = _evaluate(ctx, study, trial, interrupted)
+            with Heartbeat(study, trial):
+                frozen = _evaluate(ctx, study, trial, interrupted)
             with lock:
                 queue_refined(ctx, study, distributions)
             if on_trial_end and frozen is not None:
@@ -511,12 +571,51 @@ def run_search(
             interrupted.set()
             for thread in threads:
                 thread.join()
+    if shared and lead and not interrupted.is_set():
+        try:
+            with _interrupt_flag(interrupted):
+                _wait_for_others(study, interrupted)
+        except KeyboardInterrupt:
+            interrupted.set()
+    if not lead:
+        return SearchOutcome(study, None, "", interrupted.is_set())
     if not interrupted.is_set():
         confirm_fastest(ctx, study)
     chosen, rule = choose_trial(study)
     study.set_user_attr("chosen_trial", None if chosen is None else chosen.number)
     study.set_user_attr("chosen_rule", rule)
     return SearchOutcome(study, chosen, rule, interrupted.is_set())
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """On a shared study, two workers can both see one trial left and both ask: the later one is
+    closed unrun (not counted), its queued plan queued again, so the study ends with exactly ``n_trials``."""
+    mine = study._storage.get_trial(trial._trial_id)
+    attrs = study.user_attrs
+    earlier = [
+        t for t in study.get_trials(deepcopy=False)
+        if t.number != mine.number and t.datetime_start is not None
+        and (t.datetime_start, t.number) < (mine.datetime_start, mine.number)
+        and (t.state == TrialState.RUNNING or _counts(t, attrs))
+    ]
+    if len(earlier) < n_trials:
+        return False
+    trial.set_user_attr("fail_reason", f"not run: the study had its {n_trials} trials when this worker asked")
+    trial.set_user_attr(INTERRUPTED, True)
+    study.tell(trial, state=TrialState.FAIL)
+    fixed = mine.system_attrs.get("fixed_params")
+    if fixed:
+        study.enqueue_trial(fixed, user_attrs={k: v for k, v in mine.user_attrs.items() if k in ("proposal", "requeued_from")})
+    return True
+
+
+def _wait_for_others(study: optuna.Study, interrupted: threading.Event) -> None:
+    """Before choosing, let the trials other workers still run end (or go stale and be closed)."""
+    interval = study._storage.get_heartbeat_interval() or 1
+    while not interrupted.is_set() and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        log.info("waiting for the trials other workers run")
+        close_stale(study)
+        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -18,12 +18,12 @@ TASK = f"{Path(__file__).parent / 'bert_task.py'}:make_task"
 
 
 def test_space_auto_takes_the_transformer_space_for_a_model_with_attention():
-    from autocomp.cli.search_cmd import _auto_space
+    from autocomp.cli.setup import auto_space
     from bert_task import Encoder
     from tiny_models import TinyResNet
 
-    assert _auto_space(Encoder(hidden=64, heads=4, layers=1, ffn=128))[0] == "transformer"
-    assert _auto_space(TinyResNet())[0] == "default"
+    assert auto_space(Encoder(hidden=64, heads=4, layers=1, ffn=128))[0] == "transformer"
+    assert auto_space(TinyResNet())[0] == "default"
 
 
 def test_a_bert_encoder_is_searched_with_whole_heads_and_exported(tmp_path):

@@ -16,14 +16,15 @@ from rich.table import Table
 
 from autocomp.cli.app import app, console, err_console, styled
 from autocomp.cli.checks import THREADS_OPTION, check_range, check_seed, check_threads
-from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION
+from autocomp.cli.setup import Setup
 from autocomp.errors import ConfigError
 from autocomp.precision import precision_mix
+from autocomp.storage import GRACE_S
 
 log = logging.getLogger(__name__)
 
 _SETTINGS = ("task", "device", "space", "backend", "threads")
-AUTO_SPACE = "auto"
 
 
 def _study_name(task: str, device: str) -> str:
@@ -54,67 +55,52 @@ def search(
     python: Optional[str] = PYTHON_OPTION,
     jobs: int = typer.Option(1, help="Trials run in parallel (threads)."),
     threads: Optional[int] = THREADS_OPTION,
+    grace_s: int = typer.Option(
+        GRACE_S, help="On a database server: seconds without a heartbeat after which a worker's trial is taken as dead "
+        "and its plan queued again (every worker of the study uses this one)."
+    ),
 ) -> None:
     """Search compression plans for DEVICE; prints the Pareto front and writes the HTML report.
 
     Exit codes: 0 done, 1 every trial of this run failed, 2 bad input, 130 interrupted (finished trials kept).
     """
-    from autocomp.latency import get_backend
-    from autocomp.objective import SearchContext
-    from autocomp.profiles import calibration_mismatch, load_profile, runtime_text, with_threads
     from autocomp.runlock import exclusive_run
-    from autocomp.search_space import load_space
-    from autocomp.study import check_storage, default_storage, make_sampler, open_study, parse_accuracy_spec, prepare_study
-    from autocomp.tasks import load_task, task_name
+    from autocomp.storage import is_shared
+    from autocomp.study import check_storage, default_storage, distributions_sha, make_sampler, open_study, parse_accuracy_spec
 
     # Everything a user typed is checked before any work (a model trains, a baseline exports).
     check_range("--trials", trials, low=1)
     check_range("--timeout", timeout, low=0, low_open=True)
     check_range("--latency-budget-ms", latency_budget_ms, low=0, low_open=True)
     check_range("--jobs", jobs, low=1)
+    check_range("--grace-s", grace_s, low=6)
     check_threads(threads)
     check_seed("--seed", seed)
     parse_accuracy_spec(min_accuracy)
-    chosen_sampler = make_sampler(sampler, seed=seed)
     if storage is not None:
         check_storage(storage)
-    profile = with_threads(with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python), threads)
-    latency_backend = get_backend(backend, profile=profile)
-    estimator = get_backend("estimate", profile=profile)
-    search_space = None if space == AUTO_SPACE else load_space(space)
-    loaded_task = load_task(task)
+    shared = storage is not None and is_shared(storage)
+    chosen_sampler = make_sampler(sampler, seed=seed, parallel=shared)
+    setup = Setup.load(task=task, device=device, space=space, backend=backend, threads=threads, board=board, key=key, known_hosts=known_hosts, python=python)
     name = study_name or _study_name(task, device)
     out_dir = (out or Path("reports") / name).resolve()
     storage_url = storage or default_storage(out_dir)
-    with exclusive_run(out_dir, storage=storage_url, study_name=name):
-        with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
-            teacher = loaded_task.build_model()
-        if search_space is None:
-            space, search_space = _auto_space(teacher)
+    with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=shared):
+        teacher = setup.teacher()
+        space, search_space = setup.space_for(teacher)
+        # the space must give parameters for this model before a study is written
+        distributions = search_space.distributions(teacher, supported_bits=setup.profile.supported_bits, example_inputs=setup.task.example_inputs())
         settings = {
             "task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler,
-            "threads": profile.runtime.threads,
+            "threads": setup.profile.runtime.threads,
+            # what an 'autocomp worker' reads back, so that it needs only the storage and the study name
+            "trials": trials, "min_accuracy": min_accuracy, "latency_budget_ms": latency_budget_ms,
+            "space_sha256": distributions_sha(distributions), "grace_s": grace_s,
         }
-        # the space must give parameters for this model before a study is written
-        search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
-        study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler)
+        study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler, grace_s=grace_s)
         _check_same_settings(study, settings, name)
         _say_resumed(study)
-        console.print(f"optimizing for {profile.name} as it is deployed: {runtime_text(profile.runtime)}")
-        mismatch = calibration_mismatch(profile) if backend == "estimate" else None
-        if mismatch:
-            err_console.print(styled("warning:", "yellow", mismatch))
-        ctx = SearchContext(
-            task=loaded_task, teacher=teacher, space=search_space, profile=profile, backend=latency_backend,
-            estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
-        )
-        with console.status("evaluating the uncompressed baseline"):
-            ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=min_accuracy)
-        floor = ctx.accuracy_floor
-        console.print(
-            f"baseline: accuracy {100 * baseline['accuracy']:.2f}%, latency {baseline['latency_ms']:.3f} ms "
-            f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * floor:.2f}%"
-        )
+        ctx, baseline = setup.prepare(study, teacher, search_space, out_dir=out_dir, settings=settings, seed=seed, latency_budget_ms=latency_budget_ms)
         outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
         final = None if outcome.interrupted else _final_finetune(ctx, study, outcome.chosen)
         chosen = outcome.chosen
@@ -178,23 +164,16 @@ def _final_finetune(ctx, study, chosen):
         return final_finetune(ctx, study, chosen, on_step=on_step)
 
 
-def _auto_space(teacher):
-    """``--space auto``: the transformer space for a model with self-attention modules, else the default one."""
-    from autocomp.compress.heads import attention_blocks
-    from autocomp.search_space import load_space
-
-    blocks = attention_blocks(teacher)
-    if not blocks:
-        return "default", load_space("default")
-    console.print(f"search space: transformer (the model has {len(blocks)} self-attention modules; --space picks another)")
-    return "transformer", load_space("transformer")
-
-
 def _say_resumed(study) -> None:
     """A resumed study says what it kept and which trials it closed because their process died."""
+    from autocomp.storage import close_stale, heartbeat_enabled
     from autocomp.study import close_orphans, finished_trials
 
-    closed = close_orphans(study)
+    if heartbeat_enabled(study):  # other workers may be running trials: only dead ones are closed
+        close_stale(study)
+        closed = []
+    else:
+        closed = close_orphans(study)
     kept = finished_trials(study)
     if kept or closed:
         numbers = ", ".join(f"#{n}" for n in closed)
@@ -309,9 +288,14 @@ def _write_report(study, out_dir: Path) -> Path:
         return write_report(study, out_dir / "report.html")
 
 
-def _open_run(study_dir: Path, study_name: str | None):
+STORAGE_OPTION = typer.Option(None, "--storage", help="The study's database when it is not the run folder's study.db (a search run with --storage).")
+
+
+def _open_run(study_dir: Path, study_name: str | None, storage: str | None):
     from autocomp.study import default_storage, load_existing_study
 
+    if storage is not None:
+        return load_existing_study(storage, study_name)
     if not (study_dir / "study.db").is_file():
         raise ConfigError(f"{study_dir} holds no study.db; pass the run folder written by 'autocomp search' (reports/<name>)")
     return load_existing_study(default_storage(study_dir), study_name)
@@ -322,9 +306,10 @@ def report(
     study: Path = typer.Option(..., "--study", help="Run folder written by 'autocomp search' (reports/<name>)."),
     study_name: Optional[str] = typer.Option(None, help="Study name, when the storage holds several."),
     out: Optional[Path] = typer.Option(None, help="Output HTML file (default: <study>/report.html)."),
+    storage: Optional[str] = STORAGE_OPTION,
 ) -> None:
     """Regenerate the HTML report of a search."""
-    loaded = _open_run(study, study_name)
+    loaded = _open_run(study, study_name, storage)
     from autocomp.report import write_report
 
     path = write_report(loaded, out or study / "report.html", run_dir=study)
@@ -337,11 +322,12 @@ def export(
     out: Path = typer.Option(..., "--out", help="Folder to write model.onnx, model.pt2, plan.json, metrics.json."),
     trial: Optional[str] = typer.Option(None, help="Trial number, or 'baseline' (default: the chosen trial)."),
     study_name: Optional[str] = typer.Option(None, help="Study name, when the storage holds several."),
+    storage: Optional[str] = STORAGE_OPTION,
 ) -> None:
     """Write the chosen (or a named) trial's model and its metrics."""
     from autocomp.ship import export_trial
 
-    loaded = _open_run(study, study_name)
+    loaded = _open_run(study, study_name, storage)
     written = export_trial(loaded, study, out, trial=trial)
     for path in written:
         console.print(f"wrote {path}", highlight=False)

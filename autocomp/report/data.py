@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision, precision_mix
 from autocomp.profiles import runtime_text
+from autocomp.storage import stale_reason
 
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 """Objective names in the order the search stores them in ``trial.values``."""
@@ -354,6 +355,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     ``format_bytes``).
     """
     meta = study_meta(study)
+    study_attrs = study.user_attrs
     rows = []
     for trial in study.get_trials(deepcopy=False):
         ua = trial.user_attrs
@@ -381,7 +383,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "latency_source": ua.get("latency_source") or "",
                 "latency_sure": ua.get("latency_sure") or "",
                 "seconds": _nan_if_none(_float_or_none(ua.get("seconds"))),
-                "fail_reason": ua.get("fail_reason") or "",
+                "fail_reason": ua.get("fail_reason") or stale_reason(study_attrs, trial.number) or "",
             }
         )
     table = pd.DataFrame(rows, columns=TRIAL_COLUMNS)

@@ -1,0 +1,72 @@
+"""``autocomp worker``: one more process on a study that ``autocomp search`` started on a database server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autocomp.cli.app import app, console
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION
+from autocomp.cli.setup import Setup
+from autocomp.errors import ConfigError
+from autocomp.storage import GRACE_S
+
+
+@app.command()
+def worker(
+    storage: str = typer.Option(..., help="The study's database, e.g. postgresql://user@db:5432/autocomp (password masked in every output)."),
+    study_name: str = typer.Option(..., help="The study 'autocomp search --study-name' started."),
+    out: Optional[Path] = typer.Option(None, help="This worker's folder for its trials' files (default: reports/<study>/worker-<host>-<pid>/)."),
+    board: Optional[str] = BOARD_OPTION,
+    key: Optional[Path] = KEY_OPTION,
+    known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
+    python: Optional[str] = PYTHON_OPTION,
+) -> None:
+    """Run trials of a shared study until it holds its --trials; everything else is read from the study.
+
+    The task, space, device, backend, threads, floor and trial count are the ones the search stored;
+    a worker whose task trains another model, or whose space gives other parameters, is refused.
+    The search process chooses, fine-tunes and reports once every trial has ended.
+    """
+    from autocomp.storage import is_shared
+    from autocomp.runlock import exclusive_run
+    from autocomp.study import check_storage, distributions_sha, finished_trials, make_sampler, open_study, run_search
+
+    check_storage(storage)
+    if not is_shared(storage):
+        raise ConfigError("a worker needs a study on a database server (--storage postgresql://...); a SQLite study has one process")
+    study = open_study(storage=storage, study_name=study_name, sampler=make_sampler("random", seed=None), create=False)
+    settings = study.user_attrs.get("settings") or {}
+    if "space_sha256" not in settings:
+        raise ConfigError(f"study {study_name!r} was not started by 'autocomp search' of this version (no stored settings); start it with autocomp search --storage")
+    if settings["grace_s"] != GRACE_S:  # the search's grace decides when a trial is dead, for every worker alike
+        study = open_study(storage=storage, study_name=study_name, sampler=study.sampler, grace_s=settings["grace_s"], create=False)
+    # each worker samples with its own seed: with the search's seed, samplers in step propose the same plans
+    study.sampler = make_sampler(settings["sampler"], seed=None, parallel=True)
+    setup = Setup.load(
+        task=settings["task"], device=settings["device"], space=settings["space"], backend=settings["backend"],
+        threads=settings["threads"], board=board, key=key, known_hosts=known_hosts, python=python,
+    )
+    out_dir = (out or Path("reports") / study_name / f"worker-{socket.gethostname()}-{os.getpid()}").resolve()
+    with exclusive_run(out_dir, storage=storage, study_name=study_name, shared=True):
+        teacher = setup.teacher()
+        _, space = setup.space_for(teacher)
+        distributions = space.distributions(teacher, supported_bits=setup.profile.supported_bits, example_inputs=setup.task.example_inputs())
+        if distributions_sha(distributions) != settings["space_sha256"]:
+            raise ConfigError(
+                f"this worker's space {settings['space']!r} gives other parameters than the study's; install the same "
+                "version of the space (and task) as the search's machine"
+            )
+        ctx, _ = setup.prepare(
+            study, teacher, space, out_dir=out_dir, settings=settings, seed=settings["seed"],
+            latency_budget_ms=settings.get("latency_budget_ms"), join=True,
+        )
+        ran: list = []
+        outcome = run_search(ctx, study, n_trials=int(settings["trials"]), lead=False, on_trial_end=lambda _, t: ran.append(t))
+    console.print(f"worker done: {len(ran)} trials here; the study holds {len(finished_trials(study))} of {settings['trials']}")
+    if outcome.interrupted:
+        raise typer.Exit(130)

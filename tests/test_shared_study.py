@@ -1,0 +1,177 @@
+"""One study, several processes, on a real PostgreSQL server started by the test.
+
+A search and a worker share a study: together they finish exactly --trials trials,
+each queued plan runs once, both run trials, and the report and export read the
+study from the server. A worker SIGKILLed in the middle of a trial leaves it
+RUNNING; its heartbeat goes stale, the search closes it FAILED with the reason and
+runs its plan again, once. The password is in no output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autocomp.storage import REQUEUED_FROM, WORKER, stale_reason
+from autocomp.study import finished_trials, load_existing_study
+from postgres import PASSWORD, PostgresServer, postgres_available
+from test_search import SPACE as BASE_SPACE
+
+TESTS = Path(__file__).parent
+# trials of a few seconds, so that a worker can be killed inside one
+SPACE = BASE_SPACE.replace("finetune: {steps: 8,", "finetune: {steps: 60,")
+assert SPACE != BASE_SPACE
+GRACE_S = 6
+
+
+@pytest.fixture(scope="module")
+def pg():
+    reason = postgres_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the shared-study tests need a real PostgreSQL: {reason}")
+        pytest.skip(reason)
+    # not under pytest's temp root: that is private to root, and the server runs as the postgres user
+    root = Path(tempfile.mkdtemp(prefix="autocomp-pg-"))
+    server = PostgresServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def _autocomp(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autocomp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+
+
+def _search(pg, tmp_path: Path, name: str, trials: int) -> subprocess.Popen:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return _autocomp(
+        "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes", "--space", str(space),
+        "--trials", str(trials), "--backend", "estimate", "--out", str(tmp_path / "run"), "--storage", pg.url,
+        "--study-name", name, "--seed", "1", "--grace-s", str(GRACE_S),
+    )
+
+
+def _study(pg, name: str) -> optuna.Study | None:
+    try:
+        return load_existing_study(pg.url, name)
+    except Exception:
+        return None
+
+
+def _wait(condition, *, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finish(proc: subprocess.Popen, timeout_s: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout_s)
+    return proc.returncode, out, err
+
+
+def _queued_runs(study: optuna.Study) -> Counter:
+    """How often each queued plan was taken by a process (a plan re-queued after a death counts again)."""
+    return Counter(
+        json.dumps(t.system_attrs["fixed_params"], sort_keys=True)
+        for t in finished_trials(study) if "fixed_params" in t.system_attrs and t.user_attrs.get(REQUEUED_FROM) is None
+    )
+
+
+def test_a_search_and_a_worker_finish_one_study_together(pg, tmp_path):
+    search = _search(pg, tmp_path, "together", trials=8)
+    _wait(lambda: (s := _study(pg, "together")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
+    worker = _autocomp("worker", "--storage", pg.url, "--study-name", "together", "--out", str(tmp_path / "w1"))
+    outputs = [_finish(worker), _finish(search)]
+    for code, out, err in outputs:
+        assert code == 0, err
+        assert PASSWORD not in out + err
+    assert "worker done:" in outputs[0][1]
+    study = _study(pg, "together")
+    assert len(finished_trials(study)) == 8
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    workers = Counter(t.user_attrs.get(WORKER) for t in finished_trials(study))
+    assert len(workers) == 2, workers  # both processes ran trials
+    assert max(_queued_runs(study).values()) == 1  # no queued plan ran twice
+    assert PASSWORD not in json.dumps(study.user_attrs, default=str)
+
+    code = subprocess.run(
+        [sys.executable, "-m", "autocomp", "export", "--study", str(tmp_path / "run"), "--storage", pg.url,
+         "--study-name", "together", "--out", str(tmp_path / "export"), "--trial", str(finished_trials(study)[0].number)],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert code.returncode == 0, code.stderr
+    assert (tmp_path / "export" / "model.onnx").is_file()
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
+    search = _search(pg, tmp_path, "killed", trials=8)
+    _wait(lambda: (s := _study(pg, "killed")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
+    worker = _autocomp("worker", "--storage", pg.url, "--study-name", "killed", "--out", str(tmp_path / "w1"))
+
+    def worker_fine_tuning():
+        study = _study(pg, "killed")
+        mine = [
+            t for t in (study.get_trials(states=(TrialState.RUNNING,)) if study else [])
+            if str(t.user_attrs.get(WORKER, "")).endswith(f":{worker.pid}") and t.user_attrs.get("phase") == "finetune"
+        ]
+        return mine[0].number if mine else None
+
+    victim = _wait(worker_fine_tuning, timeout_s=300, what="the worker to fine-tune a trial")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.communicate()
+    code, out, err = _finish(search)
+    assert code == 0, err
+    assert PASSWORD not in out + err
+
+    study = _study(pg, "killed")
+    dead = study.trials[victim]
+    assert dead.state == TrialState.FAIL
+    reason = stale_reason(study.user_attrs, victim)
+    assert reason and "stopped sending heartbeats during fine-tuning" in reason and "queued again" in reason
+    rerun = [t for t in study.trials if t.user_attrs.get(REQUEUED_FROM) == victim]
+    assert len(rerun) == 1 and rerun[0].state.is_finished() and rerun[0].params == dead.params
+    assert victim not in {t.number for t in finished_trials(study)}  # the dead trial does not count
+    assert len(finished_trials(study)) == 8
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_a_worker_needs_a_study_a_search_started(pg, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "autocomp", "worker", "--storage", pg.url, "--study-name", "nobody"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no study named 'nobody'" in proc.stderr
+    assert PASSWORD not in proc.stderr and "***" in proc.stderr
+    sqlite = subprocess.run(
+        [sys.executable, "-m", "autocomp", "worker", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--study-name", "x"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )
+    assert sqlite.returncode == 2 and "database server" in sqlite.stderr
