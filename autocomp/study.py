@@ -475,6 +475,17 @@ def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
 
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+DATABASE_RETRIES = 5
+"""Consecutive failed attempts (waits of 2, 4, ... 32 s) before a search gives up on its database."""
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return (OperationalError, InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+DATABASE_ERRORS = _database_errors()
 
 
 def run_search(
@@ -536,47 +547,57 @@ def run_search(
             claimed[0] += 1
             return True
 
-    def worker() -> None:
-        while claim():
-            with lock:  # two threads asking at once can both pop the same queued trial
-                trial = study.ask(distributions)
-            if shared:
-                if _surplus(study, trial, n_trials):
-                    continue
-                trial.set_user_attr(WORKER, worker_id())
-            if on_trial_start:
-                on_trial_start(trial.number)
-            with Heartbeat(study, trial):
-                frozen = _evaluate(ctx, study, trial, interrupted)
-            with lock:
-                queue_refined(ctx, study, distributions)
-            if on_trial_end and frozen is not None:
-                on_trial_end(study, frozen)
+    def one_trial() -> None:
+        with lock:  # two threads asking at once can both pop the same queued trial
+            trial = study.ask(distributions)
+        if shared:
+            if _surplus(study, trial, n_trials):
+                return
+            trial.set_user_attr(WORKER, worker_id())
+        if on_trial_start:
+            on_trial_start(trial.number)
+        with Heartbeat(study, trial):
+            frozen = _evaluate(ctx, study, trial, interrupted)
+        with lock:
+            queue_refined(ctx, study, distributions)
+        if on_trial_end and frozen is not None:
+            on_trial_end(study, frozen)
 
-    if jobs <= 1:
-        try:
-            with _interrupt_flag(interrupted):
-                worker()
-        except KeyboardInterrupt:
-            interrupted.set()
-    else:
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)
-        except KeyboardInterrupt:
-            interrupted.set()
-            for thread in threads:
-                thread.join()
-    if shared and lead and not interrupted.is_set():
+    def worker() -> None:
+        outages = 0
+        while True:
+            try:
+                if not claim():
+                    return
+                one_trial()
+                outages = 0
+            except DATABASE_ERRORS as exc:
+                # the database went away: the trial in hand stays RUNNING, its heartbeat stops, and it is
+                # closed and re-queued as a dead worker's once the database is back (``storage``)
+                outages += 1
+                if outages > DATABASE_RETRIES:
+                    raise AutocompError(
+                        f"the study's database is unreachable after {DATABASE_RETRIES} retries ({masked_url(first_line(exc))}); "
+                        "finished trials are kept; run the same command again when it is back"
+                    ) from None
+                wait_s = min(60, 2 ** outages)
+                log.warning("the study's database is unreachable (%s); retry %d of %d in %d s", masked_url(first_line(exc)), outages, DATABASE_RETRIES, wait_s)
+                if interrupted.wait(wait_s):
+                    return
+
+    while True:
+        _run_workers(worker, jobs, interrupted)
+        if not (shared and lead) or interrupted.is_set():
+            break
         try:
             with _interrupt_flag(interrupted):
                 _wait_for_others(study, interrupted)
         except KeyboardInterrupt:
             interrupted.set()
+        # a trial closed meanwhile as a dead worker's (this process's own, cut off by a database outage,
+        # included) left its plan queued and the study short: run on
+        if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+            break
     if not lead:
         return SearchOutcome(study, None, "", interrupted.is_set())
     if not interrupted.is_set():
@@ -585,6 +606,28 @@ def run_search(
     study.set_user_attr("chosen_trial", None if chosen is None else chosen.number)
     study.set_user_attr("chosen_rule", rule)
     return SearchOutcome(study, chosen, rule, interrupted.is_set())
+
+
+def _run_workers(worker: Callable[[], None], jobs: int, interrupted: threading.Event) -> None:
+    """``worker`` in this thread, or in ``jobs`` threads; Ctrl-C sets ``interrupted`` and lets them end."""
+    if jobs <= 1:
+        try:
+            with _interrupt_flag(interrupted):
+                worker()
+        except KeyboardInterrupt:
+            interrupted.set()
+        return
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)
+    except KeyboardInterrupt:
+        interrupted.set()
+        for thread in threads:
+            thread.join()
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:

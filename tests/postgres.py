@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sshd import _free_port
+
 PASSWORD = "s3cret-pw"
 
 
@@ -35,12 +37,6 @@ def postgres_available() -> str | None:
     except ImportError:
         return "the driver is not installed (pip install -e '.[dev]')"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -175,3 +176,37 @@ def test_a_worker_needs_a_study_a_search_started(pg, tmp_path):
         capture_output=True, text=True, env=_env(), timeout=120,
     )
     assert sqlite.returncode == 2 and "database server" in sqlite.stderr
+
+
+def test_the_search_rides_out_a_database_restart(pg, tmp_path):
+    search = _search(pg, tmp_path, "restart", trials=6)
+
+    def fine_tuning():
+        study = _study(pg, "restart")
+        running = study.get_trials(states=(TrialState.RUNNING,)) if study else []
+        return any(t.user_attrs.get("phase") == "finetune" for t in running)
+
+    _wait(fine_tuning, timeout_s=300, what="a trial to fine-tune")
+    err_lines: list[str] = []
+    out_lines: list[str] = []  # both pipes drained as the search writes, so that it never blocks on one
+    readers = [
+        threading.Thread(target=lambda: err_lines.extend(iter(search.stderr.readline, "")), daemon=True),
+        threading.Thread(target=lambda: out_lines.extend(iter(search.stdout.readline, "")), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    pg.stop()
+    try:  # down until the search has hit it and said so
+        _wait(lambda: any("database is unreachable" in line for line in err_lines), timeout_s=120, what="the retry line")
+    finally:
+        pg.resume()
+    search.wait(timeout=600)
+    for reader in readers:
+        reader.join(timeout=10)
+    out, err = "".join(out_lines), "".join(err_lines)
+    assert search.returncode == 0, err
+    assert "Traceback" not in out + err and PASSWORD not in out + err
+    assert "retry 1 of 5" in err
+    study = _study(pg, "restart")
+    assert len(finished_trials(study)) == 6  # the trial cut short did not count, the search made it up
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
