@@ -135,8 +135,8 @@ def _requeue_once(study: optuna.Study, trial: FrozenTrial) -> None:
 
     again = trial.user_attrs.get(REQUEUED_FROM) is None
     reason = (
-        f"its worker stopped sending heartbeats during {phase_name(trial.user_attrs.get(PHASE))} (killed, or its "
-        f"machine lost); {'its plan was queued again' if again else 'already a re-run, so not queued again'}"
+        f"its worker stopped sending heartbeats during {phase_name(trial.user_attrs.get(PHASE))} (killed, its "
+        f"machine lost, or cut off from the database); {'its plan was queued again' if again else 'already a re-run, so not queued again'}"
     )
     study.set_user_attr(f"{STALE_PREFIX}{trial.number}", reason)
     if again:

@@ -572,6 +572,8 @@ def run_search(
                 one_trial()
                 outages = 0
             except DATABASE_ERRORS as exc:
+                if not shared:  # a SQLite file does not go away and come back; nothing would close the trial
+                    raise
                 # the database went away: the trial in hand stays RUNNING, its heartbeat stops, and it is
                 # closed and re-queued as a dead worker's once the database is back (``storage``)
                 outages += 1

@@ -23,6 +23,7 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     (config / "calibrations").mkdir()
     shutil.copy(TEST_CALIBRATION, config / "calibrations" / "local.yaml")
     monkeypatch.setenv("AUTOCOMP_CONFIG_DIR", str(config))
+    monkeypatch.delenv("AUTOCOMP_STORAGE", raising=False)  # a developer's shared database is no test's storage
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
-def _autocomp(*args: str) -> subprocess.Popen:
+def _autocomp(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "autocomp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        [sys.executable, "-m", "autocomp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**_env(), **(env or {})},
     )
 
 
@@ -134,7 +135,8 @@ def test_a_search_and_a_worker_finish_one_study_together(pg, tmp_path):
 def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
     search = _search(pg, tmp_path, "killed", trials=8)
     _wait(lambda: (s := _study(pg, "killed")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
-    worker = _autocomp("worker", "--storage", pg.url, "--study-name", "killed", "--out", str(tmp_path / "w1"))
+    # the URL from the environment, as a user keeps a password out of the process list
+    worker = _autocomp("worker", "--study-name", "killed", "--out", str(tmp_path / "w1"), env={"AUTOCOMP_STORAGE": pg.url})
 
     def worker_fine_tuning():
         study = _study(pg, "killed")

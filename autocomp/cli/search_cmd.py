@@ -45,7 +45,10 @@ def search(
     min_accuracy: str = typer.Option("-1", help="Accuracy floor: 0.97 or 97% (absolute), or -1 = one point below baseline."),
     sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, nsga2, gp or random."),
     seed: int = typer.Option(0, help="Seed for the sampler and fine-tuning."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite file in the run folder)."),
+    storage: Optional[str] = typer.Option(
+        None, envvar="AUTOCOMP_STORAGE",
+        help="Optuna storage URL (default: sqlite file in the run folder; $AUTOCOMP_STORAGE keeps a password out of the process list).",
+    ),
     study_name: Optional[str] = typer.Option(None, help="Study name (default: <task>-<device>)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: reports/<study-name>/)."),
     backend: str = typer.Option("estimate", help="Latency backend: estimate, local or ssh."),
@@ -288,7 +291,10 @@ def _write_report(study, out_dir: Path) -> Path:
         return write_report(study, out_dir / "report.html")
 
 
-STORAGE_OPTION = typer.Option(None, "--storage", help="The study's database when it is not the run folder's study.db (a search run with --storage).")
+STORAGE_OPTION = typer.Option(
+    None, "--storage", envvar="AUTOCOMP_STORAGE",
+    help="The study's database when it is not the run folder's study.db (a search run with --storage or $AUTOCOMP_STORAGE).",
+)
 
 
 def _open_run(study_dir: Path, study_name: str | None, storage: str | None):

@@ -18,7 +18,11 @@ from autocomp.storage import GRACE_S
 
 @app.command()
 def worker(
-    storage: str = typer.Option(..., help="The study's database, e.g. postgresql://user@db:5432/autocomp (password masked in every output)."),
+    storage: str = typer.Option(
+        ..., envvar="AUTOCOMP_STORAGE",
+        help="The study's database, e.g. postgresql://user@db:5432/autocomp (password masked in every output; "
+        "from $AUTOCOMP_STORAGE, it stays out of the process list).",
+    ),
     study_name: str = typer.Option(..., help="The study 'autocomp search --study-name' started."),
     out: Optional[Path] = typer.Option(None, help="This worker's folder for its trials' files (default: reports/<study>/worker-<host>-<pid>/)."),
     board: Optional[str] = BOARD_OPTION,
