@@ -397,6 +397,19 @@ def close_orphans(study: optuna.Study) -> list[int]:
     return closed
 
 
+def close_dead(study: optuna.Study) -> list[int]:
+    """Close the trials a dead process left RUNNING; returns the numbers closed at once.
+
+    On a shared study only trials whose heartbeat went stale (``storage.close_stale``; other
+    workers' trials run on, and the closed ones are re-queued); on a one-process study every
+    RUNNING trial (``close_orphans``).
+    """
+    if heartbeat_enabled(study):
+        close_stale(study)
+        return []
+    return close_orphans(study)
+
+
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that count towards --trials: complete, stopped or failed by themselves (not killed or interrupted)."""
     attrs = study.user_attrs
@@ -519,10 +532,7 @@ def run_search(
         raise ConfigError(f"search space {ctx.space.name!r} gives no parameters for this model; nothing to search")
     _check_same_choices(study, distributions)
     shared = heartbeat_enabled(study)
-    if shared:
-        close_stale(study)
-    else:
-        close_orphans(study)
+    close_dead(study)
     if lead and not study.get_trials(deepcopy=False):
         for params in anchor_plans(distributions, supported_bits=ctx.profile.supported_bits, fast_bits=ctx.profile.fast_bits):
             study.enqueue_trial(params, skip_if_exists=True)

@@ -169,14 +169,9 @@ def _final_finetune(ctx, study, chosen):
 
 def _say_resumed(study) -> None:
     """A resumed study says what it kept and which trials it closed because their process died."""
-    from autocomp.storage import close_stale, heartbeat_enabled
-    from autocomp.study import close_orphans, finished_trials
+    from autocomp.study import close_dead, finished_trials
 
-    if heartbeat_enabled(study):  # other workers may be running trials: only dead ones are closed
-        close_stale(study)
-        closed = []
-    else:
-        closed = close_orphans(study)
+    closed = close_dead(study)
     kept = finished_trials(study)
     if kept or closed:
         numbers = ", ".join(f"#{n}" for n in closed)
