@@ -94,7 +94,8 @@ class DeviceProfile:
     int8_recipe: Int8Recipe = Int8Recipe()
     cost_model: Mapping[str, Any] = field(default_factory=dict)  # cost-model coefficients (latency work defines)
     calibration: Mapping[str, Any] | None = None  # date, backend, fit quality; None for datasheet-only
-    ssh: SshTarget | None = None
+    ssh: SshTarget | None = None  # the board (the first of ``pool`` when there is one)
+    pool: tuple[SshTarget, ...] = ()  # ``ssh:`` listed several boards of this kind (``latency.pool``)
     path: Path | None = None  # the file it was loaded from
     sparsity_source: str = ""  # where the sparsity claims come from
     channel_multiple_source: str = ""  # why pruning rounds to this multiple
@@ -362,18 +363,18 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
             op_types=tuple(op_types),
         )
 
-    ssh = None
-    if data.get("ssh") is not None:
-        raw = _mapping(data["ssh"], f"{where}: ssh")
-        check_keys(raw, allowed=_SSH_KEYS, where=f"{where}: ssh", required=("host", "user"))
-        ssh = SshTarget(
-            host=_str(raw["host"], f"{where}: ssh.host"),
-            user=_str(raw["user"], f"{where}: ssh.user"),
-            port=_port(raw.get("port", 22), f"{where}: ssh.port"),
-            key=_str(raw["key"], f"{where}: ssh.key") if raw.get("key") is not None else None,
-            python=_str(raw.get("python", "python3"), f"{where}: ssh.python"),
-            known_hosts=_str(raw["known_hosts"], f"{where}: ssh.known_hosts") if raw.get("known_hosts") is not None else None,
-        )
+    # ``ssh:`` one board, or a list of boards of this kind: a pool, each measurement on a free one
+    raw_ssh = data.get("ssh")
+    boards = [_ssh_target(b, f"{where}: ssh[{i}]") for i, b in enumerate(raw_ssh)] if isinstance(raw_ssh, list) else (
+        [] if raw_ssh is None else [_ssh_target(raw_ssh, f"{where}: ssh")]
+    )
+    if isinstance(raw_ssh, list) and not boards:
+        raise ConfigError(f"{where}: ssh: an empty list; give one board (a mapping) or a list of boards")
+    labels = [f"{b.user}@{b.host}:{b.port}" for b in boards]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"{where}: ssh: a board is listed twice ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))})")
+    ssh = boards[0] if boards else None
+    pool = tuple(boards) if isinstance(raw_ssh, list) else ()
 
     calibration = None
     if data.get("calibration") is not None:
@@ -401,6 +402,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         cost_model=cost_model,
         calibration=calibration,
         ssh=ssh,
+        pool=pool,
         path=path,
         sparsity_source=_str(data["sparsity_source"], f"{where}: sparsity_source"),
         channel_multiple_source=_str(data["channel_multiple_source"], f"{where}: channel_multiple_source"),
@@ -434,9 +436,24 @@ def profile_to_dict(profile: DeviceProfile, *, as_run: bool = False) -> dict[str
     }
     if profile.calibration is not None:
         data["calibration"] = json.loads(json.dumps(dict(profile.calibration), default=str))
-    if profile.ssh is not None:
+    if profile.pool:
+        data["ssh"] = [{k: v for k, v in asdict(b).items() if v is not None} for b in profile.pool]
+    elif profile.ssh is not None:
         data["ssh"] = {k: v for k, v in asdict(profile.ssh).items() if v is not None}
     return data
+
+
+def _ssh_target(value: Any, where: str) -> SshTarget:
+    raw = _mapping(value, where)
+    check_keys(raw, allowed=_SSH_KEYS, where=where, required=("host", "user"))
+    return SshTarget(
+        host=_str(raw["host"], f"{where}.host"),
+        user=_str(raw["user"], f"{where}.user"),
+        port=_port(raw.get("port", 22), f"{where}.port"),
+        key=_str(raw["key"], f"{where}.key") if raw.get("key") is not None else None,
+        python=_str(raw.get("python", "python3"), f"{where}.python"),
+        known_hosts=_str(raw["known_hosts"], f"{where}.known_hosts") if raw.get("known_hosts") is not None else None,
+    )
 
 
 def _runtime_to_dict(runtime: RuntimeSettings, *, as_run: bool) -> dict[str, Any]:

@@ -88,16 +88,18 @@ def check_storage(url: str) -> None:
 
 
 def open_study(
-    *, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler, grace_s: int = GRACE_S, create: bool = True
+    *, storage: str, study_name: str, sampler: optuna.samplers.BaseSampler, grace_s: int = GRACE_S, create: bool = True,
+    shared: bool | None = None,
 ) -> optuna.Study:
     """Create the study, or load it when it exists (that is how a search resumes; ``create=False``: a
-    worker joins only a study a search made). On a database server, with heartbeats (``storage``)."""
+    worker joins only a study a search made). ``shared``: several processes work on it, so with
+    heartbeats (``storage``); by default, when it is on a database server."""
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_storage(storage)
     try:
-        engine = shared_storage(storage, grace_s=grace_s) if is_shared(storage) else storage
+        engine = shared_storage(storage, grace_s=grace_s) if (is_shared(storage) if shared is None else shared) else storage
         if not create and study_name not in optuna.get_all_study_names(engine):
             raise ConfigError(
                 f"no study named {study_name!r} in {masked_url(storage)}; start it with 'autocomp search --storage URL "
@@ -397,14 +399,15 @@ def close_orphans(study: optuna.Study) -> list[int]:
     return closed
 
 
-def close_dead(study: optuna.Study) -> list[int]:
+def close_dead(study: optuna.Study, *, alone: bool = False) -> list[int]:
     """Close the trials a dead process left RUNNING; returns the numbers closed at once.
 
     On a shared study only trials whose heartbeat went stale (``storage.close_stale``; other
-    workers' trials run on, and the closed ones are re-queued); on a one-process study every
+    workers' trials run on, and the closed ones are re-queued); on a one-process study, or when
+    this process is ``alone`` on it (a search on its SQLite file before its --jobs start), every
     RUNNING trial (``close_orphans``).
     """
-    if heartbeat_enabled(study):
+    if heartbeat_enabled(study) and not alone:
         close_stale(study)
         return []
     return close_orphans(study)
@@ -507,7 +510,7 @@ def run_search(
     *,
     n_trials: int,
     timeout_s: float | None = None,
-    jobs: int = 1,
+    helpers: Callable[[threading.Event], contextlib.AbstractContextManager] | None = None,
     on_trial_start: Callable[[int], None] | None = None,
     on_trial_end: TrialCallback | None = None,
     on_profile: Callable[[int, int], None] | None = None,
@@ -523,6 +526,9 @@ def run_search(
     they run count too, each trial sends heartbeats, and dead workers' trials are closed and
     re-queued. ``lead``: this is the search, not a worker: it queues the plans above and, once
     no trial is left running anywhere, confirms and chooses; a worker only runs trials.
+    ``helpers``: the other processes of this search (``workers.local_workers``, ``--jobs``), started
+    once the plans above are queued and waited for before the choice; they are given the event
+    that says this search was interrupted.
     """
     started = time.monotonic()
     distributions = ctx.space.distributions(
@@ -539,7 +545,6 @@ def run_search(
     if lead and len(finished_trials(study)) < n_trials:
         queue_proposals(ctx, study, distributions, progress=on_profile)
     deadline = None if timeout_s is None else started + timeout_s
-    lock = threading.Lock()
     interrupted = threading.Event()
     claimed = [len(finished_trials(study))]
 
@@ -551,15 +556,13 @@ def run_search(
         return len(finished_trials(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def claim() -> bool:
-        with lock:
-            if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            claimed[0] += 1
-            return True
+        if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+            return False
+        claimed[0] += 1
+        return True
 
     def one_trial() -> None:
-        with lock:  # two threads asking at once can both pop the same queued trial
-            trial = study.ask(distributions)
+        trial = study.ask(distributions)
         if shared:
             if _surplus(study, trial, n_trials):
                 return
@@ -568,8 +571,7 @@ def run_search(
             on_trial_start(trial.number)
         with Heartbeat(study, trial):
             frozen = _evaluate(ctx, study, trial, interrupted)
-        with lock:
-            queue_refined(ctx, study, distributions)
+        queue_refined(ctx, study, distributions)
         if on_trial_end and frozen is not None:
             on_trial_end(study, frozen)
 
@@ -597,19 +599,20 @@ def run_search(
                 if interrupted.wait(wait_s):
                     return
 
-    while True:
-        _run_workers(worker, jobs, interrupted)
-        if not (shared and lead) or interrupted.is_set():
-            break
-        try:
-            with _interrupt_flag(interrupted):
-                _wait_for_others(study, interrupted)
-        except KeyboardInterrupt:
-            interrupted.set()
-        # a trial closed meanwhile as a dead worker's (this process's own, cut off by a database outage,
-        # included) left its plan queued and the study short: run on
-        if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
-            break
+    with helpers(interrupted) if helpers is not None else contextlib.nullcontext():
+        while True:
+            try:
+                with _interrupt_flag(interrupted):
+                    worker()
+                    if not (shared and lead) or interrupted.is_set():
+                        break
+                    _wait_for_others(study, interrupted)
+            except KeyboardInterrupt:
+                interrupted.set()
+            # a trial closed meanwhile as a dead worker's (this process's own, cut off by a database outage,
+            # included) left its plan queued and the study short: run on
+            if interrupted.is_set() or taken() >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+                break
     if not lead:
         return SearchOutcome(study, None, "", interrupted.is_set())
     if not interrupted.is_set():
@@ -618,28 +621,6 @@ def run_search(
     study.set_user_attr("chosen_trial", None if chosen is None else chosen.number)
     study.set_user_attr("chosen_rule", rule)
     return SearchOutcome(study, chosen, rule, interrupted.is_set())
-
-
-def _run_workers(worker: Callable[[], None], jobs: int, interrupted: threading.Event) -> None:
-    """``worker`` in this thread, or in ``jobs`` threads; Ctrl-C sets ``interrupted`` and lets them end."""
-    if jobs <= 1:
-        try:
-            with _interrupt_flag(interrupted):
-                worker()
-        except KeyboardInterrupt:
-            interrupted.set()
-        return
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.2)
-    except KeyboardInterrupt:
-        interrupted.set()
-        for thread in threads:
-            thread.join()
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     shutil.copy(TEST_CALIBRATION, config / "calibrations" / "local.yaml")
     monkeypatch.setenv("AUTOCOMP_CONFIG_DIR", str(config))
     monkeypatch.delenv("AUTOCOMP_STORAGE", raising=False)  # a developer's shared database is no test's storage
+    # the test tasks import the test helpers: so must the worker processes a search starts (--jobs)
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p))
 
 
 @pytest.fixture(scope="session")

@@ -70,12 +70,23 @@ def resolve_target(
     return dataclasses.replace(target, **overrides)
 
 
+def board_args(*, board: str | None, key: Path | None, known_hosts: Path | None, python: str | None) -> list[str]:
+    """The board options as given, for a child process (``autocomp search --jobs``) to take the same boards."""
+    given = {"--board": board, "--key": key, "--known-hosts": known_hosts, "--python": python}
+    return [part for flag, value in given.items() if value is not None for part in (flag, str(value))]
+
+
 def with_board(profile, *, board: str | None, key: Path | None, known_hosts: Path | None, python: str | None):
-    """``profile`` with its ssh: board replaced by --board/--key/--known-hosts/--python (unchanged when none is given)."""
+    """``profile`` with its ssh: board replaced by --board/--key/--known-hosts/--python (unchanged when none is given).
+
+    ``--board`` times on that one board, a pool's other boards left out."""
     if board is None and key is None and known_hosts is None and python is None:
         return profile
     target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
-    return dataclasses.replace(profile, ssh=target)
+    if board is None and profile.pool:  # --key/--known-hosts/--python apply to every board of the pool
+        pool = tuple(resolve_target(profile=dataclasses.replace(profile, ssh=b), board=None, key=key, known_hosts=known_hosts, python=python) for b in profile.pool)
+        return dataclasses.replace(profile, ssh=pool[0], pool=pool)
+    return dataclasses.replace(profile, ssh=target, pool=())  # --board: that one board
 
 
 def _size(n: int | None) -> str:

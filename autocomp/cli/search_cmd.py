@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from autocomp.cli.app import app, console, err_console, styled
 from autocomp.cli.checks import THREADS_OPTION, check_range, check_seed, check_threads
-from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, board_args
 from autocomp.cli.setup import Setup
 from autocomp.errors import ConfigError
 from autocomp.precision import precision_mix
@@ -56,7 +57,7 @@ def search(
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
-    jobs: int = typer.Option(1, help="Trials run in parallel (threads)."),
+    jobs: int = typer.Option(1, help="Processes running trials on this machine: this search and N - 1 workers on its study."),
     threads: Optional[int] = THREADS_OPTION,
     grace_s: int = typer.Option(
         GRACE_S, help="On a database server: seconds without a heartbeat after which a worker's trial is taken as dead "
@@ -70,6 +71,7 @@ def search(
     from autocomp.runlock import exclusive_run
     from autocomp.storage import is_shared
     from autocomp.study import check_storage, default_storage, distributions_sha, make_sampler, open_study, parse_accuracy_spec
+    from autocomp.workers import local_workers
 
     # Everything a user typed is checked before any work (a model trains, a baseline exports).
     check_range("--trials", trials, low=1)
@@ -82,13 +84,17 @@ def search(
     parse_accuracy_spec(min_accuracy)
     if storage is not None:
         check_storage(storage)
-    shared = storage is not None and is_shared(storage)
-    chosen_sampler = make_sampler(sampler, seed=seed, parallel=shared)
-    setup = Setup.load(task=task, device=device, space=space, backend=backend, threads=threads, board=board, key=key, known_hosts=known_hosts, python=python)
+    on_server = storage is not None and is_shared(storage)
+    parallel = on_server or jobs > 1  # several processes on the study: heartbeats, and a sampler that knows
+    chosen_sampler = make_sampler(sampler, seed=seed, parallel=parallel)
     name = study_name or _study_name(task, device)
     out_dir = (out or Path("reports") / name).resolve()
     storage_url = storage or default_storage(out_dir)
-    with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=shared):
+    setup = Setup.load(
+        task=task, device=device, space=space, backend=backend, threads=threads, storage=storage_url,
+        board=board, key=key, known_hosts=known_hosts, python=python,
+    )
+    with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=on_server):
         teacher = setup.teacher()
         space, search_space = setup.space_for(teacher)
         # the space must give parameters for this model before a study is written
@@ -100,11 +106,15 @@ def search(
             "trials": trials, "min_accuracy": min_accuracy, "latency_budget_ms": latency_budget_ms,
             "space_sha256": distributions_sha(distributions), "grace_s": grace_s,
         }
-        study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler, grace_s=grace_s)
+        study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler, grace_s=grace_s, shared=parallel)
         _check_same_settings(study, settings, name)
-        _say_resumed(study)
+        _say_resumed(study, alone=not on_server)
         ctx, baseline = setup.prepare(study, teacher, search_space, out_dir=out_dir, settings=settings, seed=seed, latency_budget_ms=latency_budget_ms)
-        outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, jobs=jobs)
+        helpers = None if jobs == 1 else functools.partial(
+            local_workers, jobs - 1, storage=storage_url, study_name=name, out_dir=out_dir,
+            stop_at=None if timeout is None else time.time() + timeout, extra_args=board_args(board=board, key=key, known_hosts=known_hosts, python=python),
+        )
+        outcome, ran = _run_with_progress(ctx, study, trials=trials, timeout=timeout, helpers=helpers)
         final = None if outcome.interrupted else _final_finetune(ctx, study, outcome.chosen)
         chosen = outcome.chosen
         if final is not None and final.get("promoted"):
@@ -167,11 +177,11 @@ def _final_finetune(ctx, study, chosen):
         return final_finetune(ctx, study, chosen, on_step=on_step)
 
 
-def _say_resumed(study) -> None:
+def _say_resumed(study, *, alone: bool) -> None:
     """A resumed study says what it kept and which trials it closed because their process died."""
     from autocomp.study import close_dead, finished_trials
 
-    closed = close_dead(study)
+    closed = close_dead(study, alone=alone)
     kept = finished_trials(study)
     if kept or closed:
         numbers = ", ".join(f"#{n}" for n in closed)
@@ -196,7 +206,7 @@ def _check_same_settings(study, settings: dict, name: str) -> None:
         raise ConfigError(f"study {name!r} was created with {diff}; {resume}use another --study-name (or --out) for a new search")
 
 
-def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: int):
+def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, helpers):
     from autocomp.study import choose_trial, finished_trials, run_search
 
     done_before = len(finished_trials(study))
@@ -232,9 +242,10 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, jobs: 
             if reason:
                 progress.console.print(f"  trial {trial.number} {status}: {reason}", highlight=False, markup=False)
             ran.append(trial)
-            progress.update(bar, advance=1, description=best, done_here=len(ran))
+            # every process's trials: other workers' count too
+            progress.update(bar, completed=min(len(finished_trials(study_)), trials), description=best, done_here=len(ran))
 
-        outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, jobs=jobs, on_trial_end=on_end, on_profile=on_profile)
+        outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, helpers=helpers, on_trial_end=on_end, on_profile=on_profile)
     return outcome, ran
 
 

@@ -27,7 +27,11 @@ class Setup:
     space: Any  # None for --space auto, until ``space_for``
 
     @classmethod
-    def load(cls, *, task: str, device: str, space: str, backend: str, threads: int | None, board=None, key=None, known_hosts=None, python=None) -> "Setup":
+    def load(
+        cls, *, task: str, device: str, space: str, backend: str, threads: int | None, storage: str,
+        board=None, key=None, known_hosts=None, python=None,
+    ) -> "Setup":
+        """``storage``: the study's database (a board pool's leases live there)."""
         from autocomp.latency import get_backend
         from autocomp.profiles import load_profile, with_threads
         from autocomp.search_space import load_space
@@ -35,7 +39,7 @@ class Setup:
 
         profile = with_threads(with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python), threads)
         return cls(
-            profile=profile, backend=get_backend(backend, profile=profile), estimator=get_backend("estimate", profile=profile),
+            profile=profile, backend=get_backend(backend, profile=profile, leases_url=storage), estimator=get_backend("estimate", profile=profile),
             backend_name=backend, space_name=space, space=None if space == AUTO_SPACE else load_space(space),
             task=load_task(task),  # last: the checks above cost nothing, a task file may import torch
         )

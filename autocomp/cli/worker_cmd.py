@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,8 @@ def worker(
     key: Optional[Path] = KEY_OPTION,
     known_hosts: Optional[Path] = KNOWN_HOSTS_OPTION,
     python: Optional[str] = PYTHON_OPTION,
+    lead_pid: Optional[int] = typer.Option(None, hidden=True, help="Set by 'autocomp search --jobs': the search this worker serves."),
+    stop_at: Optional[float] = typer.Option(None, hidden=True, help="Set by 'autocomp search --jobs --timeout': start no trial after this time (epoch s)."),
 ) -> None:
     """Run trials of a shared study until it holds its --trials; everything else is read from the study.
 
@@ -41,19 +44,26 @@ def worker(
     from autocomp.study import check_storage, distributions_sha, finished_trials, make_sampler, open_study, run_search
 
     check_storage(storage)
-    if not is_shared(storage):
-        raise ConfigError("a worker needs a study on a database server (--storage postgresql://...); a SQLite study has one process")
-    study = open_study(storage=storage, study_name=study_name, sampler=make_sampler("random", seed=None), create=False)
+    if lead_pid is None and not is_shared(storage):
+        raise ConfigError(
+            "a worker needs a study on a database server (--storage postgresql://...); on one machine, "
+            "'autocomp search --jobs N' runs N processes on its SQLite study"
+        )
+    if lead_pid is not None:
+        from autocomp.workers import watch_lead
+
+        watch_lead(lead_pid)
+    study = open_study(storage=storage, study_name=study_name, sampler=make_sampler("random", seed=None), create=False, shared=True)
     settings = study.user_attrs.get("settings") or {}
     if "space_sha256" not in settings:
         raise ConfigError(f"study {study_name!r} was not started by 'autocomp search' of this version (no stored settings); start it with autocomp search --storage")
     if settings["grace_s"] != GRACE_S:  # the search's grace decides when a trial is dead, for every worker alike
-        study = open_study(storage=storage, study_name=study_name, sampler=study.sampler, grace_s=settings["grace_s"], create=False)
+        study = open_study(storage=storage, study_name=study_name, sampler=study.sampler, grace_s=settings["grace_s"], create=False, shared=True)
     # each worker samples with its own seed: with the search's seed, samplers in step propose the same plans
     study.sampler = make_sampler(settings["sampler"], seed=None, parallel=True)
     setup = Setup.load(
         task=settings["task"], device=settings["device"], space=settings["space"], backend=settings["backend"],
-        threads=settings["threads"], board=board, key=key, known_hosts=known_hosts, python=python,
+        threads=settings["threads"], storage=storage, board=board, key=key, known_hosts=known_hosts, python=python,
     )
     out_dir = (out or Path("reports") / study_name / f"worker-{socket.gethostname()}-{os.getpid()}").resolve()
     with exclusive_run(out_dir, storage=storage, study_name=study_name, shared=True):
@@ -70,7 +80,10 @@ def worker(
             latency_budget_ms=settings.get("latency_budget_ms"), join=True,
         )
         ran: list = []
-        outcome = run_search(ctx, study, n_trials=int(settings["trials"]), lead=False, on_trial_end=lambda _, t: ran.append(t))
+        outcome = run_search(
+            ctx, study, n_trials=int(settings["trials"]), lead=False, on_trial_end=lambda _, t: ran.append(t),
+            timeout_s=None if stop_at is None else max(0.0, stop_at - time.time()),
+        )
     console.print(f"worker done: {len(ran)} trials here; the study holds {len(finished_trials(study))} of {settings['trials']}")
     if outcome.interrupted:
         raise typer.Exit(130)

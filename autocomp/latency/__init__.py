@@ -25,13 +25,16 @@ def get_backend(
     profile,
     cache: bool = True,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    leases_url: str | None = None,
     **options: Any,
 ) -> LatencyBackend:
     """The backend called ``name`` for ``profile``; ``cache=False`` always measures afresh.
 
     ``shapes`` fixes symbolic input dimensions (default: batch from the profile,
     1 elsewhere). ``ssh`` times on the profile's ``ssh`` board (the CLI's
-    --board/--key/--known-hosts replace it first). The estimate is not
+    --board/--key/--known-hosts replace it first), or on a free board of its
+    pool (``latency.pool``; ``leases_url``: the study's database, where the
+    leases live). The estimate is not
     cached on disk: it is cheaper than reading a cache entry.
     """
     if name == "estimate":
@@ -50,10 +53,16 @@ def get_backend(
             )
         if importlib.util.find_spec("paramiko") is None:  # optional: checked here, before any work that needs a board
             raise ConfigError("the ssh backend needs paramiko, which is not installed; install it with: pip install 'autocomp[ssh]'")
-        from autocomp.latency.ssh import SshBackend
         if shapes:
             raise ConfigError("the ssh backend does not take --shape yet; give the model fixed input dimensions")
-        backend = SshBackend(target, **options)
+        if profile.pool:
+            from autocomp.latency.pool import BoardPool
+
+            backend = BoardPool(profile.pool, leases_url=leases_url, **options)
+        else:
+            from autocomp.latency.ssh import SshBackend
+
+            backend = SshBackend(target, **options)
     else:
         raise ConfigError(f"unknown latency backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if cache:

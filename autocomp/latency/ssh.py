@@ -13,7 +13,9 @@ safe on a shared board:
 
 * it takes an exclusive ``flock`` on ``autocomp-board.lock`` in the board's
   temp directory before timing, so measurements from any number of processes
-  and hosts are serialized and never timed under self-inflicted load;
+  and hosts are serialized and never timed under self-inflicted load, and
+  appends one line per measurement to ``autocomp-board.log`` beside it (the
+  board's own record: start, end, lock wait, outcome);
 * it watches its stdin, which only reaches EOF when the SSH session is gone, and
   then kills the benchmark, removes the run directory and releases the lock, so
   a dropped connection or a client-side timeout leaves nothing running or
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 _BENCH_SCRIPT = Path(__file__).with_name("bench_onnx.py")
 _RUN_PREFIX = "autocomp-run."
 LOCK_NAME = "autocomp-board.lock"
+LOG_NAME = "autocomp-board.log"  # next to the lock: one JSON line per measurement (board clock)
 MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
 _TRTEXEC_FALLBACK = "/usr/src/tensorrt/bin/trtexec"  # JetPack installs it outside PATH
 
@@ -160,6 +163,11 @@ def main():
                     out, err = proc.communicate()
                     break
         ended = time.time()
+        try:  # the board's own record of what ran on it and when, written while the lock is held
+            with open(os.path.join(os.path.dirname(rundir), "%(log)s"), "a") as log:
+                log.write(json.dumps({"started": started, "ended": ended, "lock_wait_s": started - waited_from, "outcome": reason or "done"}) + "\n")
+        except (IOError, OSError):
+            pass
         if reason == "connection lost":
             return 3
         emit({
@@ -180,7 +188,7 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
-''' % {"trtexec_fallback": _TRTEXEC_FALLBACK, "prefix": _RUN_PREFIX, "lock": LOCK_NAME}
+''' % {"trtexec_fallback": _TRTEXEC_FALLBACK, "prefix": _RUN_PREFIX, "lock": LOCK_NAME, "log": LOG_NAME}
 
 # Sent on stdin to ``python -`` by check_board; must also run (and fail readably) on old pythons.
 _PROBE_SCRIPT = r'''
