@@ -38,3 +38,25 @@ def shapes_task() -> ShapesTask:
 @pytest.fixture(scope="session")
 def text_task() -> TextTask:
     return TextTask()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL server (tests/postgres.py) for the shared-study and board-pool tests."""
+    import tempfile
+
+    from postgres import PostgresServer, postgres_available
+
+    reason = postgres_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the shared-study tests need a real PostgreSQL: {reason}")
+        pytest.skip(reason)
+    # not under pytest's temp root: that is private to root, and the server runs as the postgres user
+    root = Path(tempfile.mkdtemp(prefix="autocomp-pg-"))
+    server = PostgresServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from autocomp.storage import REQUEUED_FROM, WORKER, stale_reason
 from autocomp.study import finished_trials, load_existing_study
-from postgres import PASSWORD, PostgresServer, postgres_available
+from postgres import PASSWORD
 from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent
@@ -35,23 +32,6 @@ TESTS = Path(__file__).parent
 SPACE = BASE_SPACE.replace("finetune: {steps: 8,", "finetune: {steps: 60,")
 assert SPACE != BASE_SPACE
 GRACE_S = 6
-
-
-@pytest.fixture(scope="module")
-def pg():
-    reason = postgres_available()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"the shared-study tests need a real PostgreSQL: {reason}")
-        pytest.skip(reason)
-    # not under pytest's temp root: that is private to root, and the server runs as the postgres user
-    root = Path(tempfile.mkdtemp(prefix="autocomp-pg-"))
-    server = PostgresServer(root).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:

@@ -1,0 +1,109 @@
+"""``autocomp search --jobs N``: N processes on one SQLite study, none left behind when the search dies.
+
+The search starts N - 1 ``autocomp worker`` children; their trials and the search's share one study
+(Optuna's RDB storage with heartbeats on the SQLite file). SIGKILL the search in the middle: its
+children notice their parent is gone and stop, and the same command run again keeps every finished
+trial, closes the ones the dead processes left running, and completes the study.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from autocomp.storage import WORKER
+from autocomp.study import default_storage, finished_trials, load_existing_study
+from test_search import SPACE as BASE_SPACE
+
+TESTS = Path(__file__).parent
+SPACE = BASE_SPACE.replace("finetune: {steps: 8,", "finetune: {steps: 60,")  # trials of a few seconds
+assert SPACE != BASE_SPACE
+
+
+def _children_of(lead_pid: int) -> list[int]:
+    """The worker processes a search started (their command line names it with --lead-pid)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--lead-pid" in argv and argv[argv.index(b"--lead-pid") + 1] == str(lead_pid).encode():
+            found.append(int(entry))
+    return found
+
+
+def _wait(condition, *, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _study(out: Path):
+    try:
+        return load_existing_study(default_storage(out), "jobs")
+    except Exception:
+        return None
+
+
+def test_jobs_are_processes_and_a_killed_search_leaves_none_behind(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "autocomp", "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes",
+        "--space", str(space), "--trials", "24", "--backend", "estimate", "--out", str(out), "--study-name", "jobs",
+        "--seed", "1", "--jobs", "3",
+    ]  # fmt: skip
+    lead = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        children = _wait(lambda: _children_of(lead.pid) if len(_children_of(lead.pid)) == 2 else None, timeout_s=120, what="2 workers")
+
+        def a_child_finished_a_trial():
+            study = _study(out)
+            return study is not None and any(
+                t.user_attrs.get(WORKER, "").endswith(f":{pid}") for t in finished_trials(study) for pid in children
+            )
+
+        _wait(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
+        lead.send_signal(signal.SIGKILL)
+        lead.wait()
+        # the children stop by themselves, well before they could have finished the study: their parent is gone
+        _wait(lambda: not any(_alive(pid) for pid in children), timeout_s=20, what="the workers to stop")
+    finally:
+        if lead.poll() is None:
+            lead.kill()
+        for pid in _children_of(lead.pid):
+            os.kill(pid, signal.SIGKILL)
+    kept = len(finished_trials(_study(out)))
+    assert kept < 24
+    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming study 'jobs': {kept} finished trials kept" in resumed.stdout
+    study = _study(out)
+    done = finished_trials(study)
+    assert len(done) == 24
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(Counter(t.user_attrs.get(WORKER) for t in done)) >= 3  # the first search, its workers, and the second
+    assert "chosen: trial" in resumed.stdout or "no trial meets the constraints" in resumed.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
