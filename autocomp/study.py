@@ -113,6 +113,15 @@ def open_study(
         raise ConfigError(f"cannot open study storage {masked_url(storage)!r}: {masked_url(first)}") from None
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
         raise ConfigError(f"study {study_name!r} in {masked_url(storage)} was not created by autocomp search (different objectives)")
+    if isinstance(sampler, optuna.samplers.NSGAIISampler):
+        # NSGA-II caches its generations in study attrs that misbehave with several studies in one database (optuna #6066)
+        others = sorted(set(optuna.get_all_study_names(engine)) - {study_name})
+        if others:
+            raise ConfigError(
+                f"--sampler nsga2 needs a database of its own (Optuna's NSGA-II misbehaves beside other studies, optuna "
+                f"#6066), and {masked_url(storage)} also holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "
+                "use another database, or --sampler tpe"
+            )
     return study
 
 

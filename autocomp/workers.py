@@ -6,7 +6,8 @@ and the study's storage (Optuna's RDB storage with heartbeats, ``autocomp.storag
 the trials — the same engine as for workers on other machines. A child writes its output to
 ``worker-<k>.log`` in the search's folder, reads everything else from the study, and stops when
 the search that started it is gone (``watch_lead``), so a killed search leaves no process behind
-working on a study that nobody will choose from.
+working on a study that nobody will choose from. The machine's cores are shared out: each process
+fine-tunes with cores / N torch threads.
 """
 
 from __future__ import annotations
@@ -39,9 +40,18 @@ def local_workers(
     options (--board, --key, ...) the search was given. When ``interrupted`` is set at the end they
     are interrupted too (their running trials closed as such). A child that fails is reported with its log.
     """
+    import torch
+
+    from autocomp.host import available_cpus
+
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
-    env = {**os.environ, "AUTOCOMP_STORAGE": storage}
+    # the cores shared out: N processes each running as many threads as there are cores spend their time
+    # switching (OpenMP threads spin while they wait) instead of fine-tuning
+    threads = max(1, available_cpus() // (count + 1))
+    env = {**os.environ, "AUTOCOMP_STORAGE": storage, "OMP_NUM_THREADS": str(threads)}
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         for k in range(1, count + 1):
             path = out_dir / f"worker-{k}.log"
@@ -58,6 +68,7 @@ def local_workers(
         interrupted.set()
         raise
     finally:
+        torch.set_num_threads(own_threads)
         if interrupted.is_set():  # Ctrl-C or a failure here: the children close their trials as interrupted
             for proc in procs:
                 if proc.poll() is None:

@@ -45,14 +45,18 @@ def _autocomp(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     )
 
 
-def _search(pg, tmp_path: Path, name: str, trials: int) -> subprocess.Popen:
+def _search_args(pg, tmp_path: Path, name: str, trials: int) -> list[str]:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    return _autocomp(
+    return [
         "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes", "--space", str(space),
         "--trials", str(trials), "--backend", "estimate", "--out", str(tmp_path / "run"), "--storage", pg.url,
         "--study-name", name, "--seed", "1", "--grace-s", str(GRACE_S),
-    )
+    ]
+
+
+def _search(pg, tmp_path: Path, name: str, trials: int) -> subprocess.Popen:
+    return _autocomp(*_search_args(pg, tmp_path, name, trials))
 
 
 def _study(pg, name: str) -> optuna.Study | None:
@@ -158,6 +162,17 @@ def test_a_worker_needs_a_study_a_search_started(pg, tmp_path):
         capture_output=True, text=True, env=_env(), timeout=120,
     )
     assert sqlite.returncode == 2 and "database server" in sqlite.stderr
+
+
+def test_nsga2_refuses_a_database_that_holds_other_studies(pg, tmp_path):
+    from autocomp.storage import engine_url
+
+    optuna.create_study(storage=engine_url(pg.url), study_name="someone-elses", load_if_exists=True)
+    argv = [sys.executable, "-m", "autocomp", *_search_args(pg, tmp_path, "nsga", trials=2), "--sampler", "nsga2"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--sampler nsga2 needs a database of its own" in proc.stderr
+    assert "optuna #6066" in proc.stderr and PASSWORD not in proc.stderr
 
 
 def test_the_search_rides_out_a_database_restart(pg, tmp_path):

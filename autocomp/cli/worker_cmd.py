@@ -14,7 +14,6 @@ from autocomp.cli.app import app, console
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION
 from autocomp.cli.setup import Setup
 from autocomp.errors import ConfigError
-from autocomp.storage import GRACE_S
 
 
 @app.command()
@@ -57,10 +56,12 @@ def worker(
     settings = study.user_attrs.get("settings") or {}
     if "space_sha256" not in settings:
         raise ConfigError(f"study {study_name!r} was not started by 'autocomp search' of this version (no stored settings); start it with autocomp search --storage")
-    if settings["grace_s"] != GRACE_S:  # the search's grace decides when a trial is dead, for every worker alike
-        study = open_study(storage=storage, study_name=study_name, sampler=study.sampler, grace_s=settings["grace_s"], create=False, shared=True)
+    # again with the search's sampler and grace (which decides when a trial is dead, for every worker alike);
     # each worker samples with its own seed: with the search's seed, samplers in step propose the same plans
-    study.sampler = make_sampler(settings["sampler"], seed=None, parallel=True)
+    study = open_study(
+        storage=storage, study_name=study_name, sampler=make_sampler(settings["sampler"], seed=None, parallel=True),
+        grace_s=settings["grace_s"], create=False, shared=True,
+    )
     setup = Setup.load(
         task=settings["task"], device=settings["device"], space=settings["space"], backend=settings["backend"],
         threads=settings["threads"], storage=storage, board=board, key=key, known_hosts=known_hosts, python=python,

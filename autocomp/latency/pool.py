@@ -43,15 +43,11 @@ class BoardPool:
         self._leases = Leases(leases_url or local_leases_url())
         self._holder = worker_id()
 
-    @property
-    def identity(self) -> str:
-        """One cache key for the pool: its boards are of one kind, and a figure from any of them stands."""
-        return "ssh-pool:" + ",".join(sorted(self._backends))
-
     def measure(self, onnx_path: Path, profile: "DeviceProfile") -> LatencyResult:
         return self.measure_set([(onnx_path, profile)])[0]
 
     def measure_set(self, items: Sequence[tuple[Path, "DeviceProfile"]], *, min_s: float = 0.0) -> list[LatencyResult]:
-        """The files on one board, under one lease: files compared side by side are timed on the same board."""
+        """The files on one board, under one lease: files compared side by side are timed on the same board
+        (one after another, as the single-board backend does; ``min_s`` is for backends that interleave)."""
         with self._leases.hold(list(self._backends), timeout_s=LEASE_TIMEOUT_S, holder=self._holder) as board:
             return [self._backends[board].measure(path, profile) for path, profile in items]
