@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,11 +42,6 @@ trial's structure is rebuilt with the same blocks)."""
 METRIC_TOLERANCE = 0.01
 """How far an fp32 ONNX file's metric may sit from PyTorch's (absolute, or relative above 1) before the
 export is called wrong: argmax ties may flip a sample, a wrong trace moves the metric by far more."""
-
-# Export redirects the process's stdout/stderr and quantization changes the working
-# directory for a moment: with several trials in threads (--jobs) they take turns.
-_ONNX_STAGE = threading.Lock()
-
 
 @dataclass(frozen=True)
 class Artifact:
@@ -136,15 +130,16 @@ def build_artifact(
         batch for batch in training_samples(task, max_samples=EXPORT_CHECK_SAMPLES, max_batches=EXPORT_CHECK_BATCHES)
         if _same_layout(batch, example)  # the file takes the example's shapes but for the batch axis
     ]
-    with _ONNX_STAGE:
-        fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
-        bits = live_bits(plan, model)
-        if any(b != 32 for b in bits.values()):
-            calibration = calibration_inputs(task, max_samples=calibration_samples)
-            quantize_onnx(fp32_path, final, bits, calibration=calibration, recipe=recipe)
-            fp32_path.unlink()
-        else:
-            shutil.move(fp32_path, final)
+    # export redirects the process's stdout/stderr and quantization changes its working directory for a
+    # moment: safe because a process runs one trial at a time (``--jobs`` runs processes, ``autocomp.workers``)
+    fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
+    bits = live_bits(plan, model)
+    if any(b != 32 for b in bits.values()):
+        calibration = calibration_inputs(task, max_samples=calibration_samples)
+        quantize_onnx(fp32_path, final, bits, calibration=calibration, recipe=recipe)
+        fp32_path.unlink()
+    else:
+        shutil.move(fp32_path, final)
     return Artifact(final, onnx_stats(final), channel_counts(model))
 
 

@@ -1,9 +1,10 @@
-"""``autocomp search --jobs N``: N processes on one SQLite study, none left behind when the search dies.
+"""``autocomp search --jobs N``: N processes on one SQLite study, none left behind when the search stops.
 
 The search starts N - 1 ``autocomp worker`` children; their trials and the search's share one study
 (Optuna's RDB storage with heartbeats on the SQLite file). SIGKILL the search in the middle: its
-children notice their parent is gone and stop, and the same command run again keeps every finished
-trial, closes the ones the dead processes left running, and completes the study.
+children notice their parent is gone and stop. SIGINT the search alone: it interrupts them. The same
+command run again keeps every finished trial, closes the ones the dead processes left running, and
+completes the study.
 """
 
 from __future__ import annotations
@@ -59,45 +60,60 @@ def _study(out: Path):
         return None
 
 
-def test_jobs_are_processes_and_a_killed_search_leaves_none_behind(tmp_path):
+def _started(argv: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """The search running, with its 2 workers, once one of them has finished a trial."""
+    lead = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = _wait(lambda: _children_of(lead.pid) if len(_children_of(lead.pid)) == 2 else None, timeout_s=120, what="2 workers")
+    before = len(finished_trials(_study(out))) if _study(out) else 0
+
+    def a_child_finished_a_trial():
+        study = _study(out)
+        return study is not None and any(
+            t.user_attrs.get(WORKER, "").endswith(f":{pid}") for t in finished_trials(study)[before:] for pid in children
+        )
+
+    _wait(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
+    return lead, children
+
+
+def _stopped(lead: subprocess.Popen, children: list[int], how: signal.Signals) -> int:
+    """Signal the search alone (not its process group); its workers must stop soon after, by themselves."""
+    try:
+        lead.send_signal(how)
+        lead.communicate(timeout=120)
+        # well before they could have finished the study
+        _wait(lambda: not any(_alive(pid) for pid in children), timeout_s=20, what="the workers to stop")
+    finally:
+        if lead.poll() is None:
+            lead.kill()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    return lead.returncode
+
+
+def test_jobs_are_processes_and_a_stopped_search_leaves_none_behind(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     out = tmp_path / "run"
     argv = [
         sys.executable, "-m", "autocomp", "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes",
-        "--space", str(space), "--trials", "24", "--backend", "estimate", "--out", str(out), "--study-name", "jobs",
+        "--space", str(space), "--trials", "30", "--backend", "estimate", "--out", str(out), "--study-name", "jobs",
         "--seed", "1", "--jobs", "3",
     ]  # fmt: skip
-    lead = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        children = _wait(lambda: _children_of(lead.pid) if len(_children_of(lead.pid)) == 2 else None, timeout_s=120, what="2 workers")
-
-        def a_child_finished_a_trial():
-            study = _study(out)
-            return study is not None and any(
-                t.user_attrs.get(WORKER, "").endswith(f":{pid}") for t in finished_trials(study) for pid in children
-            )
-
-        _wait(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
-        lead.send_signal(signal.SIGKILL)
-        lead.wait()
-        # the children stop by themselves, well before they could have finished the study: their parent is gone
-        _wait(lambda: not any(_alive(pid) for pid in children), timeout_s=20, what="the workers to stop")
-    finally:
-        if lead.poll() is None:
-            lead.kill()
-        for pid in _children_of(lead.pid):
-            os.kill(pid, signal.SIGKILL)
+    assert _stopped(*_started(argv, out), signal.SIGKILL) == -signal.SIGKILL  # killed: the workers notice
+    killed_kept = len(finished_trials(_study(out)))
+    assert _stopped(*_started(argv, out), signal.SIGINT) == 130  # Ctrl-C: the search interrupts its workers
     kept = len(finished_trials(_study(out)))
-    assert kept < 24
+    assert killed_kept < kept < 30
     resumed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming study 'jobs': {kept} finished trials kept" in resumed.stdout
     study = _study(out)
     done = finished_trials(study)
-    assert len(done) == 24
+    assert len(done) == 30
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(Counter(t.user_attrs.get(WORKER) for t in done)) >= 3  # the first search, its workers, and the second
+    assert len(Counter(t.user_attrs.get(WORKER) for t in done)) >= 3  # a worker of each stopped run, and the last search
     assert "chosen: trial" in resumed.stdout or "no trial meets the constraints" in resumed.stdout
 
 

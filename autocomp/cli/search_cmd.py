@@ -82,6 +82,16 @@ def search(
     check_threads(threads)
     check_seed("--seed", seed)
     parse_accuracy_spec(min_accuracy)
+    if jobs > 1:
+        from autocomp.host import available_cpus
+
+        if jobs > available_cpus():
+            err_console.print(styled(
+                "warning:", "yellow",
+                f"--jobs {jobs} on {available_cpus()} cores: the processes take turns on them (one torch thread each), so "
+                "a trial takes longer and the study gains little; --jobs above the core count pays only when trials wait "
+                "on a board",
+            ))
     if storage is not None:
         check_storage(storage)
     on_server = storage is not None and is_shared(storage)
