@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,34 @@ def test_a_local_cost_model_fitted_on_another_kind_of_cpu_says_so(monkeypatch):
     message = calibration_mismatch(fitted)
     assert "calibrated on AMD EPYC 7B13 (x86_64: avx2), and this machine is Intel Xeon (x86_64: avx512f)" in message
     assert "autocomp calibrate --device local" in message
+
+
+def test_ssh_may_list_a_pool_of_boards_and_round_trips():
+    from autocomp.cli.board_cmd import with_board
+    from autocomp.profiles import parse_profile
+
+    data = profile_to_dict(load_profile("jetson-nano"))
+    data["ssh"] = [{"host": "nano-1.local", "user": "me"}, {"host": "nano-2.local", "user": "me", "port": 2222}]
+    pool = parse_profile(data)
+    assert [(b.host, b.port) for b in pool.pool] == [("nano-1.local", 22), ("nano-2.local", 2222)]
+    assert pool.ssh == pool.pool[0]  # what one-board commands (board check) reach
+    assert parse_profile(profile_to_dict(pool)) == pool
+    # --key/--python reach every board; --board means that one board and no pool
+    keyed = with_board(pool, board=None, key=Path("/k"), known_hosts=None, python="python3.8")
+    assert {(b.key, b.python) for b in keyed.pool} == {("/k", "python3.8")}
+    one = with_board(pool, board="me@other.local", key=None, known_hosts=None, python=None)
+    assert one.pool == () and one.ssh.host == "other.local"
+
+
+@pytest.mark.parametrize("boards, message", [
+    ([], "ssh: an empty list"),
+    ([{"host": "a", "user": "me"}, {"host": "a", "user": "me", "port": 22}], "a board is listed twice (me@a:22)"),
+    ([{"host": "a"}], "ssh[0]"),
+])
+def test_a_bad_pool_is_named(boards, message):
+    from autocomp.profiles import parse_profile
+
+    data = profile_to_dict(load_profile("jetson-nano"))
+    data["ssh"] = boards
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_profile(data)
