@@ -47,9 +47,11 @@ def local_workers(
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
     # the cores shared out: N processes each running as many threads as there are cores spend their time
-    # switching (OpenMP threads spin while they wait) instead of fine-tuning
+    # switching (OpenMP threads spin while they wait) instead of fine-tuning. Only the trials' threads: a
+    # task that trains its model on first use gets other weights at another thread count, and the study
+    # refuses a worker whose model differs, so each child builds its model first (``worker --torch-threads``)
     threads = max(1, available_cpus() // (count + 1))
-    env = {**os.environ, "AUTOCOMP_STORAGE": storage, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "AUTOCOMP_STORAGE": storage}
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -59,10 +61,13 @@ def local_workers(
             with open(path, "w") as sink:  # the child holds its own descriptor; ours closes at once
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "autocomp", "worker", "--study-name", study_name,
-                     "--out", str(out_dir / f"worker-{k}"), "--lead-pid", str(os.getpid()),
+                     "--out", str(out_dir / f"worker-{k}"), "--lead-pid", str(os.getpid()), "--torch-threads", str(threads),
                      *(["--stop-at", repr(stop_at)] if stop_at is not None else []), *extra_args],
                     stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
                 ))
+        done = threading.Event()
+        watcher = threading.Thread(target=_say_failures, args=(procs, logs, done), daemon=True)
+        watcher.start()
         yield procs
     except BaseException:
         interrupted.set()
@@ -73,14 +78,31 @@ def local_workers(
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGINT)
-        for proc, path in zip(procs, logs):
+        for proc in procs:
             try:
-                code = proc.wait(timeout=STOP_WAIT_S)
+                proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                code = proc.wait()
-            if code not in (0, 130, -signal.SIGINT):
-                log.warning("worker process %d ended with exit code %s; its output: %s", proc.pid, code, path)
+                proc.wait()
+        if procs:
+            done.set()
+            watcher.join()
+
+
+def _say_failures(procs: list[subprocess.Popen], logs: list[Path], done: threading.Event, poll_s: float = 1.0) -> None:
+    """Say at once (not at the end of the search) when a worker process stops with an error, and why."""
+    told: set[int] = set()
+    while True:
+        last_pass = done.wait(poll_s)  # one more look once the search is done with them
+        for proc, path in zip(procs, logs):
+            code = proc.poll()
+            if code is None or code in (0, 130, -signal.SIGINT) or proc.pid in told:
+                continue
+            told.add(proc.pid)
+            lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+            log.warning("worker process %d stopped (exit code %s): %s (its output: %s)", proc.pid, code, lines[-1] if lines else "no output", path)
+        if last_pass:
+            return
 
 
 def watch_lead(lead_pid: int, *, poll_s: float = 1.0) -> None:

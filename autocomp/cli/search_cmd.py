@@ -256,6 +256,7 @@ def _run_with_progress(ctx, study, *, trials: int, timeout: float | None, helper
             progress.update(bar, completed=min(len(finished_trials(study_)), trials), description=best, done_here=len(ran))
 
         outcome = run_search(ctx, study, n_trials=trials, timeout_s=timeout, helpers=helpers, on_trial_end=on_end, on_profile=on_profile)
+        progress.update(bar, completed=min(len(finished_trials(study)), trials))  # the last ones may be other workers'
     return outcome, ran
 
 

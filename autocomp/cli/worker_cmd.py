@@ -31,6 +31,7 @@ def worker(
     python: Optional[str] = PYTHON_OPTION,
     lead_pid: Optional[int] = typer.Option(None, hidden=True, help="Set by 'autocomp search --jobs': the search this worker serves."),
     stop_at: Optional[float] = typer.Option(None, hidden=True, help="Set by 'autocomp search --jobs --timeout': start no trial after this time (epoch s)."),
+    torch_threads: Optional[int] = typer.Option(None, hidden=True, help="Set by 'autocomp search --jobs': torch threads for the trials (the cores shared out)."),
 ) -> None:
     """Run trials of a shared study until it holds its --trials; everything else is read from the study.
 
@@ -68,7 +69,11 @@ def worker(
     )
     out_dir = (out or Path("reports") / study_name / f"worker-{socket.gethostname()}-{os.getpid()}").resolve()
     with exclusive_run(out_dir, storage=storage, study_name=study_name, shared=True):
-        teacher = setup.teacher()
+        teacher = setup.teacher()  # with every core, as the search built it: a model trained on first use gets the same weights
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
         _, space = setup.space_for(teacher)
         distributions = space.distributions(teacher, supported_bits=setup.profile.supported_bits, example_inputs=setup.task.example_inputs())
         if distributions_sha(distributions) != settings["space_sha256"]:
