@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from optuna.trial import TrialState
 
 from autocomp.storage import WORKER
 from autocomp.study import default_storage, finished_trials, load_existing_study
+from sshd import find_processes
+from waiting import wait_for
 from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent
@@ -30,27 +31,7 @@ assert SPACE != BASE_SPACE
 
 def _children_of(lead_pid: int) -> list[int]:
     """The worker processes a search started (their command line names it with --lead-pid)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--lead-pid" in argv and argv[argv.index(b"--lead-pid") + 1] == str(lead_pid).encode():
-            found.append(int(entry))
-    return found
-
-
-def _wait(condition, *, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return find_processes(f"--lead-pid {lead_pid} ")
 
 
 def _study(out: Path):
@@ -63,7 +44,7 @@ def _study(out: Path):
 def _started(argv: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
     """The search running, with its 2 workers, once one of them has finished a trial."""
     lead = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = _wait(lambda: _children_of(lead.pid) if len(_children_of(lead.pid)) == 2 else None, timeout_s=120, what="2 workers")
+    children = wait_for(lambda: _children_of(lead.pid) if len(_children_of(lead.pid)) == 2 else None, timeout_s=120, what="2 workers")
     before = len(finished_trials(_study(out))) if _study(out) else 0
 
     def a_child_finished_a_trial():
@@ -72,7 +53,7 @@ def _started(argv: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
             t.user_attrs.get(WORKER, "").endswith(f":{pid}") for t in finished_trials(study)[before:] for pid in children
         )
 
-    _wait(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
+    wait_for(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
     return lead, children
 
 
@@ -82,7 +63,7 @@ def _stopped(lead: subprocess.Popen, children: list[int], how: signal.Signals) -
         lead.send_signal(how)
         lead.communicate(timeout=120)
         # well before they could have finished the study
-        _wait(lambda: not any(_alive(pid) for pid in children), timeout_s=20, what="the workers to stop")
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout_s=20, what="the workers to stop")
     finally:
         if lead.poll() is None:
             lead.kill()

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from optuna.trial import TrialState
 from autocomp.storage import REQUEUED_FROM, WORKER, stale_reason
 from autocomp.study import finished_trials, load_existing_study
 from postgres import PASSWORD
+from waiting import wait_for
 from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent
@@ -66,16 +66,6 @@ def _study(pg, name: str) -> optuna.Study | None:
         return None
 
 
-def _wait(condition, *, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _finish(proc: subprocess.Popen, timeout_s: float = 600) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout_s)
     return proc.returncode, out, err
@@ -91,7 +81,7 @@ def _queued_runs(study: optuna.Study) -> Counter:
 
 def test_a_search_and_a_worker_finish_one_study_together(pg, tmp_path):
     search = _search(pg, tmp_path, "together", trials=8)
-    _wait(lambda: (s := _study(pg, "together")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
+    wait_for(lambda: (s := _study(pg, "together")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
     worker = _autocomp("worker", "--storage", pg.url, "--study-name", "together", "--out", str(tmp_path / "w1"))
     outputs = [_finish(worker), _finish(search)]
     for code, out, err in outputs:
@@ -118,7 +108,7 @@ def test_a_search_and_a_worker_finish_one_study_together(pg, tmp_path):
 
 def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
     search = _search(pg, tmp_path, "killed", trials=8)
-    _wait(lambda: (s := _study(pg, "killed")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
+    wait_for(lambda: (s := _study(pg, "killed")) is not None and "baseline" in s.user_attrs, timeout_s=300, what="the baseline")
     # the URL from the environment, as a user keeps a password out of the process list
     worker = _autocomp("worker", "--study-name", "killed", "--out", str(tmp_path / "w1"), env={"AUTOCOMP_STORAGE": pg.url})
 
@@ -130,7 +120,7 @@ def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
         ]
         return mine[0].number if mine else None
 
-    victim = _wait(worker_fine_tuning, timeout_s=300, what="the worker to fine-tune a trial")
+    victim = wait_for(worker_fine_tuning, timeout_s=300, what="the worker to fine-tune a trial")
     os.kill(worker.pid, signal.SIGKILL)
     worker.communicate()
     code, out, err = _finish(search)
@@ -183,7 +173,7 @@ def test_the_search_rides_out_a_database_restart(pg, tmp_path):
         running = study.get_trials(states=(TrialState.RUNNING,)) if study else []
         return any(t.user_attrs.get("phase") == "finetune" for t in running)
 
-    _wait(fine_tuning, timeout_s=300, what="a trial to fine-tune")
+    wait_for(fine_tuning, timeout_s=300, what="a trial to fine-tune")
     err_lines: list[str] = []
     out_lines: list[str] = []  # both pipes drained as the search writes, so that it never blocks on one
     readers = [
@@ -194,7 +184,7 @@ def test_the_search_rides_out_a_database_restart(pg, tmp_path):
         reader.start()
     pg.stop()
     try:  # down until the search has hit it and said so
-        _wait(lambda: any("database is unreachable" in line for line in err_lines), timeout_s=120, what="the retry line")
+        wait_for(lambda: any("database is unreachable" in line for line in err_lines), timeout_s=120, what="the retry line")
     finally:
         pg.resume()
     search.wait(timeout=600)
