@@ -40,12 +40,11 @@ import torch
 from torch import Tensor, nn
 
 from autocomp.errors import ExportError, first_line
+from autocomp.onnx_meta import MODULE_KEY
 from autocomp.plan import COMPRESSIBLE
 
 log = logging.getLogger(__name__)
 
-MODULE_KEY = "autocomp.module"
-"""Node metadata key holding the module path whose weights the node computes."""
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops a weight may flow through between its initializer and the node that uses it.

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from autocomp import host
+from autocomp.cost_model import validate_cost_model  # a leaf: the schema the estimator computes
 from autocomp.errors import ConfigError
 from autocomp.precision import DYNAMIC_INT8
 from autocomp.yamlio import check_keys, load_yaml
@@ -383,8 +384,6 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         calibration = dict(raw)
         if "threads" in raw:
             _int(raw["threads"], f"{where}: calibration.threads")
-
-    from autocomp.latency.estimate import validate_cost_model  # the estimator owns the coefficient schema
 
     cost_model = validate_cost_model(_mapping(data["cost_model"], f"{where}: cost_model"), where=f"{where}: cost_model")
 

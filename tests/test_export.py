@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from autocomp.errors import ExportError
-from autocomp.export import MODULE_KEY, export_onnx, layer_nodes
+from autocomp.export import export_onnx, layer_nodes
+from autocomp.onnx_meta import MODULE_KEY
 from autocomp.plan import compressible_layers
 from autocomp.runtime import onnx_session
 from tiny_models import TinyEncoder, TinyResNet

@@ -116,7 +116,7 @@ def calibrate(
 ) -> None:
     """Fit a device's cost model to real measurements and make it the profile in force."""
     from autocomp.cli.app import err_console
-    from autocomp.latency.calibrate import SETTLE_PCT, calibrate_device
+    from autocomp.calibration import SETTLE_PCT, calibrate_device
 
     from autocomp.profiles import load_profile
 

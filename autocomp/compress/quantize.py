@@ -38,7 +38,8 @@ import numpy as np
 import onnx
 
 from autocomp.errors import CompressionError, PlanError, first_line
-from autocomp.export import MODULE_KEY, layer_nodes
+from autocomp.export import layer_nodes
+from autocomp.onnx_meta import MODULE_KEY
 from autocomp.precision import DYNAMIC_INT8, SUPPORTED_BITS, precision
 from autocomp.profiles import Int8Recipe
 

@@ -22,26 +22,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from autocomp.errors import ConfigError, LatencyError
+from autocomp.cost_model import MAC_KINDS, PRECISIONS, feature_names
+from autocomp.errors import LatencyError
 from autocomp.latency.base import LatencyResult, check_onnx_file
 from autocomp.latency.confidence import Confidence, assess
-from autocomp.latency.graph import MAC_KINDS, PRECISIONS, GraphCost, analyze, feature_names, op_features
+from autocomp.latency.graph import GraphCost, analyze, op_features
 
 log = logging.getLogger(__name__)
 
 _PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-_DATASHEET_KEYS = {
-    "compute_efficiency": "fraction of peak throughput that dense conv/GEMM kernels reach at small batch",
-    "depthwise_efficiency": "fraction of peak that depthwise/grouped convolutions reach",
-    "memory_efficiency": "fraction of the memory bandwidth that kernels reach",
-    "call_overhead_us": "fixed cost of one inference call",
-    "node_overhead_us": "launch/dispatch cost of one Conv/Gemm node",
-    "elementwise_node_overhead_us": "launch/dispatch cost of one element-wise node",
-    "view_overhead_us": "cost of one reshape-like node",
-    "reformat_overhead_us": "per-node cost of converting a precision the device does not accelerate",
-}
 
 # Unpriced-op counts of the latest estimates, readable by callers that only see LatencyResult.
 FALLBACK_COUNTS: dict[str, int] = {}
@@ -71,59 +62,6 @@ class EstimateResult(LatencyResult):
 
 
 # --------------------------------------------------------------------------- coefficients
-
-
-def validate_cost_model(data: Mapping[str, Any], *, where: str = "cost_model") -> dict[str, Any]:
-    """Check a profile's ``cost_model`` mapping; errors name the key and the allowed values."""
-    kind = data.get("kind")
-    if kind == "linear":
-        allowed = ("kind", "coefficients", "source", "unfitted")
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-        coefficients = data.get("coefficients")
-        if not isinstance(coefficients, Mapping):
-            raise ConfigError(f"{where}.coefficients: expected a mapping feature -> ms, got {coefficients!r}")
-        names = feature_names()
-        for name, value in coefficients.items():
-            if name not in names:
-                raise ConfigError(f"{where}.coefficients: unknown feature {name!r}; allowed: {', '.join(names)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-                raise ConfigError(f"{where}.coefficients.{name}: expected a number >= 0 (ms per unit), got {value!r}")
-        missing = [n for n in names if n not in coefficients]
-        if missing:
-            raise ConfigError(
-                f"{where}.coefficients: missing feature {missing[0]!r} (every feature needs a coefficient; a calibration "
-                "older than this version lacks it: run `autocomp calibrate` again, or delete the file to use the shipped profile)"
-            )
-        if not isinstance(data.get("source"), str) or not data["source"].strip():
-            raise ConfigError(f"{where}.source: say where the coefficients come from (e.g. 'calibration 2026-11-23 local')")
-        return {
-            "kind": "linear",
-            "coefficients": {n: float(coefficients[n]) for n in names},
-            "source": data["source"],
-            **({"unfitted": list(data["unfitted"])} if data.get("unfitted") else {}),
-        }
-    if kind == "datasheet":
-        allowed = ("kind", "source", *_DATASHEET_KEYS)
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-        out: dict[str, Any] = {"kind": "datasheet"}
-        for key in _DATASHEET_KEYS:
-            if key not in data:
-                raise ConfigError(f"{where}: missing required key {key!r} ({_DATASHEET_KEYS[key]})")
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}")
-            if key.endswith("efficiency") and not 0 < value <= 1:
-                raise ConfigError(f"{where}.{key}: efficiency {value!r} must be in (0, 1]")
-            out[key] = float(value)
-        if not isinstance(data.get("source"), str) or not data["source"].strip():
-            raise ConfigError(f"{where}.source: say where the efficiency assumptions come from")
-        out["source"] = data["source"]
-        return out
-    raise ConfigError(f"{where}.kind: {kind!r} is not one of linear, datasheet")
 
 
 def _run_precision(profile, precision: str) -> str:

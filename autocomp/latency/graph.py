@@ -33,15 +33,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from autocomp.errors import LatencyError
-from autocomp.export import MODULE_KEY
+from autocomp.cost_model import MAC_KINDS, feature_names
+from autocomp.onnx_meta import MODULE_KEY
 
 if TYPE_CHECKING:
     from autocomp.latency.kernels import RuntimeChoices
 
 log = logging.getLogger(__name__)
 
-MAC_KINDS = ("conv", "dwconv", "gemm", "matmul")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 _DTYPE_PRECISION = {
     TensorProto.FLOAT: "fp32",
@@ -135,36 +134,6 @@ class GraphCost:
 
     def features(self, precision_map: Mapping[str, str] | None = None) -> dict[str, float]:
         return graph_features(self.ops, precision_map)
-
-
-def feature_names() -> list[str]:
-    """The cost model's features, in a fixed order (coefficients are stored by these names).
-
-    Node overheads are shared across precisions (one dispatch costs the same),
-    with extras for fp16 and int8 MAC nodes (casts, requantization); per-precision
-    node counts made the fit degenerate. ``mouts_<p>`` (millions of output
-    elements of MAC ops) prices the per-output-pixel work that MACs miss: a
-    stem conv with one input channel or a narrow (8-channel) layer does few
-    MACs per output, and small-batch MLAS kernels are far from peak there.
-    ``krows_<p>`` (thousands of output rows of dense convs with a kernel wider
-    than 1x1, or with fewer input channels than a block) prices the per-call
-    cost of MLAS's NCHWc and NCHW conv kernels, which compute one output row
-    per call (other 1x1 and depthwise convs take other paths). Without it the
-    fit traded ResNet (too fast) against MobileNet (too slow); with it
-    benchmarks/latency_predictor.py went from 47% of unseen variants within
-    +-10% to 87.5% and 92.7% (two test sets; 90.6%, 92.7% and 79.2% on
-    three fresh sets once pruned channel counts got onnxruntime's layout
-    rules, see ``_NCHWC_ALIGNMENT``).
-    """
-    names = ["call", "nodes", "nodes_mac", "nodes_mac_fp16", "nodes_mac_int8", "nodes_view"]
-    names += [f"gmacs_{k}_{p}" for k in MAC_KINDS for p in PRECISIONS]
-    names += [f"melems_{p}" for p in PRECISIONS] + ["melems_scalar"]
-    names += [f"mbytes_{p}" for p in PRECISIONS]
-    names += [f"mouts_{p}" for p in PRECISIONS]
-    names += [f"krows_{p}" for p in PRECISIONS]
-    names += ["mloads_nchwc", "mloads_int8_generic", "kpixels_int8_generic", "gmacs_conv_int8_generic", "gmacs_dwconv_int8_generic"]
-    names += ["gmacs_conv_plain", "gmacs_dwconv_plain", "kgroups_plain", "mloads_plain", "nodes_blocked_sum", "gmacs_serial"]
-    return names
 
 
 # An op's first multiply-adds run on one thread while the pool starts: ``gmacs_serial`` prices the first

@@ -8,9 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from autocomp.cli import app
-from autocomp.latency.calibrate import _CONV_PROBES, _PROBES, _SUM_PROBES, Sample, Variant, build_probes, fit_coefficients, fit_quality
+from autocomp.calibration import _CONV_PROBES, _PROBES, _SUM_PROBES, build_probes
+from autocomp.latency.calibrate import Sample, Variant, fit_coefficients, fit_quality
 from autocomp.latency.estimate import coefficients_for, estimate_ms
-from autocomp.latency.graph import feature_names
+from autocomp.cost_model import feature_names
 from autocomp.profiles import calibration_dir, load_profile
 
 
@@ -35,11 +36,11 @@ def test_calibrate_round_trip(tmp_path):
     (calibration_dir() / "local.yaml").unlink()  # the tests' frozen calibration (conftest.py): start from the shipped file
     before = load_profile("local")
     assert before.path.parent != calibration_dir()  # the shipped file, until a calibration exists
-    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.calibration import calibrate_device
 
     import torch
 
-    from autocomp.latency.calibrate import _export
+    from autocomp.calibration import _export
 
     mine = tmp_path / "mine"  # the user's own model family (--models DIR)
     mine.mkdir()
@@ -93,7 +94,7 @@ def test_calibrate_round_trip(tmp_path):
 
 def test_calibrate_refuses_the_estimate_backend():
     from autocomp.errors import LatencyError
-    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.calibration import calibrate_device
 
     with pytest.raises(LatencyError, match="real backend"):
         calibrate_device("local", backend="estimate", variants=8)
@@ -101,7 +102,7 @@ def test_calibrate_refuses_the_estimate_backend():
 
 def test_rounds_are_refused_where_files_are_timed_one_by_one():
     from autocomp.errors import ConfigError
-    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.calibration import calibrate_device
 
     with pytest.raises(ConfigError, match="--rounds is for the local backend"):
         calibrate_device("raspberry-pi-4", backend="ssh", variants=8, rounds=5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autocomp.latency.calibrate import build_variants
+from autocomp.calibration import build_variants
 from autocomp.latency.graph import analyze
 from autocomp.latency.kernels import host_nchwc_block, kernel_mismatch, runtime_kernels, simulated_kernels
 from autocomp.profiles import load_profile
@@ -187,7 +187,7 @@ def _separable_net():
     import torch
     from torch import nn
 
-    from autocomp.latency.calibrate import separable_block as block
+    from autocomp.calibration import separable_block as block
 
     torch.manual_seed(0)
     return nn.Sequential(
@@ -218,7 +218,7 @@ def test_another_tools_int8_layout_is_read_off_the_runtime(tmp_path):
 
     import torch
 
-    from autocomp.latency.calibrate import ort_quantized
+    from autocomp.calibration import ort_quantized
     from autocomp.latency.kernels import runtime_choices
 
     block = host_nchwc_block()
@@ -252,7 +252,7 @@ def test_a_file_this_onnxruntime_cannot_load_keeps_the_hand_rules(tmp_path, monk
     import torch
 
     import autocomp.latency.kernels as kernels
-    from autocomp.latency.calibrate import ort_quantized
+    from autocomp.calibration import ort_quantized
 
     fp32 = tmp_path / "net.onnx"
     torch.manual_seed(0)

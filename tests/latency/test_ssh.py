@@ -480,7 +480,7 @@ def test_measure_cli_over_ssh_with_board_options(board, tiny_onnx):
 
 
 def test_calibrate_over_ssh_puts_the_board_fit_in_force(board):
-    from autocomp.latency.calibrate import calibrate_device
+    from autocomp.calibration import calibrate_device
     from autocomp.profiles import load_profile
 
     report = calibrate_device(
