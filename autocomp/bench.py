@@ -34,8 +34,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.objective import SearchContext
-from autocomp.plan import DEPTH, HEADS
-from autocomp.precision import SUPPORTED_BITS
 from autocomp.study import (
     DEFAULT_SAMPLER,
     choose_trial,
@@ -48,7 +46,6 @@ from autocomp.study import (
 )
 
 UNIFORM = "uniform"
-UNIFORM_PRUNE_RATIOS = (0.0, 0.25, 0.5, 0.75)
 
 
 @dataclass
@@ -101,34 +98,6 @@ def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floo
     return float(compute_hypervolume(np.asarray(points), np.ones(3)))
 
 
-def uniform_plans(distributions: dict[str, Any], *, supported_bits: Sequence[int | str]) -> list[dict[str, Any]]:
-    """What a user tries by hand: one pruning ratio for every layer, times one precision for the whole model.
-
-    Full width (the student width is itself a uniform pruning), ratios clipped to
-    the space's range, precisions only where every searchable layer can take them.
-    """
-    bit_dists = [dist for name, dist in distributions.items() if name.startswith("bits/")]
-    precisions = [b for b in SUPPORTED_BITS if b in supported_bits and all(b in dist.choices for dist in bit_dists)]
-    plans: list[dict[str, Any]] = []
-    for ratio in UNIFORM_PRUNE_RATIOS:
-        for bits in precisions:
-            if ratio == 0.0 and bits == 32:
-                continue  # that is the baseline
-            params: dict[str, Any] = {}
-            for name, dist in distributions.items():
-                if name == "distill/width":
-                    params[name] = max(dist.choices)
-                elif name.startswith("prune/"):
-                    params[name] = min(max(ratio, dist.low), dist.high)
-                elif name.startswith(("sparsity/", HEADS, DEPTH)):
-                    params[name] = dist.low  # every head and block kept: uniform pruning cuts widths
-                elif name.startswith("bits/"):
-                    params[name] = bits
-            if params not in plans:  # ratios clipped to the space's range can repeat
-                plans.append(params)
-    return plans
-
-
 def run_bench(
     ctx: SearchContext,
     *,
@@ -145,7 +114,7 @@ def run_bench(
 ) -> list[MethodRun]:
     """Run (or resume) every study of the benchmark; returns them with the uniform grid last.
 
-    ``uniform``: the hand-made plans (``uniform_plans``) evaluated as one more study, first; each
+    ``uniform``: the hand-made plans (``anchors.uniform_grid``) evaluated as one more study, first; each
     search then stops starting trials after ``budget_s`` seconds, or (None) after the grid's wall
     time (stored, so a resumed bench keeps it), and at ``trials`` at the most. ``final``: every
     method's chosen trial gets the space's final fine-tune. The baseline is evaluated once and

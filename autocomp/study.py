@@ -25,12 +25,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.allocate import queue_proposals, queue_refined
+from autocomp.anchors import anchor_plans
 from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
 from autocomp.pipeline import run_plan
-from autocomp.plan import DEPTH, HEADS, CompressionPlan
+from autocomp.plan import CompressionPlan
 from autocomp.storage import GRACE_S, WORKER, Heartbeat, close_stale, engine_url, heartbeat_enabled, is_shared, shared_storage, stale_reason, worker_id
-from autocomp.precision import DYNAMIC_INT8
 from autocomp.tasks import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -300,33 +300,6 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
     return replace(ctx, accuracy_floor=floor), baseline
 
 
-def anchor_plans(
-    distributions: dict[str, Any], *, supported_bits: tuple[int | str, ...], fast_bits: tuple[int | str, ...] = ()
-) -> list[dict[str, Any]]:
-    """The uniform plans a user would try by hand, queued first so the sampler starts from them.
-
-    One per reduced precision the device supports: the narrowest student, no
-    pruning or sparsity, every searchable layer at that precision. They are
-    the baselines the per-layer search must beat, and they put the device's
-    strength (fp16 on a Nano, int8 on a Pi) on the front from the start, so a
-    20-trial search does not have to find it by chance among 3^14 bit plans.
-    """
-    if any(name.startswith(HEADS) for name in distributions):
-        return _attention_anchors(distributions, fast_bits=tuple(b for b in fast_bits if b in supported_bits))
-    bit_params = [name for name in distributions if name.startswith("bits/")]
-    gentlest = {}
-    for name, dist in distributions.items():
-        if name == "distill/width":
-            gentlest[name] = min(dist.choices)
-        elif name.startswith(("prune/", "sparsity/")):
-            gentlest[name] = dist.low
-    anchors = []
-    for bits in (16, 8):
-        if bit_params and bits in supported_bits and all(bits in distributions[n].choices for n in bit_params):
-            anchors.append({**gentlest, **{name: bits for name in bit_params}})
-    return anchors
-
-
 def versions() -> dict[str, str]:
     """The versions a study was run with (shown in the report: results move with them)."""
     import platform
@@ -339,40 +312,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "not installed"
     return found
-
-
-def _attention_anchors(distributions: dict[str, Any], *, fast_bits: tuple[int | str, ...]) -> list[dict[str, Any]]:
-    """Safe hand-made plans for a transformer, every head kept, full width: feed-forward widths cut 25%
-    and 50% everywhere in fp32, then each precision the device runs fast that keeps an encoder intact
-    (fp16; dynamic int8 in onnxruntime), unpruned and with the 50% cut. Static int8 is left out: its
-    calibrated ranges are what wrecked pretrained encoders, as did a narrow student. These are what users
-    try first (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic, TensorRT's fp16), so
-    the search must beat them."""
-    bit_params = [name for name in distributions if name.startswith("bits/")]
-    safe = [b for b in (16, DYNAMIC_INT8) if b in fast_bits and bit_params and all(b in distributions[n].choices for n in bit_params)]
-    anchors = []
-    for ratio, bits in ((0.25, 32), (0.5, 32), *((r, b) for b in safe for r in (0.0, 0.5))):
-        plan: dict[str, Any] = {}
-        for name, dist in distributions.items():
-            if name == "distill/width":
-                plan[name] = max(dist.choices)
-            elif name.startswith((HEADS, DEPTH, "sparsity/")):
-                plan[name] = dist.low
-            elif name.startswith("prune/"):
-                plan[name] = _nearest(dist, ratio)
-            elif name.startswith("bits/"):
-                plan[name] = bits if bits in dist.choices else 32 if 32 in dist.choices else dist.choices[0]
-        if plan not in anchors:
-            anchors.append(plan)
-    return anchors
-
-
-def _nearest(dist: Any, value: float) -> float:
-    """The value of a float distribution closest to ``value`` (on its step grid, within its bounds)."""
-    value = min(max(value, dist.low), dist.high)
-    if dist.step:
-        value = dist.low + round((value - dist.low) / dist.step) * dist.step
-    return float(min(max(value, dist.low), dist.high))
 
 
 @dataclass

@@ -40,9 +40,8 @@ def bench(
     """Compare samplers (by hypervolume over seeds) and uniform baselines at equal budgets; resumable."""
     import pandas as pd
 
-    from autocomp.bench import (
-        UNIFORM, measure_chosen, overhead, peak_rss_mb, result_rows, run_bench, summarize, uniform_plans,
-    )
+    from autocomp.anchors import uniform_grid
+    from autocomp.bench import UNIFORM, measure_chosen, overhead, peak_rss_mb, result_rows, run_bench, summarize
     from autocomp.latency import get_backend
     from autocomp.objective import SearchContext
     from autocomp.profiles import load_profile, with_threads
@@ -70,7 +69,7 @@ def bench(
     with console.status(f"preparing {task_name(loaded_task)} (the first run trains the built-in model, about a minute)"):
         teacher = loaded_task.build_model()
     distributions = search_space.distributions(teacher, supported_bits=profile.supported_bits, example_inputs=loaded_task.example_inputs())
-    plans = uniform_plans(distributions, supported_bits=profile.supported_bits) if uniform else []
+    plans = uniform_grid(distributions, supported_bits=profile.supported_bits) if uniform else []
     ctx = SearchContext(
         task=loaded_task, teacher=teacher, space=search_space, profile=profile,
         backend=get_backend(backend, profile=profile), estimator=get_backend("estimate", profile=profile),

@@ -206,7 +206,7 @@ def test_a_transformer_search_starts_from_safe_uniform_plans(device, precisions)
     int8 on a Pi), unpruned and with the 50% cut; never static int8, never a removed head."""
     from autocomp.profiles import load_profile
     from autocomp.search_space import load_space
-    from autocomp.study import anchor_plans
+    from autocomp.anchors import anchor_plans
 
     task = EncoderTask()
     profile = load_profile(device)

@@ -10,7 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autocomp.bench import hypervolume, uniform_plans
+from autocomp.anchors import uniform_grid
+from autocomp.bench import hypervolume
 from test_report_html import render_in_chromium
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def test_uniform_plans_are_one_ratio_and_one_precision_everywhere():
         "bits/a": CategoricalDistribution([32, 8]),
         "bits/b": CategoricalDistribution([32, 16, 8]),
     }
-    plans = uniform_plans(distributions, supported_bits=(32, 16, 8))
+    plans = uniform_grid(distributions, supported_bits=(32, 16, 8))
     for plan in plans:
         assert plan["distill/width"] == 1.0
         assert plan["prune/a"] == plan["prune/b"] and plan["bits/a"] == plan["bits/b"]
