@@ -54,19 +54,19 @@ def local_workers(
     env = {**os.environ, "AUTOCOMP_STORAGE": storage}
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    done = threading.Event()
+    watcher = threading.Thread(target=_say_failures, args=(procs, logs, done), daemon=True)
     try:
         for k in range(1, count + 1):
             path = out_dir / f"worker-{k}.log"
             logs.append(path)
-            with open(path, "w") as sink:  # the child holds its own descriptor; ours closes at once
+            with open(path, "a") as sink:  # appended: a resumed search keeps the earlier runs' output; the child holds its own descriptor
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "autocomp", "worker", "--study-name", study_name,
                      "--out", str(out_dir / f"worker-{k}"), "--lead-pid", str(os.getpid()), "--torch-threads", str(threads),
                      *(["--stop-at", repr(stop_at)] if stop_at is not None else []), *extra_args],
                     stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
                 ))
-        done = threading.Event()
-        watcher = threading.Thread(target=_say_failures, args=(procs, logs, done), daemon=True)
         watcher.start()
         yield procs
     except BaseException:
@@ -84,7 +84,7 @@ def local_workers(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if procs:
+        if watcher.is_alive():
             done.set()
             watcher.join()
 
