@@ -80,7 +80,7 @@ class Leases:
             )
 
     def holders(self) -> dict[str, str]:
-        """Board -> holder of every lease in force now (for ``autocomp`` to show, and for tests)."""
+        """Board -> holder of every lease in force now (what a pool is doing; the tests check it is empty at the end)."""
         import sqlalchemy as sa
 
         self._ensure_table()
