@@ -154,6 +154,22 @@ def test_a_worker_needs_a_study_a_search_started(pg, tmp_path):
     assert sqlite.returncode == 2 and "database server" in sqlite.stderr
 
 
+def test_wrong_credentials_are_one_line_with_the_password_masked(pg, tmp_path):
+    wrong = pg.url.replace(PASSWORD, "not-the-pw-9")
+    for argv in (
+        ["worker", "--study-name", "any"],
+        _search_args(pg, tmp_path, "any", trials=1),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "autocomp", *[a if a != pg.url else wrong for a in argv]],
+            capture_output=True, text=True, env={**_env(), "AUTOCOMP_STORAGE": wrong}, timeout=300,
+        )
+        assert proc.returncode == 2, proc.stderr
+        err = proc.stderr.strip()
+        assert err.count("\n") == 0 and "cannot open study storage" in err and "password authentication failed" in err
+        assert "not-the-pw-9" not in proc.stdout + err and PASSWORD not in proc.stdout + err and "***" in err
+
+
 def test_nsga2_refuses_a_database_that_holds_other_studies(pg, tmp_path):
     from autocomp.storage import engine_url
 
