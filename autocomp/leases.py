@@ -53,6 +53,7 @@ class Leases:
             sa.Column("expires_s", sa.Float, nullable=True),  # the database's clock, seconds since the epoch
         )
         self._created = False
+        self._rows: set[str] = set()  # boards whose row exists: inserted once per process, not per measurement
 
     @contextlib.contextmanager
     def hold(self, boards: Sequence[str], *, timeout_s: float, holder: str) -> Iterator[str]:
@@ -95,13 +96,14 @@ class Leases:
 
         t = self._table
         self._ensure_table()
-        with self._engine.begin() as conn:
-            existing = set(conn.execute(sa.select(t.c.board).where(t.c.board.in_(list(boards)))).scalars())
-        for board in boards:
-            if board not in existing:
+        if not self._rows.issuperset(boards):
+            with self._engine.begin() as conn:
+                existing = set(conn.execute(sa.select(t.c.board).where(t.c.board.in_(list(boards)))).scalars())
+            for board in set(boards) - existing:
                 with contextlib.suppress(sa.exc.IntegrityError):  # another worker inserted it first
                     with self._engine.begin() as conn:
                         conn.execute(sa.insert(t).values(board=board, holder=None, expires_s=None))
+            self._rows.update(boards)
         deadline = time.monotonic() + timeout_s
         start = random.randrange(len(boards))
         order = list(boards[start:]) + list(boards[:start])

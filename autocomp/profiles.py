@@ -80,6 +80,11 @@ class SshTarget:
     python: str = "python3"
     known_hosts: str | None = None  # defaults to ~/.ssh/known_hosts
 
+    @property
+    def label(self) -> str:
+        """``user@host:port``: how a board is named in results, leases and messages (never its key)."""
+        return f"{self.user}@{self.host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class DeviceProfile:
@@ -366,16 +371,18 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
 
     # ``ssh:`` one board, or a list of boards of this kind: a pool, each measurement on a free one
     raw_ssh = data.get("ssh")
-    boards = [_ssh_target(b, f"{where}: ssh[{i}]") for i, b in enumerate(raw_ssh)] if isinstance(raw_ssh, list) else (
-        [] if raw_ssh is None else [_ssh_target(raw_ssh, f"{where}: ssh")]
-    )
-    if isinstance(raw_ssh, list) and not boards:
-        raise ConfigError(f"{where}: ssh: an empty list; give one board (a mapping) or a list of boards")
-    labels = [f"{b.user}@{b.host}:{b.port}" for b in boards]
-    if len(set(labels)) < len(labels):
-        raise ConfigError(f"{where}: ssh: a board is listed twice ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))})")
-    ssh = boards[0] if boards else None
-    pool = tuple(boards) if isinstance(raw_ssh, list) else ()
+    ssh, pool = None, ()
+    if isinstance(raw_ssh, list):
+        if not raw_ssh:
+            raise ConfigError(f"{where}: ssh: an empty list; give one board (a mapping) or a list of boards")
+        pool = tuple(_ssh_target(b, f"{where}: ssh[{i}]") for i, b in enumerate(raw_ssh))
+        labels = [b.label for b in pool]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ConfigError(f"{where}: ssh: a board is listed twice ({', '.join(twice)})")
+        ssh = pool[0]
+    elif raw_ssh is not None:
+        ssh = _ssh_target(raw_ssh, f"{where}: ssh")
 
     calibration = None
     if data.get("calibration") is not None:
@@ -436,10 +443,14 @@ def profile_to_dict(profile: DeviceProfile, *, as_run: bool = False) -> dict[str
     if profile.calibration is not None:
         data["calibration"] = json.loads(json.dumps(dict(profile.calibration), default=str))
     if profile.pool:
-        data["ssh"] = [{k: v for k, v in asdict(b).items() if v is not None} for b in profile.pool]
+        data["ssh"] = [_target_dict(b) for b in profile.pool]
     elif profile.ssh is not None:
-        data["ssh"] = {k: v for k, v in asdict(profile.ssh).items() if v is not None}
+        data["ssh"] = _target_dict(profile.ssh)
     return data
+
+
+def _target_dict(target: SshTarget) -> dict[str, Any]:
+    return {k: v for k, v in asdict(target).items() if v is not None}
 
 
 def _ssh_target(value: Any, where: str) -> SshTarget:

@@ -56,12 +56,12 @@ def _board_log(server: SshdServer) -> list[dict]:
 
 
 def _pool_profile(tmp_path: Path, servers) -> Path:
-    from dataclasses import asdict
+    from dataclasses import replace
 
     from autocomp.profiles import load_profile, profile_to_dict
 
-    data = profile_to_dict(load_profile("local"))
-    data.update(name="loopback-pool", ssh=[{k: v for k, v in asdict(s.target()).items() if v is not None} for s in servers])
+    boards = tuple(s.target() for s in servers)
+    data = profile_to_dict(replace(load_profile("local"), name="loopback-pool", ssh=boards[0], pool=boards))
     data["runtime"].update(warmup=3, runs=100000, threads=1)  # measurements long enough for workers to meet at the boards
     path = tmp_path / "loopback-pool.yaml"
     path.write_text(yaml.safe_dump(data))

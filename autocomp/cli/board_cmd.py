@@ -60,14 +60,13 @@ def resolve_target(
         )
     else:
         raise ConfigError("no board given: pass --device NAME (a profile with an ssh: section) or --board user@host[:port]")
-    overrides = {}
-    if key is not None:
-        overrides["key"] = str(key)
-    if known_hosts is not None:
-        overrides["known_hosts"] = str(known_hosts)
-    if python is not None:
-        overrides["python"] = python
-    return dataclasses.replace(target, **overrides)
+    return _overridden(target, key=key, known_hosts=known_hosts, python=python)
+
+
+def _overridden(target, *, key: Path | None, known_hosts: Path | None, python: str | None):
+    """``target`` with the --key/--known-hosts/--python that were given."""
+    given = {"key": None if key is None else str(key), "known_hosts": None if known_hosts is None else str(known_hosts), "python": python}
+    return dataclasses.replace(target, **{k: v for k, v in given.items() if v is not None})
 
 
 def board_args(*, board: str | None, key: Path | None, known_hosts: Path | None, python: str | None) -> list[str]:
@@ -82,10 +81,10 @@ def with_board(profile, *, board: str | None, key: Path | None, known_hosts: Pat
     ``--board`` times on that one board, a pool's other boards left out."""
     if board is None and key is None and known_hosts is None and python is None:
         return profile
-    target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
     if board is None and profile.pool:  # --key/--known-hosts/--python apply to every board of the pool
-        pool = tuple(resolve_target(profile=dataclasses.replace(profile, ssh=b), board=None, key=key, known_hosts=known_hosts, python=python) for b in profile.pool)
+        pool = tuple(_overridden(b, key=key, known_hosts=known_hosts, python=python) for b in profile.pool)
         return dataclasses.replace(profile, ssh=pool[0], pool=pool)
+    target = resolve_target(profile=profile, board=board, key=key, known_hosts=known_hosts, python=python)
     return dataclasses.replace(profile, ssh=target, pool=())  # --board: that one board
 
 

@@ -222,4 +222,4 @@ def profiles_show(
     )
     console.print(f"cost model: {profile.cost_model.get('kind')} ({profile.cost_model.get('source')})")
     if profile.ssh is not None:
-        console.print(f"board: {profile.ssh.user}@{profile.ssh.host}:{profile.ssh.port} (python {profile.ssh.python})")
+        console.print(f"board: {profile.ssh.label} (python {profile.ssh.python})")

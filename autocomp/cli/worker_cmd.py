@@ -44,15 +44,15 @@ def worker(
     from autocomp.study import check_storage, distributions_sha, finished_trials, make_sampler, open_study, run_search
 
     check_storage(storage)
-    if lead_pid is None and not is_shared(storage):
-        raise ConfigError(
-            "a worker needs a study on a database server (--storage postgresql://...); on one machine, "
-            "'autocomp search --jobs N' runs N processes on its SQLite study"
-        )
     if lead_pid is not None:
         from autocomp.workers import watch_lead
 
         watch_lead(lead_pid)
+    elif not is_shared(storage):
+        raise ConfigError(
+            "a worker needs a study on a database server (--storage postgresql://...); on one machine, "
+            "'autocomp search --jobs N' runs N processes on its SQLite study"
+        )
     study = open_study(storage=storage, study_name=study_name, sampler=make_sampler("random", seed=None), create=False, shared=True)
     settings = study.user_attrs.get("settings") or {}
     if "space_sha256" not in settings:

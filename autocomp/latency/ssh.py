@@ -243,7 +243,7 @@ def _paramiko():
 
 
 def board_label(target: "SshTarget") -> str:
-    return f"{target.user}@{target.host}:{target.port}"
+    return target.label
 
 
 def _host_key_name(target: "SshTarget") -> str:
