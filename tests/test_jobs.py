@@ -77,22 +77,26 @@ def test_jobs_are_processes_and_a_stopped_search_leaves_none_behind(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     out = tmp_path / "run"
-    argv = [
-        sys.executable, "-m", "autocomp", "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes",
-        "--space", str(space), "--trials", "30", "--backend", "estimate", "--out", str(out), "--study-name", "jobs",
-        "--seed", "1", "--jobs", "3",
-    ]  # fmt: skip
-    assert _stopped(*_started(argv, out), signal.SIGKILL) == -signal.SIGKILL  # killed: the workers notice
+    def argv(trials: int) -> list[str]:
+        return [
+            sys.executable, "-m", "autocomp", "search", "--device", "local", "--task", f"{TESTS / 'search_tasks.py'}:shapes",
+            "--space", str(space), "--trials", str(trials), "--backend", "estimate", "--out", str(out), "--study-name", "jobs",
+            "--seed", "1", "--jobs", "3",
+        ]  # fmt: skip
+
+    # a study far larger than the stopped runs can finish, however fast this machine is today
+    assert _stopped(*_started(argv(200), out), signal.SIGKILL) == -signal.SIGKILL  # killed: the workers notice
     killed_kept = len(finished_trials(_study(out)))
-    assert _stopped(*_started(argv, out), signal.SIGINT) == 130  # Ctrl-C: the search interrupts its workers
+    assert _stopped(*_started(argv(200), out), signal.SIGINT) == 130  # Ctrl-C: the search interrupts its workers
     kept = len(finished_trials(_study(out)))
-    assert killed_kept < kept < 30
-    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert killed_kept < kept < 200
+    # resumed with a few more trials to go (the stored --trials follows the new search, its workers' too)
+    resumed = subprocess.run(argv(kept + 6), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming study 'jobs': {kept} finished trials kept" in resumed.stdout
     study = _study(out)
     done = finished_trials(study)
-    assert len(done) == 30
+    assert len(done) == kept + 6
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(Counter(t.user_attrs.get(WORKER) for t in done)) >= 3  # a worker of each stopped run, and the last search
     assert "chosen: trial" in resumed.stdout or "no trial meets the constraints" in resumed.stdout
