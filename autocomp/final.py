@@ -36,6 +36,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, first_line
+from autocomp.paths import in_run
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def promotion_candidates(ctx, study, chosen: FrozenTrial | None) -> list[FrozenT
     near = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if floor - spec.promote_within <= t.values[0] < floor and t.values[1] < limit_ms
-        and (Path(str(t.user_attrs.get("artifact", ""))).parent / "model_state.pt").is_file()
+        and (in_run(str(t.user_attrs.get("artifact", "")), ctx.out_dir).parent / "model_state.pt").is_file()
     ]
     return sorted(near, key=lambda t: t.values[1])[: spec.promote_candidates]
 
@@ -119,7 +120,7 @@ def _faster_beside(ctx, study, chosen: FrozenTrial | None, record: dict[str, Any
         return True
     from autocomp.latency.base import side_by_side
 
-    rival = Path(str((study.user_attrs.get("baseline") or {}).get("artifact", ""))) if chosen is None else Path(chosen.user_attrs["artifact"])
+    rival = in_run(str((study.user_attrs.get("baseline") or {}).get("artifact", "")) if chosen is None else chosen.user_attrs["artifact"], ctx.out_dir)
     if not rival.is_file():
         return True
     try:
@@ -165,7 +166,7 @@ def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, A
     started = time.perf_counter()
     plan = CompressionPlan.from_params(trial.params)
     model = plan_structure(ctx, plan)
-    trial_onnx = Path(trial.user_attrs["artifact"])
+    trial_onnx = in_run(trial.user_attrs["artifact"], ctx.out_dir)
     model.load_state_dict(torch.load(trial_onnx.parent / "model_state.pt", weights_only=True))
     # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate
     tuned = distill(

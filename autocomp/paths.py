@@ -36,3 +36,24 @@ def data_dirs(folder: str, *, env: str) -> list[Path]:
     dirs.append(Path(__file__).resolve().parent.parent / folder)
     dirs.append(Path(sys.prefix) / "share" / "autocomp" / folder)
     return dirs
+
+
+RUN_FOLDERS = ("baseline", "trials", "final")
+"""The folders of a run folder whose files a study records by path."""
+
+
+def in_run(recorded: str | Path, run_dir: Path) -> Path:
+    """A file a study recorded (an absolute path), found in ``run_dir`` when the run folder was moved or copied.
+
+    Studies record where they wrote a trial's files; a run folder moved to another disk or machine
+    keeps them under the same ``trials/NNNN/...`` tail, so that tail is looked up in ``run_dir``.
+    """
+    path = Path(recorded)
+    if path.exists():
+        return path
+    tails = [i for i, part in enumerate(path.parts) if part in RUN_FOLDERS]
+    if tails:
+        moved = run_dir.joinpath(*path.parts[tails[-1]:])
+        if moved.exists():
+            return moved
+    return path

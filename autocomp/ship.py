@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import ConfigError
 from autocomp.final import FINAL
+from autocomp.paths import in_run
 from autocomp.pipeline import compress_model
 from autocomp.plan import CompressionPlan
 from autocomp.runtime import evaluate_onnx
@@ -82,12 +83,12 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     else:
         plan = CompressionPlan.from_params(picked.params)
         record = {**picked.user_attrs, "accuracy": picked.values[0], "latency_ms": picked.values[1], "size_bytes": picked.values[2]}
-        onnx_src = Path(picked.user_attrs["artifact"])
+        onnx_src = in_run(picked.user_attrs["artifact"], run_dir)
         final = study.user_attrs.get(FINAL)
         if isinstance(final, dict) and final.get("trial") == picked.number and final.get("shipped") == "final":
             trial_record = {k: record.get(k) for k in METRIC_KEYS}
             record = {**final, "trial_model": trial_record}  # the longer fine-tune of this plan ships
-            onnx_src = Path(final["artifact"])
+            onnx_src = in_run(final["artifact"], run_dir)
         profile = load_profile(settings["device"])
         space = load_space(settings["space"])
         model = compress_model(

@@ -50,3 +50,20 @@ def shapes_from_env():
     import os
 
     return ShapesTask(train_epochs=int(os.environ.get("SHAPES_EPOCHS", "4")))
+
+
+RELEASE_STUDY = __import__("pathlib").Path(__file__).parent / "data" / "release-study"
+
+
+def frozen_shapes():
+    """The shapes task with a teacher loaded from a committed state dict, so a study written by an earlier
+    release (``tests/data/release-study``) finds the very teacher it was searched for on any machine."""
+    import torch
+
+    from tiny_models import TinyResNet
+
+    task = ShapesTask(train_epochs=0)
+    teacher = TinyResNet()
+    teacher.load_state_dict(torch.load(RELEASE_STUDY / "teacher.pt", weights_only=True))
+    task._trained = teacher.eval()
+    return task
