@@ -40,7 +40,9 @@ import optuna.distributions as od
 
 from autocomp.errors import AutocompError, first_line
 from autocomp.latency.base import side_by_side
-from autocomp.plan import BITS, DEPTH, WIDTH, CompressionPlan
+from autocomp import knobs
+from autocomp.knobs.base import WHOLE_MODEL
+from autocomp.plan import CompressionPlan
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,13 @@ class Proposal:
 
 def identity_value(name: str, dist: od.BaseDistribution) -> Any:
     """The value of ``name`` that changes nothing (or the gentlest one its distribution allows)."""
+    keep = knobs.knob_of(name)[0].value.neutral
     if isinstance(dist, od.CategoricalDistribution):
-        keep = 1.0 if name == WIDTH else 32 if name.startswith(BITS) else 0.0
-        return keep if keep in dist.choices else (max(dist.choices) if name == WIDTH else dist.choices[0])
-    return dist.low  # ratios: the lowest is the least change
+        if keep in dist.choices:
+            return keep
+        numbers = [c for c in dist.choices if isinstance(c, (int, float))]
+        return min(numbers, key=lambda c: abs(c - keep)) if numbers else dist.choices[0]
+    return min(max(keep, dist.low), dist.high)  # ratios: the lowest is the least change
 
 
 def candidate_values(name: str, dist: od.BaseDistribution) -> list[Any]:
@@ -101,7 +106,9 @@ UNIFORM = "*"
 
 
 def _kind(param: str) -> str:
-    return param.split("/", 1)[0] + "/" if "/" in param and param != WIDTH else param
+    """The knob's prefix (``bits/``), or the parameter itself for a knob with one parameter (``distill/width``)."""
+    knob = knobs.knob_of(param)[0]
+    return param if knob.targets is WHOLE_MODEL else knob.prefix
 
 
 def sensitivity_profile(
@@ -114,29 +121,26 @@ def sensitivity_profile(
     (``record_baseline`` writes it): a precision change is that file quantized, with no export. A change that cannot be built is kept with its error, so the report
     shows it and the allocation never uses it. ``progress(done, total)`` after each.
     """
-    from autocomp.compress.quantize import quantize_onnx
     from autocomp.objective import plan_structure
     from autocomp.pipeline import build_artifact
-    from autocomp.runtime import calibration_inputs, evaluate_onnx
+    from autocomp.runtime import evaluate_onnx
 
     base = {name: identity_value(name, dist) for name, dist in distributions.items()}
     todo = [({name: value}, name, value) for name, dist in distributions.items() for value in candidate_values(name, dist)]
     by_kind: dict[str, dict[Any, dict[str, Any]]] = {}
     for change, name, value in todo:
-        if name != WIDTH:
+        if _kind(name) != name:
             by_kind.setdefault(_kind(name), {}).setdefault(value, {}).update(change)
     todo += [(change, kind + UNIFORM, value) for kind, values in by_kind.items() for value, change in values.items() if len(change) > 1]
     work = ctx.out_dir / "sensitivity"  # one option's files at a time
     kept = ctx.out_dir / "sensitivity-timed"  # the files of the changes timed for real, until they are
     single = {kind for kind, values in by_kind.items() if all(len(change) == 1 for change in values.values())}
-    calibration = None
     options, timed = [], []
     for done, (change, name, value) in enumerate(todo, 1):
         plan = CompressionPlan.from_params({**base, **change})
         try:
-            if all(param.startswith(BITS) for param in change):  # the baseline file, quantized: no export
-                calibration = calibration if calibration is not None else calibration_inputs(ctx.task, max_samples=32)
-                path = quantize_onnx(baseline_onnx, work / "model.onnx", plan.bits, calibration=calibration, recipe=ctx.profile.int8_recipe)
+            if all(_stage(param) == "onnx" for param in change):  # the baseline file, rewritten: no export
+                path = _onnx_stage(ctx, plan, baseline_onnx, work)
             else:
                 path = build_artifact(ctx.task, plan_structure(ctx, plan), plan, work, recipe=ctx.profile.int8_recipe, calibration_samples=32).onnx_path
             accuracy, estimate_ms = evaluate_onnx(ctx.task, path), ctx.estimator.measure(path, ctx.profile).median_ms
@@ -411,7 +415,9 @@ def price_proposals(
     if not proposals:
         return []
     # a space that leaves fp32 out of some layer's choices has no fp32 twin to offer
-    twins = all(32 in getattr(dist, "choices", ()) for name, dist in distributions.items() if name.startswith(BITS))
+    twins = all(
+        identity_value(name, dist) == knobs.knob_of(name)[0].value.neutral for name, dist in distributions.items() if _stage(name) == "onnx"
+    )
     work = ctx.out_dir / "proposal-pricing"
     files, owners = [baseline_onnx], []  # owners[i]: (proposal index, params) of files[i + 1]
     try:
@@ -455,7 +461,22 @@ def price_proposals(
 
 
 def _at_fp32(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: 32 if name.startswith(BITS) else value for name, value in params.items()}
+    """The plan with every ONNX-stage knob (precision) at its neutral value (fp32)."""
+    return {name: knobs.knob_of(name)[0].value.neutral if _stage(name) == "onnx" else value for name, value in params.items()}
+
+
+def _stage(param: str) -> str:
+    return knobs.knob_of(param)[0].stage
+
+
+def _onnx_stage(ctx, plan: CompressionPlan, onnx_path: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
+    """The plan's ONNX-stage knobs applied to an exported file (the baseline's, for a precision-only change)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = knobs.OnnxWork(task=ctx.task, model=ctx.teacher, onnx_path=onnx_path, out_dir=out_dir, recipe=ctx.profile.int8_recipe, calibration_samples=32)
+    for name in ctx.space.pipeline:
+        if name != knobs.FINETUNE and knobs.KNOBS[name].stage == "onnx" and plan.changes(name):
+            work = knobs.KNOBS[name].apply(plan[name], work)
+    return work.onnx_path
 
 
 def baseline_file(study) -> pathlib.Path:
@@ -478,15 +499,15 @@ def _path(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> tuple
 def depth_removals(ctx, distributions: Mapping[str, od.BaseDistribution]) -> dict[tuple[str, Any], list[str]]:
     """(depth param, value) -> the blocks the pipeline removes for it (the teacher's choice, as ``compress_model`` makes it)."""
     from autocomp.compress.depth import removed_blocks
-    from autocomp.pipeline import DEPTH_SAMPLES
-    from autocomp.runtime import training_samples
+    from autocomp.knobs.depth import teacher_samples
 
-    params = [(name, dist) for name, dist in distributions.items() if name.startswith(DEPTH)]
+    depth = knobs.KNOBS["depth"].prefix
+    params = [(name, dist) for name, dist in distributions.items() if name.startswith(depth)]
     if not params:
         return {}
-    samples = training_samples(ctx.task, max_samples=DEPTH_SAMPLES)
+    samples = teacher_samples(ctx.task)
     return {
-        (name, value): removed_blocks(ctx.teacher, {name[len(DEPTH):]: value}, samples)
+        (name, value): removed_blocks(ctx.teacher, {name[len(depth):]: value}, samples)
         for name, dist in params for value in candidate_values(name, dist)
     }
 

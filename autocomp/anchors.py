@@ -9,28 +9,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from autocomp.plan import BITS, DEPTH, HEADS, PRUNE, SPARSITY, WIDTH
+from autocomp import knobs
 from autocomp.precision import DYNAMIC_INT8, SUPPORTED_BITS
 
 GRID_PRUNE_RATIOS = (0.0, 0.25, 0.5, 0.75)
 """The uniform channel-pruning ratios of the bench's hand-made grid."""
+LOWEST = float("-inf")
+"""A value that ``uniform_plan`` reads as the lowest its distribution allows (the narrowest student)."""
 
 
-def uniform_plan(distributions: dict[str, Any], *, narrowest: bool, prune: float, bits: int | str) -> dict[str, Any]:
-    """Every layer alike: the narrowest student or full width, ``prune`` of every prunable layer's
-    channels (nearest value the space allows), no sparsity, every head and block kept, every layer at
-    ``bits`` (32 where a layer cannot take it)."""
+def uniform_plan(distributions: dict[str, Any], **by_knob: Any) -> dict[str, Any]:
+    """Every parameter of a knob at one value: ``uniform_plan(d, distill=LOWEST, prune=0.5, bits=8)``.
+
+    A ratio goes to the nearest value its distribution allows; a choice the parameter does not offer
+    falls back to the knob's neutral value (32 bits where a layer cannot take 8), or the offered one
+    nearest to it; a knob not named stays neutral (no sparsity, every head and block kept, full width).
+    """
     plan: dict[str, Any] = {}
     for name, dist in distributions.items():
-        if name == WIDTH:
-            plan[name] = min(dist.choices) if narrowest else max(dist.choices)
-        elif name.startswith(PRUNE):
-            plan[name] = _nearest(dist, prune)
-        elif name.startswith((SPARSITY, HEADS, DEPTH)):
-            plan[name] = dist.low
-        elif name.startswith(BITS):
-            plan[name] = bits if bits in dist.choices else 32 if 32 in dist.choices else dist.choices[0]
+        knob = knobs.knob_of(name)[0]
+        plan[name] = _snap(dist, by_knob.get(knob.name, knob.value.neutral), neutral=knob.value.neutral)
     return plan
+
+
+def _snap(dist: Any, value: Any, *, neutral: Any) -> Any:
+    if not hasattr(dist, "choices"):
+        return _nearest(dist, value)
+    if value in dist.choices:
+        return value
+    numbers = [c for c in dist.choices if isinstance(c, (int, float))]
+    if value == LOWEST and numbers:
+        return min(numbers)
+    if neutral in dist.choices or not numbers:
+        return neutral if neutral in dist.choices else dist.choices[0]
+    return min(numbers, key=lambda c: abs(c - neutral))  # the gentlest the parameter offers
 
 
 def anchor_plans(
@@ -50,12 +62,12 @@ def anchor_plans(
     are what users try first (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic,
     TensorRT's fp16).
     """
-    if any(name.startswith(HEADS) for name in distributions):
+    if any(knobs.knob_of(name)[0].name == "heads" for name in distributions):
         fast = [b for b in (16, DYNAMIC_INT8) if b in fast_bits and b in supported_bits and _all_layers_take(distributions, b)]
         recipes = [(0.25, 32), (0.5, 32), *((ratio, b) for b in fast for ratio in (0.0, 0.5))]
-        return _distinct(uniform_plan(distributions, narrowest=False, prune=r, bits=b) for r, b in recipes)
+        return _distinct(uniform_plan(distributions, prune=r, bits=b) for r, b in recipes)
     return [
-        uniform_plan(distributions, narrowest=True, prune=0.0, bits=b)
+        uniform_plan(distributions, distill=LOWEST, bits=b)
         for b in (16, 8) if b in supported_bits and _all_layers_take(distributions, b)
     ]
 
@@ -65,13 +77,13 @@ def uniform_grid(distributions: dict[str, Any], *, supported_bits: tuple[int | s
     precision for the whole model, where every searchable layer can take it; the baseline left out."""
     precisions = [b for b in SUPPORTED_BITS if b in supported_bits and (b == 32 or _all_layers_take(distributions, b))]
     return _distinct(
-        uniform_plan(distributions, narrowest=False, prune=ratio, bits=bits)
+        uniform_plan(distributions, prune=ratio, bits=bits)
         for ratio in GRID_PRUNE_RATIOS for bits in precisions if (ratio, bits) != (0.0, 32)
     )
 
 
 def _all_layers_take(distributions: dict[str, Any], bits: int | str) -> bool:
-    layers = [dist for name, dist in distributions.items() if name.startswith(BITS)]
+    layers = [dist for name, dist in distributions.items() if knobs.knob_of(name)[0].name == "bits"]
     return bool(layers) and all(bits in dist.choices for dist in layers)
 
 

@@ -43,6 +43,7 @@ from autocomp.study import (
     open_study,
     prepare_study,
     run_search,
+    study_objectives,
 )
 
 UNIFORM = "uniform"
@@ -82,7 +83,7 @@ class MethodRun:
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
 
-def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floor: float) -> float:
+def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floor: float, size_key: str = "zip_bytes") -> float:
     """Fraction of the unit box dominated by ``trials`` (feasible ones; see the module doc)."""
     from optuna._hypervolume import compute_hypervolume  # Optuna's WFG algorithm; no public API for it yet
 
@@ -90,7 +91,7 @@ def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floo
     points = []
     for t in trials:
         accuracy, latency_ms, size_bytes = t.values
-        point = ((1.0 - accuracy) / span, latency_ms / baseline["latency_ms"], size_bytes / baseline["size_bytes"])
+        point = ((1.0 - accuracy) / span, latency_ms / baseline["latency_ms"], size_bytes / baseline[size_key])
         if all(v < 1.0 for v in point):
             points.append(point)
     if not points:
@@ -247,11 +248,12 @@ def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None
                 "seed": "" if run.seed is None else run.seed,
                 "trials": len(finished_trials(run.study)),
                 "feasible": len(feasible),
-                "hypervolume": hypervolume(feasible, baseline=base, floor=run.floor),
+                "hypervolume": hypervolume(feasible, baseline=base, floor=run.floor, size_key=study_objectives(run.study)[2]),
                 "chosen_trial": "" if chosen is None else chosen.number,
                 "chosen_accuracy": "" if chosen is None else chosen.values[0],
                 "chosen_latency_ms": "" if chosen is None else chosen.values[1],
-                "chosen_size_bytes": "" if chosen is None else int(chosen.values[2]),
+                "chosen_size_bytes": "" if chosen is None else chosen.user_attrs.get("size_bytes", ""),
+                "chosen_zip_bytes": "" if chosen is None else chosen.user_attrs.get("zip_bytes", ""),
                 "final_accuracy": "" if run.final is None else run.final["accuracy"],
                 "shipped_accuracy": "" if run.shipped is None else run.shipped[0],
                 "latency_source": "" if chosen is None else chosen.user_attrs.get("latency_source", ""),

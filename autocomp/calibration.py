@@ -158,7 +158,7 @@ def _builtin_model(family: str, rng: random.Random, *, prune: bool):
     if prune:
         try:
             from autocomp.compress.prune import prune_channels
-            from autocomp.plan import compressible_layers
+            from autocomp.targets import compressible_layers
 
             layers = [n for n in compressible_layers(model) if not n.startswith("fc")]
             ratios = {n: rng.choice([0.0, 0.25, 0.5, 0.625]) for n in rng.sample(layers, k=max(1, len(layers) // 2))}

@@ -36,6 +36,14 @@ class DeviceError(AutocompError):
     """A real board is unreachable, untrusted, or lacks what a measurement needs."""
 
 
+class TrialStopped(AutocompError):
+    """Our own early-stopping rule (Optuna cannot prune multi-objective trials) ended a trial."""
+
+
+class TrialScreened(TrialStopped):
+    """The multi-fidelity screen (``autocomp.fidelity``) ended a trial after its short fine-tune."""
+
+
 def first_line(exc: BaseException, *, limit: int = 300) -> str:
     """The first line of an exception's message, at most ``limit`` characters: what a one-line error quotes."""
     return (str(exc).strip().splitlines() or [""])[0][:limit]

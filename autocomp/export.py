@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from autocomp.errors import ExportError, first_line
 from autocomp.onnx_meta import MODULE_KEY
-from autocomp.plan import COMPRESSIBLE
+from autocomp.targets import COMPRESSIBLE
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,25 @@ def _flat_outputs(out: Any, model: nn.Module) -> list[Tensor]:
         return [t for item in out for t in _flat_outputs(item, model)]
     if isinstance(out, dict):
         return [t for item in out.values() for t in _flat_outputs(item, model)]
-    raise ExportError(
-        f"cannot export {type(model).__name__}: forward() returns a {type(out).__name__}, not tensors; {_HINT}"
+    raise ExportError(not_tensors(model, out))
+
+
+def check_outputs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> None:
+    """Raise ExportError unless ``model(*example_inputs)`` returns tensors (a tuple or dict of them): checked
+    before a search writes its study, so a model no exporter can write costs nothing."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            _flat_outputs(model.eval()(*example_inputs), model)  # eval: a training step would move BatchNorm's statistics
+    finally:
+        model.train(was_training)
+
+
+def not_tensors(model: nn.Module, out: Any) -> str:
+    """The one line for a model whose forward() returns something that is not tensors (export and tracing both need them)."""
+    return (
+        f"{type(model).__name__}.forward() returns a {type(out).__name__}, not tensors; make it return a tensor "
+        "(or a tuple or dict of tensors), e.g. with a wrapper module around the model"
     )
 
 

@@ -117,13 +117,14 @@ def screen_rule(
     """The on-step hook that screens ``trial`` at the space's screen step (None when the space does not screen).
 
     ``score(model)`` exports, scores and prices a snapshot of the student: (accuracy, latency_ms).
-    Raises ``objective.TrialScreened`` from the fine-tuning loop when the trial is screened out.
+    Raises ``errors.TrialScreened`` from the fine-tuning loop when the trial is screened out.
     """
-    from autocomp.objective import TrialScreened
+    from autocomp.errors import TrialScreened
+    from autocomp.knobs import FINETUNE
 
     spec = ctx.space.finetune
-    if spec.screen_after_steps <= 0 or spec.screen_after_steps >= spec.distill.steps or ctx.space.pipeline[0] != "distill":
-        return None  # the prune-first order trains another structure first: its snapshot is not the plan's model
+    if spec.screen_after_steps <= 0 or spec.screen_after_steps >= spec.distill.steps or FINETUNE in ctx.space.pipeline:
+        return None  # a fine-tune between knobs trains another structure first: its snapshot is not the plan's model
 
     def on_step(step: int, loss: float, model: Any) -> None:
         if step != spec.screen_after_steps:

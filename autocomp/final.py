@@ -176,13 +176,13 @@ def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, A
     out = final_dir(ctx.out_dir)
     shutil.rmtree(out, ignore_errors=True)
     artifact = build_artifact(ctx.task, tuned, plan, out, recipe=ctx.profile.int8_recipe)
-    accuracy, torch_accuracy = score_artifact(ctx.task, tuned, plan, artifact, what="the finally fine-tuned model in PyTorch")
+    accuracy, torch_accuracy = score_artifact(ctx.task, tuned, artifact, what="the finally fine-tuned model in PyTorch")
     torch.save(tuned.state_dict(), out / "model_state.pt")
     latency = ctx.backend.measure(artifact.onnx_path, ctx.profile)
     return {
         "trial": trial.number, "steps": steps, "accuracy": accuracy, "torch_accuracy": torch_accuracy,
         "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_source": latency.source,
-        "size_bytes": artifact.stats.size_bytes, "params": artifact.stats.params, "onnx_sha256": artifact.stats.sha256,
+        "size_bytes": artifact.stats.size_bytes, "zip_bytes": artifact.stats.zip_bytes, "params": artifact.stats.params, "onnx_sha256": artifact.stats.sha256,
         "artifact": str(artifact.onnx_path), "trial_accuracy": trial.values[0],
         "seconds": time.perf_counter() - started,
     }

@@ -18,8 +18,9 @@ import optuna
 import torch
 from torch import nn
 
+from autocomp import knobs
 from autocomp.compress.distill import DistillConfig
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, TrialStopped
 from autocomp.fidelity import screen_rule
 from autocomp.latency.base import LatencyBackend, LatencyResult
 from autocomp.pipeline import Artifact, build_artifact, compress_model, run_plan
@@ -30,8 +31,11 @@ from autocomp.tasks import Task, score, torch_predictor
 
 log = logging.getLogger(__name__)
 
-ACCURACY, LATENCY, SIZE = "accuracy", "latency_ms", "size_bytes"
+ACCURACY, LATENCY, SIZE = "accuracy", "latency_ms", "zip_bytes"
 OBJECTIVES = (ACCURACY, LATENCY, SIZE)
+"""A study's objectives; the size is the ONNX file deflated (``runtime.deflated_bytes``)."""
+RAW_SIZE = "size_bytes"
+"""The size objective of studies written before weight sharing: the file's raw bytes. They resume with it."""
 DIRECTIONS = ("maximize", "minimize", "minimize")
 
 
@@ -43,12 +47,9 @@ PHASE_NAMES = {
 }
 
 
-class TrialStopped(AutocompError):
-    """Our own early-stopping rule (Optuna cannot prune multi-objective trials) ended a trial."""
-
-
-class TrialScreened(TrialStopped):
-    """The multi-fidelity screen (``autocomp.fidelity``) ended a trial after its short fine-tune."""
+def phase_name(phase: str | None) -> str:
+    """How a trial's recorded phase reads in a reason ("fine-tuning"); none recorded yet is its setup."""
+    return PHASE_NAMES.get(phase, phase) if phase else "its setup"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class SearchContext:
     accuracy_floor: float | None
     latency_budget_ms: float | None
     seed: int = 0
+    size_key: str = SIZE  # the study's size objective: ``SIZE``, or ``RAW_SIZE`` for a study that began with it
 
     @property
     def measures(self) -> bool:
@@ -80,32 +82,25 @@ class SearchContext:
 
 
 def layer_rows(plan: CompressionPlan, teacher: nn.Module, artifact: Artifact, layer_ms: dict[str, float]) -> list[dict[str, Any]]:
-    """Per-layer facts for the report: what the plan did to each layer and what it costs."""
-    from autocomp.compress.heads import attention_blocks
+    """Per-layer facts for the report: each knob's cells for the layer (``Knob.columns``) and what it costs."""
     from autocomp.compress.prune import channel_counts
 
-    baseline = channel_counts(teacher)
-    # q/k/v projections carry their attention module's head count (kept heads = channels / head size)
-    blocks = {projection: block for block in attention_blocks(teacher).values() for projection in block.projections}
-    # a layer of a block that depth pruning removed has no channels left; the row says which block went
-    removed = {stack: ratio for stack, ratio in plan.depth.items() if ratio > 0}
-    rows = []
-    for layer in compressible_layers(teacher):
-        block, channels = blocks.get(layer), artifact.channels.get(layer)
-        gone = next((f"{stack}.{layer[len(stack) + 1:].split('.')[0]}" for stack in removed if layer.startswith(f"{stack}.")), None)
-        rows.append({
+    facts = knobs.LayerFacts(teacher=teacher, channels=artifact.channels, baseline_channels=channel_counts(teacher))
+    cells: dict[str, dict[str, Any]] = {}
+    for name, knob in knobs.KNOBS.items():  # every knob, searched or not: the table's columns stay the same
+        for layer, values in knob.columns(plan[name], facts).items():
+            cells.setdefault(layer, {}).update(values)
+    columns = list(dict.fromkeys(column for row in cells.values() for column in row))
+    return [
+        {
             "layer": layer,
-            "prune_ratio": plan.prune.get(layer, 0.0),
-            "sparsity_ratio": plan.sparsity.get(layer, 0.0),
-            "bits": plan.bits.get(layer, 32),
-            "channels": channels,
-            "baseline_channels": baseline.get(layer),
-            "heads": None if block is None or channels is None else channels // block.head_size,
-            "baseline_heads": None if block is None else block.num_heads,
+            "channels": artifact.channels.get(layer),
+            "baseline_channels": facts.baseline_channels.get(layer),
+            **{column: cells.get(layer, {}).get(column) for column in columns},
             "est_latency_ms": layer_ms.get(layer),
-            "removed_block": gone if channels is None else None,
-        })
-    return rows
+        }
+        for layer in compressible_layers(teacher)
+    ]
 
 
 def layer_estimates(ctx: SearchContext, onnx_path: Path) -> dict[str, float]:
@@ -124,7 +119,7 @@ def plan_structure(ctx: SearchContext, plan: CompressionPlan) -> nn.Module:
     """The plan's model as this search builds it (device rounding, the space's order and student), not fine-tuned."""
     return compress_model(
         ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple,
-        order=ctx.space.pipeline, student=ctx.space.student,
+        pipeline=ctx.space.pipeline, student=ctx.space.student,
     )
 
 
@@ -217,7 +212,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
             finetune=ctx.finetune,
             recipe=ctx.profile.int8_recipe,
             round_to=ctx.profile.channel_multiple,
-            order=ctx.space.pipeline,
+            pipeline=ctx.space.pipeline,
             student=ctx.space.student,
             on_step=step_hooks(
                 early_stop_rule(ctx),
@@ -246,7 +241,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
     trial.set_user_attr("seconds", time.perf_counter() - started)
     trial.set_user_attr("timings_s", timings)  # where the trial's time went (the benchmark's overhead profile)
     set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
-    return [result.accuracy, latency.median_ms, float(result.artifact.stats.size_bytes)]
+    return [result.accuracy, latency.median_ms, float(getattr(result.artifact.stats, ctx.size_key))]
 
 
 def set_constraints(trial: optuna.Trial, ctx: SearchContext, *, accuracy: float, latency_ms: float) -> None:

@@ -15,16 +15,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from autocomp.compress.distill import DistillConfig, build_student, distill
-from autocomp.compress.depth import remove_blocks, removed_blocks
-from autocomp.compress.heads import prune_heads
-from autocomp.compress.prune import channel_counts, prune_channels, prune_to_width
-from autocomp.compress.quantize import quantize_onnx
-from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
+from autocomp import knobs
+from autocomp.compress.distill import DistillConfig, distill
+from autocomp.compress.prune import channel_counts
 from autocomp.export import export_onnx
 from autocomp.plan import CompressionPlan
 from autocomp.profiles import Int8Recipe
-from autocomp.runtime import OnnxStats, calibration_inputs, evaluate_onnx, onnx_stats, training_samples
+from autocomp.runtime import OnnxStats, evaluate_onnx, onnx_stats, training_samples
 from autocomp.errors import ExportError
 from autocomp.tasks import Task, score, torch_predictor
 
@@ -36,9 +33,6 @@ OnPhase = Callable[[str], None]
 # Real samples the export is checked on beside the example input (a few batches, a few dozen samples).
 EXPORT_CHECK_BATCHES = 3
 EXPORT_CHECK_SAMPLES = 96
-DEPTH_SAMPLES = 128
-"""Training samples the teacher runs on to rank its blocks for depth pruning (deterministic, so an exported
-trial's structure is rebuilt with the same blocks)."""
 METRIC_TOLERANCE = 0.01
 """How far an fp32 ONNX file's metric may sit from PyTorch's (absolute, or relative above 1) before the
 export is called wrong: argmax ties may flip a sample, a wrong trace moves the metric by far more."""
@@ -50,6 +44,7 @@ class Artifact:
     onnx_path: Path
     stats: OnnxStats
     channels: dict[str, int]
+    exact: bool = True  # the exported graph as is: no ONNX-stage knob rewrote it, so it must score as PyTorch does
 
 
 def compress_model(
@@ -59,58 +54,48 @@ def compress_model(
     *,
     finetune: DistillConfig,
     round_to: int = 8,
-    order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    pipeline: tuple[str, ...] = knobs.DEFAULT_PIPELINE,
     student: str = "pruned",
     on_step: OnStep | None = None,
 ) -> nn.Module:
     """The PyTorch stage of a plan: a new, fine-tuned model (the teacher is left untouched).
 
-    ``order`` decides whether the student is narrowed before the per-layer pruning
-    (``distill, prune``: one distillation at the end) or after it (``prune, distill``:
-    the pruned teacher is fine-tuned first, then narrowed and distilled again, each
-    with half the step budget). ``student`` is how a narrower student starts
-    (see ``build_student``). With ``finetune.steps == 0`` only the structure is
+    The torch-stage knobs of ``pipeline`` apply the plan in order, then the student is distilled
+    from the teacher. A ``finetune`` entry between knobs fine-tunes there too (``[prune, finetune,
+    distill]``: the pruned teacher recovers before it is narrowed); the step budget is shared
+    equally by the fine-tunes that have something to recover from. ``student`` is how a narrower
+    student starts (see ``build_student``). With ``finetune.steps == 0`` only the structure is
     built, which is how an exported trial's architecture is rebuilt.
     """
     plan.validate(teacher)
-    example = task.example_inputs()
-    structural = (plan.prune, plan.sparsity, plan.heads, plan.depth)
-    if plan.width == 1.0 and not any(any(ratios.values()) for ratios in structural):
-        return teacher  # bit-widths act on the ONNX graph; nothing to fine-tune
-    prune_ratios = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0}
-    head_ratios = {path: ratio for path, ratio in plan.heads.items() if ratio > 0}
-    depth_ratios = {path: ratio for path, ratio in plan.depth.items() if ratio > 0}
-    # the teacher decides which blocks go, so a narrower student loses the same ones
-    removed = removed_blocks(teacher, depth_ratios, training_samples(task, max_samples=DEPTH_SAMPLES)) if depth_ratios else []
+    stages = _torch_stages(pipeline, plan)
+    if not any(stages):
+        return teacher  # nothing for the PyTorch stage (bit-widths act on the ONNX graph): nothing to fine-tune
+    work = knobs.TorchWork(
+        task=task, teacher=teacher, model=teacher, example_inputs=tuple(task.example_inputs()), round_to=round_to, student=student,
+    )
+    steps = finetune.steps // len(stages)
+    for index, stage in enumerate(stages):
+        for name in stage:
+            work = knobs.KNOBS[name].apply(plan[name], work)
+        share = finetune.steps - steps * index if index == len(stages) - 1 else steps  # the last takes the remainder
+        if share:
+            work = replace(work, model=distill(work.model, teacher, task, config=replace(finetune, steps=share), on_step=on_step))
+    model = work.model
+    for finish in work.finish:
+        model = finish(model)
+    return model
 
-    def prune_structure(model: nn.Module) -> nn.Module:
-        """Whole blocks first, then attention heads (their own dependency), then channels; the head and
-        channel ratios of a removed block are moot."""
-        if removed:
-            model = remove_blocks(model, removed)
-        present = dict(model.named_modules())
-        heads = {path: ratio for path, ratio in head_ratios.items() if path in present}
-        channels = {layer: ratio for layer, ratio in prune_ratios.items() if layer in present}
-        if heads:
-            model = prune_heads(model, heads, example)
-        return prune_channels(model, channels, example, round_to=round_to) if channels else model
 
-    steps = finetune.steps
-    if order[0] == "prune" and (prune_ratios or head_ratios or removed) and plan.width < 1.0:
-        steps = finetune.steps // 2
-        model = prune_structure(teacher)
-        if steps:
-            model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
-        model = prune_to_width(model, plan.width, example, round_to=round_to)
-    else:
-        model = prune_structure(build_student(task, teacher, plan.width, round_to=round_to, init=student))
-    present = dict(model.named_modules())
-    sparsity = {layer: ratio for layer, ratio in plan.sparsity.items() if ratio > 0 and layer in present}
-    if sparsity:
-        model = apply_sparsity(model, sparsity)
-    if steps:
-        model = distill(model, teacher, task, config=replace(finetune, steps=steps), on_step=on_step)
-    return make_sparsity_permanent(model) if sparsity else model
+def _torch_stages(pipeline: tuple[str, ...], plan: CompressionPlan) -> list[list[str]]:
+    """The torch-stage knobs with work to do, grouped by the fine-tunes between them (empty groups dropped)."""
+    stages: list[list[str]] = [[]]
+    for entry in pipeline:
+        if entry == knobs.FINETUNE:
+            stages.append([])
+        elif knobs.KNOBS[entry].stage == "torch" and plan.changes(entry):
+            stages[-1].append(entry)
+    return [stage for stage in stages if stage]
 
 
 def build_artifact(
@@ -121,8 +106,9 @@ def build_artifact(
     *,
     recipe: Int8Recipe,
     calibration_samples: int = 256,
+    pipeline: tuple[str, ...] = knobs.DEFAULT_PIPELINE,
 ) -> Artifact:
-    """Export ``model`` and apply the plan's per-layer bit-widths; returns ``out_dir/model.onnx``."""
+    """Export ``model`` and apply the plan's ONNX-stage knobs (per-layer bit-widths); returns ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "model.onnx"
     example = task.example_inputs()
@@ -133,20 +119,14 @@ def build_artifact(
     # export redirects the process's stdout/stderr and quantization changes its working directory for a
     # moment: safe because a process runs one trial at a time (``--jobs`` runs processes, ``autocomp.workers``)
     fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
-    bits = live_bits(plan, model)
-    if any(b != 32 for b in bits.values()):
-        calibration = calibration_inputs(task, max_samples=calibration_samples)
-        quantize_onnx(fp32_path, final, bits, calibration=calibration, recipe=recipe)
-        fp32_path.unlink()
-    else:
-        shutil.move(fp32_path, final)
-    return Artifact(final, onnx_stats(final), channel_counts(model))
-
-
-def live_bits(plan: CompressionPlan, model: nn.Module) -> dict[str, int | str]:
-    """The plan's precisions of the layers ``model`` still has (a block depth pruning removed took its own)."""
-    present = dict(model.named_modules())
-    return {layer: bits for layer, bits in plan.bits.items() if layer in present}
+    work = knobs.OnnxWork(task=task, model=model, onnx_path=fp32_path, out_dir=out_dir, recipe=recipe, calibration_samples=calibration_samples)
+    for name in pipeline:
+        if name != knobs.FINETUNE and knobs.KNOBS[name].stage == "onnx" and plan.changes(name):
+            work = knobs.KNOBS[name].apply(plan[name], work)
+    shutil.move(work.onnx_path, final)
+    for leftover in out_dir.glob("model_*.onnx"):  # the files the ONNX stage started from
+        leftover.unlink()
+    return Artifact(final, onnx_stats(final), channel_counts(model), exact=work.onnx_path == fp32_path)
 
 
 def _same_layout(batch: tuple[Any, ...], example: tuple[Any, ...]) -> bool:
@@ -170,6 +150,7 @@ class PlanResult:
             "accuracy": self.accuracy,
             "torch_accuracy": self.torch_accuracy,
             "size_bytes": self.artifact.stats.size_bytes,
+            "zip_bytes": self.artifact.stats.zip_bytes,
             "params": self.artifact.stats.params,
             "onnx_sha256": self.artifact.stats.sha256,
             "artifact": str(self.artifact.onnx_path),
@@ -185,7 +166,7 @@ def run_plan(
     finetune: DistillConfig,
     recipe: Int8Recipe,
     round_to: int = 8,
-    order: tuple[str, ...] = ("distill", "prune", "quantize"),
+    pipeline: tuple[str, ...] = knobs.DEFAULT_PIPELINE,
     student: str = "pruned",
     on_step: OnStep | None = None,
     on_phase: OnPhase | None = None,
@@ -199,24 +180,24 @@ def run_plan(
     started = time.perf_counter()
     phase("finetune")
     model = compress_model(
-        task, teacher, plan, finetune=finetune, round_to=round_to, order=order, student=student, on_step=on_step
+        task, teacher, plan, finetune=finetune, round_to=round_to, pipeline=pipeline, student=student, on_step=on_step
     )
     compressed = time.perf_counter()
     phase("export")
-    artifact = build_artifact(task, model, plan, out_dir, recipe=recipe)
+    artifact = build_artifact(task, model, plan, out_dir, recipe=recipe, pipeline=pipeline)
     exported = time.perf_counter()
     phase("evaluate")
-    accuracy, torch_accuracy = score_artifact(task, model, plan, artifact, what="the compressed model in PyTorch")
+    accuracy, torch_accuracy = score_artifact(task, model, artifact, what="the compressed model in PyTorch")
     timings = {"finetune": compressed - started, "export": exported - compressed, "evaluate": time.perf_counter() - exported}
     log.info("plan scored: accuracy %.4f, %d bytes", accuracy, artifact.stats.size_bytes)
     return PlanResult(plan, accuracy, artifact, model, torch_accuracy, timings)
 
 
-def score_artifact(task: Task, model: nn.Module, plan: CompressionPlan, artifact: Artifact, *, what: str) -> tuple[float, float]:
+def score_artifact(task: Task, model: nn.Module, artifact: Artifact, *, what: str) -> tuple[float, float]:
     """The task's metric on the ONNX file and on the PyTorch model it came from; an fp32 file must agree."""
     accuracy = evaluate_onnx(task, artifact.onnx_path)
     torch_accuracy = score(task, torch_predictor(model), what=what)
-    if not any(bits != 32 for bits in live_bits(plan, model).values()):
+    if artifact.exact:
         check_same_metric(onnx=accuracy, torch=torch_accuracy, path=artifact.onnx_path)
     return accuracy, torch_accuracy
 

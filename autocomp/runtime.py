@@ -8,6 +8,7 @@ the rest of autocomp runs an ONNX model.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,7 @@ class OnnxStats:
     size_bytes: int
     params: int
     sha256: str
+    zip_bytes: int = 0  # the file deflated (zip, level 9): what shared weights save on disk and over the air
 
 
 def onnx_stats(path: Path) -> OnnxStats:
@@ -126,7 +128,13 @@ def onnx_stats(path: Path) -> OnnxStats:
             continue
         if init.data_type in _FLOAT_TYPES or init.name in dequantized:
             params += int(np.prod(init.dims, dtype=np.int64))
-    return OnnxStats(size_bytes=len(data), params=params, sha256=hashlib.sha256(data).hexdigest())
+    return OnnxStats(size_bytes=len(data), params=params, sha256=hashlib.sha256(data).hexdigest(), zip_bytes=deflated_bytes(data))
+
+
+def deflated_bytes(data: bytes) -> int:
+    """The size of ``data`` deflated as ``zip -9`` would store it (the size objective: a file of shared weights,
+    or of zeros, is no smaller raw, but is smaller to store and to send)."""
+    return len(zlib.compress(data, 9))
 
 
 def training_samples(task: Task, *, max_samples: int, max_batches: int | None = None) -> list[tuple[torch.Tensor, ...]]:

@@ -130,8 +130,7 @@ def stale_reason(study_attrs: dict[str, Any], number: int) -> str | None:
 
 
 def _requeue_once(study: optuna.Study, trial: FrozenTrial) -> None:
-    from autocomp.objective import PHASE
-    from autocomp.study import phase_name
+    from autocomp.objective import PHASE, phase_name
 
     again = trial.user_attrs.get(REQUEUED_FROM) is None
     reason = (

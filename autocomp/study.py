@@ -27,7 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autocomp.allocate import queue_proposals, queue_refined
 from autocomp.anchors import anchor_plans
 from autocomp.errors import AutocompError, ConfigError, first_line
-from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, PHASE_NAMES, SearchContext, TrialStopped, layer_estimates, layer_rows, run_trial
+from autocomp.errors import TrialStopped
+from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, RAW_SIZE, SearchContext, layer_estimates, layer_rows, phase_name, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
 from autocomp.storage import GRACE_S, WORKER, Heartbeat, close_stale, engine_url, heartbeat_enabled, is_shared, shared_storage, stale_reason, worker_id
@@ -294,10 +295,20 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
     study.set_user_attr("backend", settings["backend"])
     study.set_user_attr("task", task_name(ctx.task))
     study.set_user_attr("space", settings["space"])
-    study.set_user_attr("objectives", list(OBJECTIVES))
+    objectives = study_objectives(study)
+    study.set_user_attr("objectives", objectives)
     study.set_user_attr("accuracy_floor", floor)
     study.set_user_attr("latency_budget_ms", ctx.latency_budget_ms)
-    return replace(ctx, accuracy_floor=floor), baseline
+    return replace(ctx, accuracy_floor=floor, size_key=objectives[2]), baseline
+
+
+def study_objectives(study: optuna.Study) -> list[str]:
+    """The objectives a study was begun with (a resumed one keeps them); a new study gets ``OBJECTIVES``."""
+    recorded = study.user_attrs.get("objectives")
+    if recorded:
+        return list(recorded)
+    began = any(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    return [*OBJECTIVES[:2], RAW_SIZE] if began else list(OBJECTIVES)
 
 
 def versions() -> dict[str, str]:
@@ -325,11 +336,6 @@ class SearchOutcome:
 INTERRUPTED = "interrupted"
 """User attr set on a trial that did not end by itself (its process was killed, or Ctrl-C): it is closed
 FAILED with its reason, and does not count towards --trials."""
-
-
-def phase_name(phase: str | None) -> str:
-    """How a trial's recorded phase reads in a reason ("fine-tuning"); none recorded yet is its setup."""
-    return PHASE_NAMES.get(phase, phase) if phase else "its setup"
 
 
 def close_orphans(study: optuna.Study) -> list[int]:

@@ -23,10 +23,11 @@ class Unexportable(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.fc = nn.Linear(256, 4)
+        # three layers, so a space that excludes the first and the last still searches one
+        self.fc1, self.fc2, self.fc = nn.Linear(256, 16), nn.Linear(16, 16), nn.Linear(16, 4)
 
     def forward(self, x):
-        return SimpleNamespace(logits=self.fc(x.flatten(1)))
+        return SimpleNamespace(logits=self.fc(self.fc2(self.fc1(x.flatten(1)).relu()).relu()))
 
 
 class UnexportableTask(ShapesTask):

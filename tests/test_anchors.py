@@ -17,7 +17,7 @@ CNN = {
 
 
 def test_a_uniform_plan_lands_on_the_spaces_grid():
-    plan = uniform_plan(CNN, narrowest=False, prune=0.25, bits=16)
+    plan = uniform_plan(CNN, prune=0.25, bits=16)
     assert plan == {"distill/width": 1.0, "prune/a": 0.2, "sparsity/a": 0.0, "bits/a": 16, "bits/b": 16}
     assert CNN["prune/a"]._contains(plan["prune/a"])  # an enqueued value the distribution holds
 

@@ -107,7 +107,10 @@ def search(
     with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=on_server):
         teacher = setup.teacher()
         space, search_space = setup.space_for(teacher)
-        # the space must give parameters for this model before a study is written
+        # the model must export and the space give parameters for it before a study is written
+        from autocomp.export import check_outputs
+
+        check_outputs(teacher, tuple(setup.task.example_inputs()))
         distributions = search_space.distributions(teacher, supported_bits=setup.profile.supported_bits, example_inputs=setup.task.example_inputs())
         settings = {
             "task": task, "device": device, "space": space, "backend": backend, "seed": seed, "sampler": sampler,
@@ -132,7 +135,7 @@ def search(
 
             chosen = study.trials[final["trial"]]
             console.print(styled("promoted:", "bold", promotion_text(final)))
-        _print_front(outcome.study, baseline)
+        _print_front(outcome.study, baseline, size_key=ctx.size_key)
         report_path = _write_report(outcome.study, out_dir)
     if chosen is None:
         console.print(styled("no trial meets the constraints", "yellow", f"({outcome.rule}); try more --trials or a looser floor/budget"))
@@ -149,7 +152,7 @@ def search(
             speed = f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster)"
         console.print(
             f"chosen: trial {c.number} ({outcome.rule if c is outcome.chosen else 'promoted by its final fine-tune'}): accuracy {100 * c.values[0]:.2f}%, {speed}, "
-            f"{c.values[2] / 1e3:.1f} kB ({baseline['size_bytes'] / c.values[2]:.2f}x smaller)"
+            f"{c.values[2] / 1e3:.1f} kB{SIZE_NOTE.get(ctx.size_key, '')} ({baseline[ctx.size_key] / c.values[2]:.2f}x smaller)"
         )
         if final is not None:
             shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
@@ -273,18 +276,22 @@ class TrialsLeftColumn(ProgressColumn):
         return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left", style="progress.remaining")
 
 
-def _print_front(study, baseline: dict) -> None:
+SIZE_NOTE = {"zip_bytes": " deflated"}
+"""How a size reads: new studies' size objective is the file deflated; older ones' its raw bytes."""
+
+
+def _print_front(study, baseline: dict, *, size_key: str) -> None:
     from autocomp.study import choose_trial
 
     _, rule = choose_trial(study)
     chosen = study.user_attrs.get("chosen_trial")  # a promoted trial replaces the rule's (final.py)
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
-    for column in ("trial", "accuracy %", "latency ms", "speedup", "size kB", "width", "mean prune", "precisions", "latency source"):
+    for column in ("trial", "accuracy %", "latency ms", "speedup", f"size kB{SIZE_NOTE.get(size_key, '')}", "width", "mean prune", "precisions", "latency source"):
         table.add_column(column, justify="right")
     table.add_row(
         "baseline", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00x",
-        f"{baseline['size_bytes'] / 1e3:.1f}", "1.0", "0.00", "all 32", baseline["latency_source"],
+        f"{baseline[size_key] / 1e3:.1f}", "1.0", "0.00", "all 32", baseline["latency_source"],
     )
     for trial in front:
         params = trial.params

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from autocomp.compress.heads import attention_blocks, first_tensor
 from autocomp.errors import PlanError
-from autocomp.plan import CompressionPlan
+from autocomp.targets import check_known, check_ratios
 
 
 class KeptBlocks(nn.ModuleList):
@@ -99,7 +99,8 @@ def removed_blocks(
     teacher: nn.Module, ratios: Mapping[str, float], samples: Sequence[tuple[Tensor, ...]]
 ) -> list[str]:
     """The block paths a plan's depth ratios remove: in each stack, the blocks of least influence in the teacher."""
-    CompressionPlan(depth=ratios).validate(teacher)  # the plan's own checks: stacks of the model, ratios in [0, 1)
+    ratios = check_ratios("depth/", ratios)
+    check_known("depth/", ratios, block_stacks(teacher), what="a stack of attention blocks", label="stacks")
     stacks = block_stacks(teacher)
     removed: list[str] = []
     for stack, ratio in ratios.items():

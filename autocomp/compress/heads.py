@@ -31,9 +31,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from autocomp.compress.prune import quiet_unwrapped_parameters
+from autocomp.compress.tp_warnings import quiet_unwrapped_parameters
 from autocomp.errors import CompressionError, first_line
-from autocomp.plan import CompressionPlan
+from autocomp.targets import check_known, check_ratios
 
 @dataclass(frozen=True)
 class _Layout:
@@ -102,7 +102,8 @@ def prune_heads(
     Raises PlanError for a path that is not an attention block or a ratio
     outside [0, 1); CompressionError when torch-pruning cannot trace the model.
     """
-    CompressionPlan(heads=ratios).validate(model)  # the plan's own checks: attention modules, ratios in [0, 1)
+    ratios = check_ratios("heads/", ratios)
+    check_known("heads/", ratios, attention_blocks(model), what="a self-attention module", label="attention modules")
     blocks = attention_blocks(model)
     removed = {path: blocks[path].num_heads - heads_kept(blocks[path].num_heads, ratio) for path, ratio in ratios.items()}
     removed = {path: n for path, n in removed.items() if n > 0}

@@ -22,13 +22,11 @@ This module adds what a compression *plan* needs on top of it:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch_pruning as tp
@@ -36,7 +34,11 @@ from torch import Tensor, nn
 
 from autocomp.compress.sparsity import clone_model
 from autocomp.errors import CompressionError, PlanError, first_line
-from autocomp.plan import COMPRESSIBLE, PRUNE, CompressionPlan
+from autocomp.compress.tp_warnings import quiet_unwrapped_parameters
+from autocomp.export import not_tensors
+from autocomp.targets import COMPRESSIBLE, check_layers, check_ratios
+
+PRUNE = "prune/"  # the plan parameter prefix, for messages
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,11 @@ def prune_channels(
     them, or to an ignored layer); CompressionError when torch-pruning cannot
     prune a valid plan. The input model is never modified.
     """
-    plan = CompressionPlan(prune=ratios)
-    plan.validate(model)
+    ratios = check_ratios(PRUNE, ratios)
+    check_layers(PRUNE, ratios, model)
     _check_round_to(round_to)
     ignored = _checked_ignored(model, ignored_layers)
-    requested = {layer: ratio for layer, ratio in plan.prune.items() if ratio > 0.0}
+    requested = {layer: ratio for layer, ratio in ratios.items() if ratio > 0.0}
     heads = _attention_projections(model)
     named = sorted(set(requested) & set(heads))
     if named:
@@ -201,20 +203,6 @@ def _refuse_masked(model: nn.Module) -> None:
             )
 
 
-@contextlib.contextmanager
-def quiet_unwrapped_parameters() -> Iterator[None]:
-    """Silence torch-pruning's "Unwrapped parameters detected" warning.
-
-    It fires for every parameter that belongs to no layer, such as a ViT's position embedding or
-    class token, and says it will prune their last dimension: the embedding width, which is what
-    those parameters share with the residual stream. That default is right for them, and a user
-    watching a search should not see it once per trial.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
-        yield
-
-
 def _tensors_only(out: object) -> bool:
     if isinstance(out, Tensor):
         return True
@@ -238,10 +226,7 @@ def _trace_graph(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tp.Dep
             except Exception:
                 out = None
         if out is not None and not _tensors_only(out):
-            raise CompressionError(
-                f"{type(model).__name__}.forward() returns a {type(out).__name__}, not tensors; make it return a tensor "
-                "(or a tuple or dict of tensors), e.g. with a wrapper module around the model"
-            ) from exc
+            raise CompressionError(not_tensors(model, out)) from exc
         first = first_line(exc)
         raise CompressionError(
             f"torch-pruning could not trace {type(model).__name__} ({type(exc).__name__}: {first}); "

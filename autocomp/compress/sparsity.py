@@ -21,7 +21,7 @@ from typing import Mapping
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from autocomp.plan import COMPRESSIBLE, CompressionPlan
+from autocomp.targets import COMPRESSIBLE, check_layers, check_ratios
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def apply_sparsity(model: nn.Module, ratios: Mapping[str, float]) -> nn.Module:
     ``make_sparsity_permanent`` before export. Raises PlanError for an unknown
     or non-Conv/Linear layer or a ratio outside [0, 1).
     """
-    plan = CompressionPlan(sparsity=ratios)
-    plan.validate(model)
+    ratios = check_ratios("sparsity/", ratios)
+    check_layers("sparsity/", ratios, model)
     sparse = clone_model(model)
     modules = dict(sparse.named_modules())
-    for layer, ratio in plan.sparsity.items():
+    for layer, ratio in ratios.items():
         if ratio == 0.0:
             continue
         module = modules[layer]

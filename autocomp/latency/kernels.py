@@ -28,10 +28,12 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from autocomp.host import cpuinfo_flags
-from autocomp.latency.graph import GraphCost
+
+if TYPE_CHECKING:  # graph.py asks this module for the runtime's choices: only the type comes back
+    from autocomp.latency.graph import GraphCost
 
 _MAC = frozenset(
     {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm", "MatMul", "FusedMatMul",
@@ -130,7 +132,7 @@ def runtime_choices(onnx_path: Path, original) -> RuntimeChoices:
     return RuntimeChoices(present=dict(present), int8=frozenset(int8), added=tuple(added))
 
 
-def simulated_kernels(graph: GraphCost) -> Counter[str]:
+def simulated_kernels(graph: "GraphCost") -> Counter[str]:
     """The kernels the cost model prices in ``graph``, counted like ``runtime_kernels``."""
     return Counter(kernel_kind(op.op_type) for op in graph.ops if op.op_type not in _SKIP)
 

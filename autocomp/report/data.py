@@ -29,7 +29,9 @@ from autocomp.storage import stale_reason
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 """Objective names in the order the search stores them in ``trial.values``."""
 
-OBJECTIVE_LABELS = {"accuracy": "accuracy (%)", "latency_ms": "latency (ms)", "size_bytes": "size"}
+OBJECTIVE_LABELS = {"accuracy": "accuracy (%)", "latency_ms": "latency (ms)", "size_bytes": "size", "zip_bytes": "size (deflated)"}
+"""A study's size objective is its ONNX file deflated (``zip_bytes``; shared weights and zeros only save
+there) or, for studies begun before weight sharing, its raw bytes (``size_bytes``)."""
 
 NOT_RECORDED = "not recorded"
 """What the report shows for a fact an older study does not record."""
@@ -85,6 +87,15 @@ class StudyMeta:
     """100 when accuracies are stored as fractions in [0, 1] (shown as percent), else 1."""
     confirmed_ms: Mapping[str, float] = field(default_factory=dict)
     """The fastest trials and the baseline timed again side by side (``study.CONFIRMED``), when the search did."""
+
+    @property
+    def size_key(self) -> str:
+        """Which size the third objective is: ``zip_bytes`` (deflated) or ``size_bytes`` (raw)."""
+        return self.objectives[2] if len(self.objectives) > 2 else "size_bytes"
+
+    @property
+    def size_label(self) -> str:
+        return OBJECTIVE_LABELS.get(self.size_key, "size")
 
 
 @dataclass(frozen=True)
@@ -418,7 +429,7 @@ def baseline_point(meta: StudyMeta) -> dict[str, float] | None:
     baseline = meta.baseline or {}
     acc = _float_or_none(baseline.get("accuracy"))
     lat = _float_or_none(baseline.get("latency_ms"))
-    size = _float_or_none(baseline.get("size_bytes"))
+    size = _float_or_none(baseline.get(meta.size_key))
     if acc is None and lat is None and size is None:
         return None
     return {
@@ -466,7 +477,7 @@ LAYER_COLUMNS = [
 def chosen_layers(study: optuna.Study, meta: StudyMeta | None = None) -> pd.DataFrame:
     """The chosen plan layer by layer against the baseline (empty when no trial was chosen).
 
-    Columns: ``LAYER_COLUMNS``. Channels and estimated latency come from the trial's and the
+    Columns: ``LAYER_COLUMNS``, then any a knob added (``knob_columns``). Channels and estimated latency come from the trial's and the
     baseline's ``layers`` rows; a trial without them falls back to its plan parameters, with
     NaN where only a measurement could say. Layers are in the chosen trial's (model) order.
     """
@@ -497,7 +508,13 @@ def chosen_layers(study: optuna.Study, meta: StudyMeta | None = None) -> pd.Data
     lat = pd.to_numeric(merged["est_latency_ms"], errors="coerce")
     base_lat = pd.to_numeric(merged["baseline_latency_ms"], errors="coerce")
     merged["speedup"] = (base_lat / lat).where(lat > 0)
-    return merged[LAYER_COLUMNS].reset_index(drop=True)
+    return merged[LAYER_COLUMNS + knob_columns(chosen)].reset_index(drop=True)
+
+
+def knob_columns(rows: pd.DataFrame) -> list[str]:
+    """Columns a knob adds to the layer rows (``Knob.columns``) beyond ``LAYER_COLUMNS``, in their order, that
+    say something for some layer: a new technique's cells reach the report without the report naming them."""
+    return [c for c in rows.columns if c not in LAYER_COLUMNS and not str(c).startswith("_") and rows[c].notna().any()]
 
 
 def chosen_summary(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any] | None:

@@ -151,10 +151,10 @@ def table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[
     return f'<table id="{table_id}"{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _trials_table_html(trials: pd.DataFrame) -> str:
+def _trials_table_html(trials: pd.DataFrame, *, size_label: str = "size") -> str:
     headers = [
         ("trial", True), ("state", False), ("accuracy %", True), ("latency ms", True), ("p90 ms", True),
-        ("size", True), ("params", True), ("feasible", False), ("Pareto", False), ("violations", False),
+        (size_label, True), ("params", True), ("feasible", False), ("Pareto", False), ("violations", False),
         ("width", True), ("mean prune", True), ("precisions", False), ("latency source", False),
         ("seconds", True), ("fail reason", False),
     ]
@@ -192,9 +192,11 @@ def _trials_table_html(trials: pd.DataFrame) -> str:
 def _layers_table_html(layers: pd.DataFrame) -> str:
     # attention heads are a column only for models that have them (transformers)
     with_heads = "heads" in layers and pd.to_numeric(layers["heads"], errors="coerce").notna().any()
+    extra = data.knob_columns(layers)  # a knob's own cells, shown as they come
     headers = [
         ("layer", False), ("channels", True), *([("heads", True)] if with_heads else []), ("pruned", True),
         ("sparsity", True), ("bits", True), ("est. ms", True), ("speedup", True),
+        *((column.replace("_", " "), True) for column in extra),
     ]
 
     def arrow(a: Any, b: Any, spec: str) -> str:
@@ -212,8 +214,16 @@ def _layers_table_html(layers: pd.DataFrame) -> str:
             (f"{_precision(r.baseline_bits)} → {_precision(r.bits)}", _precision(r.bits)),
             (arrow(r.baseline_latency_ms, r.est_latency_ms, ".3g"), r.est_latency_ms),
             (_fmt(r.speedup, ".2f", "×"), r.speedup),
+            *((_plain(getattr(r, column)), getattr(r, column)) for column in extra),
         ]))
     return table(headers, rows, table_id="layers", sortable=True)
+
+
+def _plain(value: Any) -> str:
+    """A knob's own cell: a number as ``g``, anything else escaped, nothing for a missing value."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _fmt(value, "g")
+    return "" if value is None or (isinstance(value, float) and value != value) else esc(str(value))
 
 
 def _removed(row: Any) -> str:
@@ -276,7 +286,7 @@ def _summary_html(summary: dict[str, Any] | None, meta: data.StudyMeta, prov: di
             ("latency", _fmt(summary["latency_ms"], ".3g", " ms"),
              f'baseline {_fmt(summary["baseline_latency_ms"], ".3g", " ms")} · {_fmt(summary["speedup"], ".2f", "× faster")}'
              + _side_by_side_html(summary.get("side_by_side"))),
-            ("size", esc(data.format_bytes(summary["size_bytes"])),
+            (meta.size_label, esc(data.format_bytes(summary["size_bytes"])),
              f'baseline {esc(data.format_bytes(summary["baseline_size_bytes"]))} · {_fmt(summary["size_ratio"], ".2f", "× smaller")}'),
         ]
         parts.append('<div class="cards">' + "".join(
@@ -429,7 +439,7 @@ def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
         f'<section id="trials-section"><h2>all trials ({len(trials)})</h2>'
         '<p class="meta">Click a column header to sort; a table wider than the page scrolls sideways. ★ chosen trial; '
         "a dark left edge marks the Pareto front; grey rows are infeasible; red rows failed or were stopped early.</p>"
-        f'<div class="scroll">{_trials_table_html(trials)}</div></section>'
+        f'<div class="scroll">{_trials_table_html(trials, size_label=meta.size_label)}</div></section>'
     )
     return page(f"autocomp report: {meta.study_name}", "".join(body), with_plotly=has_figures)
 

@@ -82,10 +82,10 @@ def test_a_bert_layer_goes_and_the_encoder_runs_with_its_mask_and_exports(tmp_pa
 def test_a_plan_naming_something_that_is_not_a_stack_is_refused():
     model = ViTDigits()
     with pytest.raises(PlanError, match=r"depth/blocks\.0: 'blocks\.0' is not a stack of attention blocks of the model; stacks: blocks"):
-        CompressionPlan(depth={"blocks.0": 0.5}).validate(model)
+        CompressionPlan.of(depth={"blocks.0": 0.5}).validate(model)
     with pytest.raises(PlanError, match=r"outside \[0, 1\)"):
-        CompressionPlan(depth={"blocks": 1.0})
-    plan = CompressionPlan(depth={"blocks": 0.5}, heads={"blocks.3.attention": 0.25})
+        CompressionPlan.of(depth={"blocks": 1.0})
+    plan = CompressionPlan.of(depth={"blocks": 0.5}, heads={"blocks.3.attention": 0.25})
     assert CompressionPlan.from_params(plan.to_params()) == plan and not plan.is_identity
 
 
@@ -119,7 +119,8 @@ def test_a_plan_with_depth_heads_widths_and_precisions_builds_a_file_that_runs(t
     import onnx
 
     from autocomp.compress.distill import DistillConfig
-    from autocomp.pipeline import DEPTH_SAMPLES, build_artifact, compress_model, score_artifact
+    from autocomp.knobs.depth import DEPTH_SAMPLES
+    from autocomp.pipeline import build_artifact, compress_model, score_artifact
     from autocomp.profiles import load_profile
     from autocomp.runtime import training_samples
 
@@ -128,7 +129,7 @@ def test_a_plan_with_depth_heads_widths_and_precisions_builds_a_file_that_runs(t
     expected = removed_blocks(teacher, {"blocks": 0.34}, training_samples(task, max_samples=DEPTH_SAMPLES))
     assert len(expected) == 1
     linears = [name for name, m in teacher.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
-    plan = CompressionPlan(
+    plan = CompressionPlan.of(
         depth={"blocks": 0.34},
         heads={f"blocks.{i}.attention": 0.5 for i in range(3)},  # one of them is in the block that goes: moot
         prune={f"blocks.{i}.fc1": 0.5 for i in range(3)},
@@ -148,5 +149,5 @@ def test_a_plan_with_depth_heads_widths_and_precisions_builds_a_file_that_runs(t
     onnx.checker.check_model(graph)
     # every Linear of the two kept blocks runs as dynamic int8 (q, k, v, proj, fc1, fc2); the removed block's are gone
     assert sum(node.op_type == "MatMulInteger" for node in graph.graph.node) == 6 * 2
-    accuracy, torch_accuracy = score_artifact(task, model, plan, artifact, what="the depth-pruned ViT")
+    accuracy, torch_accuracy = score_artifact(task, model, artifact, what="the depth-pruned ViT")
     assert 0.0 <= accuracy <= 1.0 and abs(accuracy - torch_accuracy) <= 0.1

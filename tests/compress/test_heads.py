@@ -194,7 +194,7 @@ def test_a_plan_with_heads_and_feed_forward_pruning_builds_runs_and_exports(tmp_
     assert model.bert.encoder.layer[1].intermediate.dense.out_features == 64
     export_onnx(model, task.example_inputs(), tmp_path / "plan.onnx", check_batches=[inputs(batch=5)])
     with pytest.raises(PlanError, match="heads/bert.encoder.layer.0.intermediate.dense: .* is not a self-attention module"):
-        CompressionPlan(heads={"bert.encoder.layer.0.intermediate.dense": 0.5}).validate(task.model)
+        CompressionPlan.of(heads={"bert.encoder.layer.0.intermediate.dense": 0.5}).validate(task.model)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from autocomp.bench import hypervolume
 from test_report_html import render_in_chromium
 
 TESTS = Path(__file__).resolve().parents[1]
-BASELINE = {"accuracy": 0.95, "latency_ms": 2.0, "size_bytes": 1000.0}
+BASELINE = {"accuracy": 0.95, "latency_ms": 2.0, "zip_bytes": 1000.0}
 
 
 def _trial(number: int, accuracy: float, latency_ms: float, size_bytes: float) -> FrozenTrial:
