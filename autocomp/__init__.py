@@ -9,10 +9,13 @@ from typing import Any
 
 from autocomp.errors import AutocompError
 
-__all__ = ["AutocompError", "CompressionPlan", "Task", "load_task"]
+__all__ = ["AutocompError", "CompressionPlan", "SearchResult", "Task", "load_task", "search"]
 __version__ = "0.1.0"
 
-_LAZY = {"CompressionPlan": "autocomp.plan", "Task": "autocomp.tasks", "load_task": "autocomp.tasks"}
+_LAZY = {
+    "CompressionPlan": "autocomp.plan", "Task": "autocomp.tasks", "load_task": "autocomp.tasks",
+    "search": "autocomp.api", "SearchResult": "autocomp.api",
+}
 
 
 def __getattr__(name: str) -> Any:

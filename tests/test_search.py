@@ -338,7 +338,7 @@ def test_a_second_search_on_the_same_run_is_refused_and_the_first_goes_on(tmp_pa
 def test_progress_shows_the_time_left_from_this_runs_trials():
     from rich.progress import Progress
 
-    from autocomp.cli.search_cmd import TrialsLeftColumn
+    from autocomp.cli.progress import TrialsLeftColumn
 
     column = TrialsLeftColumn()
     with Progress(disable=True) as progress:

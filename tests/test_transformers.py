@@ -18,7 +18,7 @@ TASK = f"{Path(__file__).parent / 'bert_task.py'}:make_task"
 
 
 def test_space_auto_takes_the_transformer_space_for_a_model_with_attention():
-    from autocomp.cli.setup import auto_space
+    from autocomp.setup import auto_space
     from bert_task import Encoder
     from tiny_models import TinyResNet
 

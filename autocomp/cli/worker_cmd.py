@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from autocomp.cli.app import app, console
-from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION
-from autocomp.cli.setup import Setup
+from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
+from autocomp.cli.progress import RichEvents
 from autocomp.errors import ConfigError
 
 
@@ -63,9 +63,13 @@ def worker(
         storage=storage, study_name=study_name, sampler=make_sampler(settings["sampler"], seed=None, parallel=True),
         grace_s=settings["grace_s"], create=False, shared=True,
     )
+    from autocomp.profiles import load_profile
+    from autocomp.setup import Setup
+
+    device = with_board(load_profile(settings["device"]), board=board, key=key, known_hosts=known_hosts, python=python)
     setup = Setup.load(
-        task=settings["task"], device=settings["device"], space=settings["space"], backend=settings["backend"],
-        threads=settings["threads"], storage=storage, board=board, key=key, known_hosts=known_hosts, python=python,
+        task=settings["task"], device=device, space=settings["space"], backend=settings["backend"],
+        threads=settings["threads"], storage=storage, events=RichEvents(),
     )
     out_dir = (out or Path("reports") / study_name / f"worker-{socket.gethostname()}-{os.getpid()}").resolve()
     with exclusive_run(out_dir, storage=storage, study_name=study_name, shared=True):

@@ -1,6 +1,6 @@
-"""What ``autocomp search`` and ``autocomp worker`` both build before the first trial: the task, the
-device as deployed, the backends, the space and the baseline. A search builds it from its options; a
-worker from the settings the search stored in the study, so the two cannot drift apart."""
+"""What a search and a worker both build before the first trial: the task, the device as deployed, the
+backends, the space and the baseline. A search builds it from its arguments; a worker from the settings
+the search stored in the study, so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autocomp.cli.app import console, err_console, styled
-from autocomp.cli.board_cmd import with_board
+from autocomp.events import Events, Quiet
 
 AUTO_SPACE = "auto"
 
@@ -24,35 +23,44 @@ class Setup:
     estimator: Any
     backend_name: str
     space_name: str
-    space: Any  # None for --space auto, until ``space_for``
+    space: Any  # None for space "auto", until ``space_for``
+    events: Events
 
     @classmethod
     def load(
-        cls, *, task: str, device: str, space: str, backend: str, threads: int | None, storage: str,
-        board=None, key=None, known_hosts=None, python=None,
+        cls, *, task: str, device: Any, space: str, backend: str, threads: int | None, storage: str, events: Events | None = None,
     ) -> "Setup":
-        """``storage``: the study's database (a board pool's leases live there)."""
+        """``device``: a profile name or a ``DeviceProfile`` (the CLI's --board options already applied);
+        ``storage``: the study's database (a board pool's leases live there)."""
         from autocomp.latency import get_backend
         from autocomp.profiles import load_profile, with_threads
         from autocomp.search_space import load_space
         from autocomp.tasks import load_task
 
-        profile = with_threads(with_board(load_profile(device), board=board, key=key, known_hosts=known_hosts, python=python), threads)
+        profile = with_threads(load_profile(device) if isinstance(device, str) else device, threads)
         return cls(
             profile=profile, backend=get_backend(backend, profile=profile, leases_url=storage), estimator=get_backend("estimate", profile=profile),
             backend_name=backend, space_name=space, space=None if space == AUTO_SPACE else load_space(space),
             task=load_task(task),  # last: the checks above cost nothing, a task file may import torch
+            events=events or Quiet(),
         )
 
     def teacher(self):
         from autocomp.tasks import task_name
 
-        with console.status(f"preparing {task_name(self.task)} (the first run trains the built-in model, about a minute)"):
+        with self.events.status(f"preparing {task_name(self.task)} (the first run trains the built-in model, about a minute)"):
             return self.task.build_model()
 
     def space_for(self, teacher) -> tuple[str, Any]:
         """The space's name (as stored) and the space; ``auto`` is resolved for this model."""
-        return (self.space_name, self.space) if self.space is not None else auto_space(teacher)
+        if self.space is not None:
+            return self.space_name, self.space
+        from autocomp.compress.heads import attention_blocks
+
+        name, space = auto_space(teacher)
+        if name != "default":
+            self.events.say(f"search space: {name} (the model has {len(attention_blocks(teacher))} self-attention modules; --space picks another)")
+        return name, space
 
     def prepare(
         self, study, teacher, space, *, out_dir: Path, settings: dict[str, Any], seed: int,
@@ -66,10 +74,10 @@ class Setup:
         from autocomp.profiles import calibration_mismatch, runtime_text
         from autocomp.study import prepare_study, joined_study
 
-        console.print(f"optimizing for {self.profile.name} as it is deployed: {runtime_text(self.profile.runtime)}")
+        self.events.say(f"optimizing for {self.profile.name} as it is deployed: {runtime_text(self.profile.runtime)}")
         mismatch = calibration_mismatch(self.profile) if self.backend_name == "estimate" else None
         if mismatch:
-            err_console.print(styled("warning:", "yellow", mismatch))
+            self.events.say(mismatch, warning=True)
         ctx = SearchContext(
             task=self.task, teacher=teacher, space=space, profile=self.profile, backend=self.backend,
             estimator=self.estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
@@ -77,22 +85,21 @@ class Setup:
         if join:
             ctx, baseline = joined_study(ctx, study)
         else:
-            with console.status("evaluating the uncompressed baseline"):
+            with self.events.status("evaluating the uncompressed baseline"):
                 ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=settings["min_accuracy"])
-        console.print(
+        self.events.say(
             f"baseline: accuracy {100 * baseline['accuracy']:.2f}%, latency {baseline['latency_ms']:.3f} ms "
-            f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB; floor {100 * ctx.accuracy_floor:.2f}%"
+            f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB"
+            + (f" ({baseline['zip_bytes'] / 1e3:.1f} kB deflated)" if baseline.get("zip_bytes") else "")
+            + f"; floor {100 * ctx.accuracy_floor:.2f}%"
         )
         return ctx, baseline
 
 
 def auto_space(teacher) -> tuple[str, Any]:
-    """``--space auto``: the transformer space for a model with self-attention modules, else the default one."""
+    """Space "auto": the transformer space for a model with self-attention modules, else the default one."""
     from autocomp.compress.heads import attention_blocks
     from autocomp.search_space import load_space
 
-    blocks = attention_blocks(teacher)
-    if not blocks:
-        return "default", load_space("default")
-    console.print(f"search space: transformer (the model has {len(blocks)} self-attention modules; --space picks another)")
-    return "transformer", load_space("transformer")
+    name = "transformer" if attention_blocks(teacher) else "default"
+    return name, load_space(name)
