@@ -119,7 +119,7 @@ def plan_structure(ctx: SearchContext, plan: CompressionPlan) -> nn.Module:
     """The plan's model as this search builds it (device rounding, the space's order and student), not fine-tuned."""
     return compress_model(
         ctx.task, ctx.teacher, plan, finetune=replace(ctx.finetune, steps=0), round_to=ctx.profile.channel_multiple,
-        pipeline=ctx.space.pipeline, student=ctx.space.student,
+        pipeline=ctx.space.pipeline, student=ctx.space.student, recipe=ctx.profile.int8_recipe,
     )
 
 

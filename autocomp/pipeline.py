@@ -56,6 +56,7 @@ def compress_model(
     round_to: int = 8,
     pipeline: tuple[str, ...] = knobs.DEFAULT_PIPELINE,
     student: str = "pruned",
+    recipe: Int8Recipe | None = None,
     on_step: OnStep | None = None,
 ) -> nn.Module:
     """The PyTorch stage of a plan: a new, fine-tuned model (the teacher is left untouched).
@@ -73,6 +74,7 @@ def compress_model(
         return teacher  # nothing for the PyTorch stage (bit-widths act on the ONNX graph): nothing to fine-tune
     work = knobs.TorchWork(
         task=task, teacher=teacher, model=teacher, example_inputs=tuple(task.example_inputs()), round_to=round_to, student=student,
+        plan=plan, recipe=recipe,
     )
     steps = finetune.steps // len(stages)
     for index, stage in enumerate(stages):
@@ -180,7 +182,7 @@ def run_plan(
     started = time.perf_counter()
     phase("finetune")
     model = compress_model(
-        task, teacher, plan, finetune=finetune, round_to=round_to, pipeline=pipeline, student=student, on_step=on_step
+        task, teacher, plan, finetune=finetune, round_to=round_to, pipeline=pipeline, student=student, recipe=recipe, on_step=on_step
     )
     compressed = time.perf_counter()
     phase("export")

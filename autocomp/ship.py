@@ -94,7 +94,7 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
         space = load_space(settings["space"])
         model = compress_model(
             task, teacher, plan, finetune=DistillConfig(steps=0), round_to=profile.channel_multiple,
-            pipeline=space.pipeline, student=space.student,
+            pipeline=space.pipeline, student=space.student, recipe=profile.int8_recipe,
         )
         state_path = onnx_src.parent / "model_state.pt"  # the trial's, or the final fine-tune's
         if not state_path.is_file():

@@ -84,3 +84,14 @@ def test_bad_shared_bits_are_refused(bits, message):
         CompressionPlan.of(cluster={"fc": bits})
     with pytest.raises(ConfigError, match="must be a non-empty list of bits from 2, 3"):
         parse_space({"schema_version": 1, "cluster": [{"layers": ["*"], "choices": [bits]}]}, name="bad")
+
+
+def test_the_report_says_sharing_buys_size_not_speed():
+    import pandas as pd
+
+    from autocomp.report.data import technique_notes
+
+    trials = pd.DataFrame(columns=["state", "precisions", "qat", "accuracy_pct"])
+    layers = pd.DataFrame({"layer": ["a", "b", "c"], "shared_values": [16, None, 64]})
+    (note,) = technique_notes(trials, layers)
+    assert note.startswith("weights shared in 2 layers (16, 64 values each)") and "does not run faster" in note

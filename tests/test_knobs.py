@@ -36,6 +36,7 @@ SECTIONS = {
     "sparsity": [{"layers": ["*"], "ratio": RATIO}],
     "bits": [{"layers": ["*"], "choices": [32, 16, 8]}],  # dyn8 only takes MatMul layers: test_depth covers it
     "cluster": [{"layers": ["*"], "choices": [32, 4]}],
+    "qat": [False, True],
 }
 """A section each knob's contract runs with: every value range a real space gives it."""
 

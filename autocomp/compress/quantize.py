@@ -64,8 +64,14 @@ def quantize_onnx(
     *,
     calibration: Sequence[tuple[np.ndarray, ...]],
     recipe: Int8Recipe = Int8Recipe(),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write ``dst``: ``src`` with each named layer at its precision (32, 16, 8 or "dyn8"); unnamed layers stay fp32.
+
+    ``ranges``: an int8 layer's input range ``(rmin, rmax)`` as quantization-aware fine-tuning learned it
+    (``knobs.qat``); onnxruntime then quantizes that input with it (``TensorQuantOverrides``) instead of
+    the range it calibrates, so the file runs what was trained. Weights take their scales from the
+    trained weights, by the same rule in both.
 
     ``bits`` maps module paths (``layer1.0.conv1``) to precisions;
     ``calibration`` is a sequence of input tuples (one array per graph input,
@@ -123,7 +129,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="autocomp-quant-") as tmp:
         work = Path(tmp)
         if int8_layers:
-            model = _quantize_int8(model, _nodes_of(int8_layers, mapping), calibration, recipe, work)
+            overrides = _input_overrides(model, {layer: ranges[layer] for layer in int8_layers if layer in (ranges or {})}, mapping)
+            model = _quantize_int8(model, _nodes_of(int8_layers, mapping), calibration, recipe, work, overrides=overrides)
             _check_quantized(model, int8_layers, mapping)
         if dynamic_layers:
             model = _quantize_dynamic(model, dynamic_layers, mapping, recipe, work)
@@ -137,6 +144,21 @@ def quantize_onnx(
         raise CompressionError(f"the quantized model {dst.name} is invalid: {type(exc).__name__}: {first_line(exc)}") from exc
     log.debug("quantized %s -> %s: int8 %s, dyn8 %s, fp16 %s", src.name, dst.name, int8_layers, dynamic_layers, fp16_layers)
     return dst
+
+
+def _input_overrides(
+    model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], mapping: Mapping[str, list[str]]
+) -> dict[str, tuple[float, float]]:
+    """Each layer's range on the activation its ONNX nodes take (input 0); layers sharing an input
+    (attention's q, k and v) saw the same tensor, so their ranges are joined."""
+    nodes = {node.name: node for node in model.graph.node}
+    out: dict[str, tuple[float, float]] = {}
+    for layer, (low, high) in ranges.items():
+        for name in mapping[layer]:
+            tensor = nodes[name].input[0]
+            known = out.get(tensor, (low, high))
+            out[tensor] = (min(known[0], low), max(known[1], high))
+    return out
 
 
 def _nodes_of(layers: Sequence[str], mapping: Mapping[str, list[str]]) -> list[str]:
@@ -212,6 +234,8 @@ def _quantize_int8(
     calibration: Sequence[tuple[np.ndarray, ...]],
     recipe: Int8Recipe,
     work: Path,
+    *,
+    overrides: Mapping[str, tuple[float, float]] | None = None,
 ) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -232,6 +256,9 @@ def _quantize_int8(
             activation_type=activation,
             weight_type=weight,
             nodes_to_quantize=list(nodes),
+            extra_options={"TensorQuantOverrides": {
+                tensor: [{"rmin": np.float32(low), "rmax": np.float32(high)}] for tensor, (low, high) in (overrides or {}).items()
+            }},
         )
     except PlanError:
         raise

@@ -17,25 +17,26 @@ from autocomp.knobs.depth import Depth
 from autocomp.knobs.distill import Distill
 from autocomp.knobs.heads import Heads
 from autocomp.knobs.prune import Prune
+from autocomp.knobs.qat import Qat
 from autocomp.knobs.sparsity import Sparsity
 
 __all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline"]
 
-KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster())}
+KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster(), Qat())}
 """Every knob by name, in the order a trial suggests their parameters (kept from the first release, so a
 seeded search samples as it did)."""
 
 FINETUNE = "finetune"
 """A pipeline entry that is not a knob: fine-tune here as well as after the last torch-stage knob."""
 
-DEFAULT_PIPELINE = ("distill", "depth", "heads", "prune", "sparsity", "cluster", "bits")
-"""Narrow the student first, then remove blocks, heads and channels, mask or share weights, fine-tune once,
-export, quantize."""
+DEFAULT_PIPELINE = ("distill", "depth", "heads", "prune", "sparsity", "cluster", "qat", "bits")
+"""Narrow the student first, then remove blocks, heads and channels, mask or share weights, fake-quantize the
+int8 layers (QAT), fine-tune once, export, quantize."""
 
 _LEGACY = {
     # the first release's two orders, in its three words
     ("distill", "prune", "quantize"): DEFAULT_PIPELINE,
-    ("prune", "distill", "quantize"): ("depth", "heads", "prune", FINETUNE, "distill", "sparsity", "cluster", "bits"),
+    ("prune", "distill", "quantize"): ("depth", "heads", "prune", FINETUNE, "distill", "sparsity", "cluster", "qat", "bits"),
 }
 
 

@@ -94,6 +94,8 @@ class TorchWork:
     example_inputs: tuple[Tensor, ...]
     round_to: int  # channel counts are rounded to multiples of this (the device's preference)
     student: str = "pruned"  # how a narrower student starts (``distill.student`` of the space)
+    plan: Any = None  # the whole CompressionPlan: a knob may act on what another decides (qat on the int8 layers)
+    recipe: Any = None  # the device's int8 recipe (``profiles.Int8Recipe``), None: the default one
     changed: bool = False  # a knob before this one already changed the model
     finish: tuple[Callable[[nn.Module], nn.Module], ...] = field(default=())
     """Run on the model after its last fine-tune, in order (sparsity folds its masks in here)."""

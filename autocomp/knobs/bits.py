@@ -67,7 +67,9 @@ class Bits:
             return work
         out = work.out_dir / "model_bits.onnx"
         calibration = calibration_inputs(work.task, max_samples=work.calibration_samples)
-        quantize_onnx(work.onnx_path, out, bits, calibration=calibration, recipe=work.recipe)
+        # an int8 layer fine-tuned with fake quantization (the qat knob) carries the input range it trained with
+        trained = {layer: tuple(present[layer].qat_range.tolist()) for layer, b in bits.items() if b == 8 and hasattr(present[layer], "qat_range")}
+        quantize_onnx(work.onnx_path, out, bits, calibration=calibration, recipe=work.recipe, ranges=trained)
         return replace(work, onnx_path=out)
 
     def columns(self, values: Mapping[str, Any], facts: LayerFacts) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from autocomp.compress.parametrized import fold, tied
 from autocomp.compress.sparsity import clone_model  # a deep copy that also works while masks are attached
 from autocomp.errors import ConfigError, PlanError
 from autocomp.knobs.base import LAYERS, LayerFacts, Scope, TorchWork, ValueKind
@@ -99,14 +100,8 @@ def fold_shared(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every shared weight folded into a plain parameter (its 2^b values kept)."""
     folded = clone_model(model)
     for module in folded.modules():
-        if parametrize.is_parametrized(module, "weight") and isinstance(module.parametrizations.weight[0], _Shared):
-            weight = module.weight.detach().clone()
-            # not parametrize.remove_parametrizations: it deletes the property from the parametrized class,
-            # which every deep copy of the model shares (deepcopy keeps classes), so it would break the
-            # input model too; undo the parametrization of this instance only
-            del module._modules["parametrizations"]
-            module.__class__ = module.__class__.__bases__[0]
-            module.weight = nn.Parameter(weight)
+        if tied(module, "weight", _Shared):
+            fold(module, "weight")  # not remove_parametrizations: see compress.parametrized
     return folded
 
 

@@ -58,6 +58,7 @@ TRIAL_COLUMNS = [
     "width",
     "mean_prune",
     "precisions",
+    "qat",
     "latency_source",
     "latency_sure",
     "seconds",
@@ -390,7 +391,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "violations": ", ".join(f"{k} +{v:.3g}" for k, v in violations.items()),
                 "width": _float_or_none(trial.params.get("distill/width")),
                 "mean_prune": float(np.mean(prunes)) if prunes else np.nan,
-                "precisions": _precision_mix(trial.params),
+                "precisions": _precision_mix(trial.params) + (" · QAT" if trial.params.get("qat/int8") else ""),
+                "qat": trial.params.get("qat/int8"),  # None: the space does not choose (PTQ)
                 "latency_source": ua.get("latency_source") or "",
                 "latency_sure": ua.get("latency_sure") or "",
                 "seconds": _nan_if_none(_float_or_none(ua.get("seconds"))),
@@ -611,6 +613,33 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
     elif "calibration" in profile:
         rows.append(("calibration", "none: datasheet numbers only"))
     return rows
+
+
+def technique_notes(trials: pd.DataFrame, layers: pd.DataFrame) -> list[str]:
+    """What PTQ against QAT and weight sharing did in this study, in a line each (none when not searched).
+
+    PTQ against QAT compares the most accurate complete trials with int8 layers of each kind; weight
+    sharing says what the chosen plan's shared layers bought: size once deflated, never speed."""
+    notes = []
+    done = trials[(trials["state"] == "COMPLETE") & trials["precisions"].astype(str).str.contains("int8")]
+    if "qat" in done and done["qat"].notna().any():
+        best = {kind: done[done["qat"].fillna(False).astype(bool) == kind]["accuracy_pct"].max() for kind in (False, True)}
+        counts = {kind: int((done["qat"].fillna(False).astype(bool) == kind).sum()) for kind in (False, True)}
+        if counts[False] and counts[True]:
+            gain = best[True] - best[False]
+            verdict = f"QAT recovered {gain:.2f} points PTQ lost" if gain > 0 else "QAT recovered nothing here"
+            notes.append(
+                f"int8 by post-training quantization (PTQ): best {best[False]:.2f}% over {counts[False]} trials; "
+                f"fine-tuned through fake quantization (QAT): best {best[True]:.2f}% over {counts[True]} → {verdict}"
+            )
+    if "shared_values" in layers and layers["shared_values"].notna().any():
+        shared = layers[layers["shared_values"].notna()]
+        values = ", ".join(sorted({f"{int(v)}" for v in shared["shared_values"]}, key=int))
+        notes.append(
+            f"weights shared in {len(shared)} layers ({values} values each): the file deflates smaller, it does not "
+            "run faster (every runtime we target still computes one float per weight)"
+        )
+    return notes
 
 
 def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:

@@ -327,9 +327,9 @@ def _run_html(run: data.RunFacts) -> str:
     )
 
 
-def _device_html(meta: data.StudyMeta, layers: pd.DataFrame) -> str:
+def _device_html(meta: data.StudyMeta, layers: pd.DataFrame, notes: list[str] = ()) -> str:
     facts = data.device_facts(meta)
-    reasons = data.device_reasons(meta, layers)
+    reasons = data.device_reasons(meta, layers) + list(notes)
     title = f'device: <code>{esc(meta.device)}</code>' if meta.device else "device"
     out = [f'<div id="device"><h3>{title}</h3>']
     if facts:
@@ -420,7 +420,7 @@ def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
                                                  title="accuracy vs size (colour: latency)"), "fig-pareto-size")
             + "</div></section>"
         )
-        plan = ['<section id="plan"><h2>chosen plan vs baseline</h2><div class="grid2">', _device_html(meta, layers)]
+        plan = ['<section id="plan"><h2>chosen plan vs baseline</h2><div class="grid2">', _device_html(meta, layers, data.technique_notes(trials, layers))]
         if layers.empty:
             plan.append('<div><p class="note">No chosen trial, so there is no plan to compare with the baseline.</p></div>')
         else:
