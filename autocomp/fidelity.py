@@ -120,11 +120,14 @@ def screen_rule(
     Raises ``errors.TrialScreened`` from the fine-tuning loop when the trial is screened out.
     """
     from autocomp.errors import TrialScreened
-    from autocomp.knobs import FINETUNE
+    from autocomp.pipeline import torch_stages
+    from autocomp.plan import CompressionPlan
 
     spec = ctx.space.finetune
-    if spec.screen_after_steps <= 0 or spec.screen_after_steps >= spec.distill.steps or FINETUNE in ctx.space.pipeline:
-        return None  # a fine-tune between knobs trains another structure first: its snapshot is not the plan's model
+    if spec.screen_after_steps <= 0 or spec.screen_after_steps >= spec.distill.steps:
+        return None
+    if len(torch_stages(ctx.space.pipeline, CompressionPlan.from_params(trial.params))) > 1:
+        return None  # fine-tuned in two parts (prune, then narrow; fp32, then QAT): one snapshot does not stand for the plan
 
     def on_step(step: int, loss: float, model: Any) -> None:
         if step != spec.screen_after_steps:

@@ -69,7 +69,7 @@ def compress_model(
     built, which is how an exported trial's architecture is rebuilt.
     """
     plan.validate(teacher)
-    stages = _torch_stages(pipeline, plan)
+    stages = torch_stages(pipeline, plan)
     if not any(stages):
         return teacher  # nothing for the PyTorch stage (bit-widths act on the ONNX graph): nothing to fine-tune
     work = knobs.TorchWork(
@@ -89,7 +89,7 @@ def compress_model(
     return model
 
 
-def _torch_stages(pipeline: tuple[str, ...], plan: CompressionPlan) -> list[list[str]]:
+def torch_stages(pipeline: tuple[str, ...], plan: CompressionPlan) -> list[list[str]]:
     """The torch-stage knobs with work to do, grouped by the fine-tunes between them (empty groups dropped)."""
     stages: list[list[str]] = [[]]
     for entry in pipeline:

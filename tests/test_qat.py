@@ -97,3 +97,27 @@ def test_the_report_says_what_qat_recovered():
     assert "PTQ): best 91.00% over 1 trials" in note and "(QAT): best 97.50% over 1" in note
     assert "QAT recovered 6.50 points PTQ lost" in note
     assert technique_notes(trials[trials["qat"] == False], pd.DataFrame(columns=["layer"])) == []  # noqa: E712
+
+
+def test_a_qat_trial_fine_tunes_in_fp32_first_then_through_fake_quantization(task, monkeypatch):
+    """The default pipeline has ``finetune`` before ``qat``: half the steps in fp32, then half with fake
+    quantization; a PTQ trial of the same plan fine-tunes once with every step."""
+    import autocomp.pipeline as pipeline
+
+    calls = []
+    real = pipeline.distill
+
+    def spy(model, teacher, task_, *, config, on_step):
+        fake = any(type(m).__name__.startswith("Parametrized") for m in model.modules())
+        calls.append((config.steps, fake))
+        return real(model, teacher, task_, config=config, on_step=on_step)
+
+    monkeypatch.setattr(pipeline, "distill", spy)
+    bits = {layer: 8 for layer in LAYERS}
+    compress_model(task, task.build_model(), CompressionPlan.of(bits=bits, qat={"int8": True}, distill={"width": 0.5}),
+                   finetune=DistillConfig(steps=6), recipe=load_profile("local").int8_recipe)
+    assert calls == [(3, False), (3, True)]
+    calls.clear()
+    compress_model(task, task.build_model(), CompressionPlan.of(bits=bits, qat={"int8": False}, distill={"width": 0.5}),
+                   finetune=DistillConfig(steps=6))
+    assert calls == [(6, False)]

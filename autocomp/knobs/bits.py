@@ -16,7 +16,7 @@ import optuna.distributions as od
 from autocomp.compress.quantize import quantize_onnx
 from autocomp.errors import ConfigError
 from autocomp.knobs.base import LAYERS, PRECISION, LayerFacts, OnnxWork, Scope
-from autocomp.knobs.rules import LayerRule, assign, layer_rules
+from autocomp.knobs.rules import ChoiceRules, LayerRule, assign
 from autocomp.precision import SUPPORTED_BITS
 from autocomp.runtime import calibration_inputs
 from autocomp.targets import compressible_layers
@@ -24,21 +24,14 @@ from autocomp.targets import compressible_layers
 log = logging.getLogger(__name__)
 
 
-def _choices(value: Any, *, where: str) -> od.CategoricalDistribution:
-    if not isinstance(value, list) or not value or any(c not in SUPPORTED_BITS for c in value):
-        raise ConfigError(f"{where}: {value!r} must be a non-empty list of precisions from {', '.join(map(str, SUPPORTED_BITS))}")
-    return od.CategoricalDistribution(value)
-
-
-class Bits:
+class Bits(ChoiceRules):
     name = "bits"
     prefix = "bits/"
     stage = "onnx"
     targets = LAYERS
     value = PRECISION
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="choices", distribution=_choices)
+    allowed = SUPPORTED_BITS
+    allowed_text = f"precisions from {', '.join(map(str, SUPPORTED_BITS))}"
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         runnable_rules = []

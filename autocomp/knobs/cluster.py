@@ -25,9 +25,9 @@ from torch.nn.utils import parametrize
 
 from autocomp.compress.parametrized import fold, tied
 from autocomp.compress.sparsity import clone_model  # a deep copy that also works while masks are attached
-from autocomp.errors import ConfigError, PlanError
+from autocomp.errors import PlanError
 from autocomp.knobs.base import LAYERS, LayerFacts, Scope, TorchWork, ValueKind
-from autocomp.knobs.rules import LayerRule, assign, layer_rules
+from autocomp.knobs.rules import ChoiceRules, LayerRule, assign
 from autocomp.targets import check_layers, compressible_layers
 
 NOT_SHARED = 32
@@ -105,21 +105,14 @@ def fold_shared(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _choices(value: Any, *, where: str) -> od.CategoricalDistribution:
-    if not isinstance(value, list) or not value or any(isinstance(c, bool) or c not in (*SHARED_BITS, NOT_SHARED) for c in value):
-        raise ConfigError(f"{where}: {value!r} must be a non-empty list of bits from {', '.join(map(str, SHARED_BITS))} or 32 (not shared)")
-    return od.CategoricalDistribution(value)
-
-
-class Cluster:
+class Cluster(ChoiceRules):
     name = "cluster"
     prefix = "cluster/"
     stage = "torch"
     value = SHARED
     targets = LAYERS
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="choices", distribution=_choices)
+    allowed = (*SHARED_BITS, NOT_SHARED)
+    allowed_text = f"bits from {', '.join(map(str, SHARED_BITS))} or 32 (not shared)"
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         return assign(self.prefix, spec, list(scope.layers), space=scope.space_name, what="compressible layer", label="layers")

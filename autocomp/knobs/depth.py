@@ -15,7 +15,7 @@ import optuna.distributions as od
 from autocomp.compress.depth import block_stacks, remove_blocks, removed_blocks
 from autocomp.knobs.base import RATIO, TargetKind, LayerFacts, Scope, TorchWork
 from autocomp.targets import check_known
-from autocomp.knobs.rules import LayerRule, assign, layer_rules, matches, ratio_distribution
+from autocomp.knobs.rules import LayerRule, assign, RatioRules, matches
 from autocomp.runtime import training_samples
 from autocomp.targets import compressible_layers
 
@@ -25,15 +25,12 @@ DEPTH_SAMPLES = 128
 """Training samples the teacher runs on to rank its blocks (deterministic, so a rebuilt trial loses the same blocks)."""
 
 
-class Depth:
+class Depth(RatioRules):
     name = "depth"
     prefix = "depth/"
     stage = "torch"
     value = RATIO
     targets = TargetKind(lambda prefix, paths, model: check_known(prefix, paths, block_stacks(model), what='a stack of attention blocks', label='stacks'))
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         if not spec:

@@ -15,18 +15,15 @@ from autocomp.compress.heads import attention_blocks, prune_heads
 from autocomp.knobs.base import RATIO, TargetKind, LayerFacts, Scope, TorchWork
 from autocomp.targets import check_known
 from autocomp.targets import compressible_layers
-from autocomp.knobs.rules import LayerRule, assign, layer_rules, matches, ratio_distribution
+from autocomp.knobs.rules import LayerRule, assign, RatioRules, matches
 
 
-class Heads:
+class Heads(RatioRules):
     name = "heads"
     prefix = "heads/"
     stage = "torch"
     value = RATIO
     targets = TargetKind(lambda prefix, paths, model: check_known(prefix, paths, attention_blocks(model), what='a self-attention module', label='attention modules'))
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         if not spec:

@@ -14,19 +14,16 @@ import optuna.distributions as od
 
 from autocomp.compress.prune import coupled_groups, prune_channels
 from autocomp.knobs.base import LAYERS, RATIO, LayerFacts, Scope, TorchWork
-from autocomp.knobs.rules import LayerRule, assign, layer_rules, ratio_distribution
+from autocomp.knobs.rules import LayerRule, assign, RatioRules
 from autocomp.targets import compressible_layers
 
 
-class Prune:
+class Prune(RatioRules):
     name = "prune"
     prefix = "prune/"
     stage = "torch"
     targets = LAYERS
     value = RATIO
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         targets = list(scope.layers)

@@ -10,7 +10,10 @@ will quantize, by its own rules for the device's int8 recipe:
   range calibrated once on the calibration samples before the fine-tune and then followed by an
   exponential moving average of the training batches' ranges.
 
-Gradients pass straight through the rounding (``torch.fake_quantize_*``). After the fine-tune the
+Gradients pass straight through the rounding (``torch.fake_quantize_*``). In the default pipeline
+(``finetune`` before ``qat``) the student first recovers in fp32 for half the steps, then trains through
+fake quantization for the other half: on digits-mobilenet at half width (60 steps, seed 0), QAT from the
+first step scored 0.896 against PTQ's 0.938; fp32 then QAT scored 0.947 (``benchmarks/qat.py``). After the fine-tune the
 ranges stay on each layer as a ``qat_range`` buffer, and the ``bits`` knob hands them to
 onnxruntime's quantizer (``TensorQuantOverrides``), so the exported QDQ file computes what was
 trained. A per-tensor weight recipe is refused: BatchNorm folding in the export would change

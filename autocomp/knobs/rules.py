@@ -51,6 +51,29 @@ def layer_rules(value: Any, *, where: str, key: str, distribution: Any) -> tuple
     return tuple(rules)
 
 
+class ChoiceRules:
+    """The ``parse`` of a knob whose section is per-target choice rules (``- layers: [...]; choices: [...]``);
+    a subclass names the values a choice may take (``allowed``) and how a message calls them (``allowed_text``)."""
+
+    allowed: tuple = ()
+    allowed_text: str = ""
+
+    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
+        return layer_rules(section or [], where=where, key="choices", distribution=self._choices)
+
+    def _choices(self, value: Any, *, where: str) -> od.CategoricalDistribution:
+        if not isinstance(value, list) or not value or any(isinstance(c, bool) or c not in self.allowed for c in value):
+            raise ConfigError(f"{where}: {value!r} must be a non-empty list of {self.allowed_text}")
+        return od.CategoricalDistribution(value)
+
+
+class RatioRules:
+    """The ``parse`` of a knob whose section is per-target ratio rules (``- layers: [...]; ratio: {...}``)."""
+
+    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
+        return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
+
+
 def ratio_distribution(spec: Any, *, where: str) -> od.BaseDistribution:
     """A distribution of ratios in [0, 1)."""
     distribution = distribution_from_spec(spec, where=where)

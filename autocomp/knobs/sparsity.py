@@ -13,19 +13,16 @@ import optuna.distributions as od
 
 from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
 from autocomp.knobs.base import LAYERS, RATIO, LayerFacts, Scope, TorchWork
-from autocomp.knobs.rules import LayerRule, assign, layer_rules, ratio_distribution
+from autocomp.knobs.rules import LayerRule, assign, RatioRules
 from autocomp.targets import compressible_layers
 
 
-class Sparsity:
+class Sparsity(RatioRules):
     name = "sparsity"
     prefix = "sparsity/"
     stage = "torch"
     targets = LAYERS
     value = RATIO
-
-    def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
-        return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         return assign(self.prefix, spec, list(scope.layers), space=scope.space_name, what="compressible layer", label="layers")
