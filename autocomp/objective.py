@@ -137,12 +137,11 @@ def precheck_latency(ctx: SearchContext, plan: CompressionPlan, number: int) -> 
 
 def screen_score(ctx: SearchContext, plan: CompressionPlan, number: int) -> Callable[[nn.Module], tuple[float, float]]:
     """How the screen scores a snapshot of a trial's student: its ONNX file's metric and estimated latency."""
-    from autocomp.compress.sparsity import make_sparsity_permanent
     from autocomp.runtime import evaluate_onnx
 
     def score_snapshot(model: nn.Module) -> tuple[float, float]:
         with torch.random.fork_rng(devices=[]):  # the trial's training goes on with its own random stream
-            snapshot = make_sparsity_permanent(model).eval()  # a copy: the training run keeps its model
+            snapshot = knobs.as_deployed(model).eval()  # a copy: the training run keeps its model
             for module in snapshot.modules():
                 module._forward_hooks.clear()  # distillation's feature hooks are the training run's, not the file's
             artifact = build_artifact(ctx.task, snapshot, plan, ctx.trial_dir(number) / "screen", recipe=ctx.profile.int8_recipe)

@@ -121,3 +121,27 @@ def test_a_qat_trial_fine_tunes_in_fp32_first_then_through_fake_quantization(tas
     compress_model(task, task.build_model(), CompressionPlan.of(bits=bits, qat={"int8": False}, distill={"width": 0.5}),
                    finetune=DistillConfig(steps=6))
     assert calls == [(6, False)]
+
+
+def test_a_snapshot_mid_fine_tune_exports_as_the_knobs_will_leave_it(task, tmp_path):
+    """The multi-fidelity screen exports the student while it trains: masks, shared values and fake
+    quantization are folded in a copy, the training-only hooks dropped, and the training model is untouched."""
+    from autocomp import knobs
+    from autocomp.knobs.cluster import share_weights
+
+    recipe = load_profile("local").int8_recipe
+    model = share_weights(task.build_model(), {"block2_conv2": 4})
+    model = fake_quantize(model, ["block1_conv1"], {"block1_conv1": (0.0, 2.0)}, recipe)
+    snapshot = knobs.as_deployed(model)
+    plain = dict(snapshot.named_modules())
+    assert type(plain["block1_conv1"]) is torch.nn.Conv2d and not plain["block1_conv1"]._forward_pre_hooks
+    assert type(plain["block2_conv2"]) is torch.nn.Conv2d and plain["block2_conv2"].weight.unique().numel() <= 16
+    assert type(dict(model.named_modules())["block1_conv1"]).__name__.startswith("Parametrized")  # still training
+    plan = CompressionPlan.of(bits={"block1_conv1": 8})
+    artifact = build_artifact(task, snapshot, plan, tmp_path, recipe=recipe, calibration_samples=16)
+    reference = build_artifact(task, task.build_model(), plan, tmp_path / "plain", recipe=recipe, calibration_samples=16)
+
+    def layout(path):
+        return sorted(node.op_type for node in onnx.load(str(path)).graph.node)
+
+    assert layout(artifact.onnx_path) == layout(reference.onnx_path)  # only the bits knob's Q/DQ nodes, none traced in

@@ -20,7 +20,7 @@ from autocomp.knobs.prune import Prune
 from autocomp.knobs.qat import Qat
 from autocomp.knobs.sparsity import Sparsity
 
-__all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline"]
+__all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "as_deployed", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline"]
 
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster(), Qat())}
 """Every knob by name, in the order a trial suggests their parameters (kept from the first release, so a
@@ -40,6 +40,25 @@ _LEGACY = {
     ("distill", "prune", "quantize"): DEFAULT_PIPELINE,
     ("prune", "distill", "quantize"): ("depth", "heads", "prune", FINETUNE, "distill", "sparsity", "cluster", FINETUNE, "qat", "bits"),
 }
+
+
+def as_deployed(model):
+    """A copy of a model in the middle of its fine-tune as the knobs will leave it after: sparsity masks and
+    tied weights (shared values, fake quantization) folded into plain weights, training-only hooks gone.
+    The multi-fidelity screen exports such a snapshot; the input model trains on untouched."""
+    from torch.nn.utils import parametrize
+
+    from autocomp.compress.parametrized import fold
+    from autocomp.compress.sparsity import make_sparsity_permanent
+
+    plain = make_sparsity_permanent(model)  # a copy
+    for module in plain.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            fold(module, "weight")
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if getattr(hook, "training_only", False):
+                del module._forward_pre_hooks[key]
+    return plain
 
 
 def get(name: str, *, where: str = "search space", error: type[Exception] = ConfigError) -> Knob:

@@ -98,6 +98,9 @@ def _fake_quant_input(module: nn.Module, args: tuple) -> tuple:
     return (torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax), *rest)
 
 
+_fake_quant_input.training_only = True  # type: ignore[attr-defined]  # knobs.as_deployed drops it
+
+
 def calibrated_ranges(model: nn.Module, layers: list[str], samples: list[tuple]) -> dict[str, tuple[float, float]]:
     """Each layer's input (min, max) over ``samples`` in eval mode: the range onnxruntime's MinMax calibration finds."""
     modules = dict(model.named_modules())
