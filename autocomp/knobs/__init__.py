@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from torch.nn.utils import parametrize
+
+from autocomp.compress.parametrized import fold
+from autocomp.compress.sparsity import make_sparsity_permanent
 from autocomp.errors import ConfigError, PlanError
 from autocomp.knobs.base import Knob, LayerFacts, OnnxWork, Scope, TorchWork
 from autocomp.knobs.bits import Bits
@@ -46,11 +50,6 @@ def as_deployed(model):
     """A copy of a model in the middle of its fine-tune as the knobs will leave it after: sparsity masks and
     tied weights (shared values, fake quantization) folded into plain weights, training-only hooks gone.
     The multi-fidelity screen exports such a snapshot; the input model trains on untouched."""
-    from torch.nn.utils import parametrize
-
-    from autocomp.compress.parametrized import fold
-    from autocomp.compress.sparsity import make_sparsity_permanent
-
     plain = make_sparsity_permanent(model)  # a copy
     for module in plain.modules():
         if parametrize.is_parametrized(module, "weight"):
