@@ -471,12 +471,11 @@ def _stage(param: str) -> str:
 
 def _onnx_stage(ctx, plan: CompressionPlan, onnx_path: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     """The plan's ONNX-stage knobs applied to an exported file (the baseline's, for a precision-only change)."""
+    from autocomp.pipeline import onnx_stage
+
     out_dir.mkdir(parents=True, exist_ok=True)
     work = knobs.OnnxWork(task=ctx.task, model=ctx.teacher, onnx_path=onnx_path, out_dir=out_dir, recipe=ctx.profile.int8_recipe, calibration_samples=32)
-    for name in ctx.space.pipeline:
-        if name != knobs.FINETUNE and knobs.KNOBS[name].stage == "onnx" and plan.changes(name):
-            work = knobs.KNOBS[name].apply(plan[name], work)
-    return work.onnx_path
+    return onnx_stage(plan, work, pipeline=ctx.space.pipeline).onnx_path
 
 
 def baseline_file(study) -> pathlib.Path:

@@ -121,14 +121,21 @@ def build_artifact(
     # export redirects the process's stdout/stderr and quantization changes its working directory for a
     # moment: safe because a process runs one trial at a time (``--jobs`` runs processes, ``autocomp.workers``)
     fp32_path = export_onnx(model, example, out_dir / "model_fp32.onnx", check_batches=check)
-    work = knobs.OnnxWork(task=task, model=model, onnx_path=fp32_path, out_dir=out_dir, recipe=recipe, calibration_samples=calibration_samples)
-    for name in pipeline:
-        if name != knobs.FINETUNE and knobs.KNOBS[name].stage == "onnx" and plan.changes(name):
-            work = knobs.KNOBS[name].apply(plan[name], work)
+    work = onnx_stage(plan, knobs.OnnxWork(
+        task=task, model=model, onnx_path=fp32_path, out_dir=out_dir, recipe=recipe, calibration_samples=calibration_samples,
+    ), pipeline=pipeline)
     shutil.move(work.onnx_path, final)
     for leftover in out_dir.glob("model_*.onnx"):  # the files the ONNX stage started from
         leftover.unlink()
     return Artifact(final, onnx_stats(final), channel_counts(model), exact=work.onnx_path == fp32_path)
+
+
+def onnx_stage(plan: CompressionPlan, work: knobs.OnnxWork, *, pipeline: tuple[str, ...]) -> knobs.OnnxWork:
+    """The plan's ONNX-stage knobs with work to do, in ``pipeline`` order, on ``work.onnx_path``."""
+    for name in pipeline:
+        if name != knobs.FINETUNE and knobs.KNOBS[name].stage == "onnx" and plan.changes(name):
+            work = knobs.KNOBS[name].apply(plan[name], work)
+    return work
 
 
 def _same_layout(batch: tuple[Any, ...], example: tuple[Any, ...]) -> bool:

@@ -7,9 +7,10 @@ the rest of autocomp runs an ONNX model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,15 @@ class OnnxStats:
     size_bytes: int
     params: int
     sha256: str
-    zip_bytes: int = 0  # the file deflated (zip, level 9): what shared weights save on disk and over the air
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def zip_bytes(self) -> int:
+        """The file deflated (zlib level 9): what shared weights save on disk and over the air.
+
+        Computed on first use, while the file is there: deflating costs about 25 ms per MB, and most
+        artifacts (prechecks, the sensitivity pass, screen snapshots, proposal pricing) never ask."""
+        return deflated_bytes(Path(self.path).read_bytes())
 
 
 def onnx_stats(path: Path) -> OnnxStats:
@@ -128,7 +137,7 @@ def onnx_stats(path: Path) -> OnnxStats:
             continue
         if init.data_type in _FLOAT_TYPES or init.name in dequantized:
             params += int(np.prod(init.dims, dtype=np.int64))
-    return OnnxStats(size_bytes=len(data), params=params, sha256=hashlib.sha256(data).hexdigest(), zip_bytes=deflated_bytes(data))
+    return OnnxStats(size_bytes=len(data), params=params, sha256=hashlib.sha256(data).hexdigest(), path=path)
 
 
 def deflated_bytes(data: bytes) -> int:

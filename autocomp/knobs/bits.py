@@ -16,6 +16,7 @@ import optuna.distributions as od
 from autocomp.compress.quantize import quantize_onnx
 from autocomp.errors import ConfigError
 from autocomp.knobs.base import LAYERS, PRECISION, LayerFacts, OnnxWork, Scope
+from autocomp.knobs.qat import RANGE
 from autocomp.knobs.rules import ChoiceRules, LayerRule, assign
 from autocomp.precision import SUPPORTED_BITS
 from autocomp.runtime import calibration_inputs
@@ -61,7 +62,7 @@ class Bits(ChoiceRules):
         out = work.out_dir / "model_bits.onnx"
         calibration = calibration_inputs(work.task, max_samples=work.calibration_samples)
         # an int8 layer fine-tuned with fake quantization (the qat knob) carries the input range it trained with
-        trained = {layer: tuple(present[layer].qat_range.tolist()) for layer, b in bits.items() if b == 8 and hasattr(present[layer], "qat_range")}
+        trained = {layer: tuple(getattr(present[layer], RANGE).tolist()) for layer, b in bits.items() if b == 8 and hasattr(present[layer], RANGE)}
         quantize_onnx(work.onnx_path, out, bits, calibration=calibration, recipe=work.recipe, ranges=trained)
         return replace(work, onnx_path=out)
 

@@ -35,6 +35,7 @@ from autocomp.compress.parametrized import fold, tied
 from autocomp.compress.sparsity import clone_model
 from autocomp.errors import ConfigError, PlanError
 from autocomp.knobs.base import LayerFacts, Scope, TargetKind, TorchWork, ValueKind
+from autocomp.profiles import Int8Recipe
 from autocomp.runtime import calibration_inputs
 
 TARGET = "int8"
@@ -183,8 +184,6 @@ class Qat:
         layers = [layer for layer, bits in (work.plan["bits"] if work.plan is not None else {}).items() if bits == 8 and layer in present]
         if not values.get(TARGET) or not layers:
             return work
-        from autocomp.profiles import Int8Recipe
-
         samples = calibration_inputs(work.task, max_samples=CALIBRATION_SAMPLES)
         ranges = calibrated_ranges(work.model, layers, samples)
         model = fake_quantize(work.model, layers, ranges, work.recipe or Int8Recipe())
