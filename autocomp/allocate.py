@@ -43,6 +43,7 @@ from autocomp.latency.base import side_by_side
 from autocomp import knobs
 from autocomp.knobs.base import WHOLE_MODEL
 from autocomp.plan import CompressionPlan
+from autocomp.record import StudyRecord, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -329,16 +330,6 @@ def refine(path: Path, finished: Sequence[tuple[Proposal, float]], *, floor: flo
     return path.proposal(max(meeting, key=lambda s: s[2]), drop_scale=scale)
 
 
-SENSITIVITY = "sensitivity"
-"""Study attr: the profile's options (``Option.to_dict``), stored once so a resumed study reuses it."""
-PROPOSED = "proposals_queued"
-"""Study attr: how many proposals were queued (set once they are, so a resume does not queue them twice)."""
-REFINED = "proposal_refined"
-"""Study attr: whether the second-round proposal (``queue_refined``) was queued; set once it was decided."""
-PROPOSAL = "proposal"
-"""Trial attr of a queued proposal: its predicted accuracy and latency (estimator ms)."""
-
-
 def queue_proposals(
     ctx, study, distributions: Mapping[str, od.BaseDistribution], *, progress: Callable[[int, int], None] | None = None
 ) -> list[Proposal]:
@@ -346,15 +337,15 @@ def queue_proposals(
     import time
 
     count = ctx.space.proposals
-    if count <= 0 or study.user_attrs.get(PROPOSED) is not None:
+    # stored once: the profile's options (a resumed study reuses them), then how many were queued
+    if count <= 0 or StudyRecord.of(study).proposals_queued is not None:
         return []
-    if study.user_attrs.get(SENSITIVITY) is None:
+    if StudyRecord.of(study).sensitivity is None:
         started = time.perf_counter()
         options = sensitivity_profile(ctx, distributions, baseline_onnx=baseline_file(study), progress=progress)
-        study.set_user_attr(SENSITIVITY, [o.to_dict() for o in options])
-        study.set_user_attr("sensitivity_s", time.perf_counter() - started)
+        StudyRecord.put(study, sensitivity=[o.to_dict() for o in options], sensitivity_s=time.perf_counter() - started)
     path, unit = _path(ctx, study, distributions)
-    study.set_user_attr("sensitivity_baseline_ms", path.baseline_latency_ms)  # the report's "latency saved"
+    StudyRecord.put(study, sensitivity_baseline_ms=path.baseline_latency_ms)  # the report's "latency saved"
     floor, margin = ctx.accuracy_floor, ctx.space.finetune.early_stop_max_drop
     proposals = price_proposals(
         ctx, propose(path, count=count, min_accuracy=None if floor is None else floor - margin), distributions,
@@ -362,24 +353,26 @@ def queue_proposals(
     )
     for proposal in proposals:
         _enqueue(study, proposal, unit=unit, round_=1)
-    study.set_user_attr(PROPOSED, len(proposals))
+    StudyRecord.put(study, proposals_queued=len(proposals))
     return proposals
 
 
 def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> Proposal | None:
     """Once every first-round proposal has finished: one more, the fastest plan on the path predicted
     to meet the floor after re-fitting the predictor on them (``refine``). Once per study."""
-    if not study.user_attrs.get(PROPOSED) or study.user_attrs.get(REFINED) is not None or ctx.accuracy_floor is None:
+    record = StudyRecord.of(study)
+    if not record.proposals_queued or record.proposal_refined is not None or ctx.accuracy_floor is None:
         return None
     from optuna.trial import TrialState
 
-    trials = [t for t in study.get_trials(deepcopy=False) if PROPOSAL in t.user_attrs]
-    if any(not t.state.is_finished() for t in trials):
+    queued = [(t, TrialRecord.of(t).proposal) for t in study.get_trials(deepcopy=False)]
+    queued = [(t, prediction) for t, prediction in queued if prediction is not None]
+    if any(not t.state.is_finished() for t, _ in queued):
         return None
     path, unit = _path(ctx, study, distributions)
     finished = [
-        (Proposal(t.params, t.user_attrs[PROPOSAL]["accuracy"], t.user_attrs[PROPOSAL]["latency_ms"]), t.values[0])
-        for t in trials if t.state == TrialState.COMPLETE
+        (Proposal(t.params, prediction["accuracy"], prediction["latency_ms"]), t.values[0])
+        for t, prediction in queued if t.state == TrialState.COMPLETE
     ]
     proposal = refine(path, finished, floor=ctx.accuracy_floor, taken=[t.params for t in study.get_trials(deepcopy=False)])
     if proposal is not None:
@@ -387,7 +380,7 @@ def queue_refined(ctx, study, distributions: Mapping[str, od.BaseDistribution]) 
         proposal = priced[0] if priced else None  # none when it was no faster than the baseline
     if proposal is not None:
         _enqueue(study, proposal, unit=unit, round_=2)
-    study.set_user_attr(REFINED, proposal is not None)
+    StudyRecord.put(study, proposal_refined=proposal is not None)
     return proposal
 
 
@@ -480,19 +473,19 @@ def _onnx_stage(ctx, plan: CompressionPlan, onnx_path: pathlib.Path, out_dir: pa
 
 def baseline_file(study) -> pathlib.Path:
     """The study's baseline ONNX file (a bench's studies share one, in the first study's folder)."""
-    return pathlib.Path(study.user_attrs["baseline"]["artifact"])
+    return pathlib.Path(StudyRecord.of(study).baseline.artifact)
 
 
 def _path(ctx, study, distributions: Mapping[str, od.BaseDistribution]) -> tuple[Path, str]:
-    options = [Option(**o) for o in study.user_attrs[SENSITIVITY]]
-    baseline = study.user_attrs["baseline"]
+    record = StudyRecord.of(study)
+    options, baseline = [Option(**o) for o in record.sensitivity], record.baseline
     baseline_ms = ctx.estimator.measure(baseline_file(study), ctx.profile).median_ms
     timed = any(math.isfinite(o.measured_ms) for o in options)
     path = greedy_path(
-        options, distributions, baseline_accuracy=baseline["accuracy"], baseline_latency_ms=baseline_ms,
-        baseline_measured_ms=baseline["latency_ms"] if timed else None, removes=depth_removals(ctx, distributions),
+        options, distributions, baseline_accuracy=baseline.accuracy, baseline_latency_ms=baseline_ms,
+        baseline_measured_ms=baseline.latency_ms if timed else None, removes=depth_removals(ctx, distributions),
     )
-    return path, baseline["latency_source"] if timed else f"estimate:{ctx.profile.name}"
+    return path, baseline.latency_source if timed else f"estimate:{ctx.profile.name}"
 
 
 def depth_removals(ctx, distributions: Mapping[str, od.BaseDistribution]) -> dict[tuple[str, Any], list[str]]:
@@ -515,4 +508,4 @@ def _enqueue(study, proposal: Proposal, *, unit: str, round_: int) -> None:
     prediction = {"accuracy": proposal.predicted_accuracy, "latency_ms": proposal.predicted_latency_ms, "latency_unit": unit, "round": round_}
     if proposal.priced:
         prediction["priced"] = proposal.priced
-    study.enqueue_trial(proposal.params, user_attrs={PROPOSAL: prediction}, skip_if_exists=True)
+    study.enqueue_trial(proposal.params, user_attrs=TrialRecord.attrs(proposal=prediction), skip_if_exists=True)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from autocomp.errors import ConfigError
 from autocomp.events import Events, Quiet
+from autocomp.record import Baseline, StudyRecord
 from autocomp.storage import GRACE_S
 
 SETTINGS_KEPT = ("task", "device", "space", "backend", "threads")
@@ -36,8 +37,8 @@ class SearchResult:
     study: Any  # optuna.Study
     chosen: Any  # the chosen FrozenTrial (a promoted one after the final fine-tune), None when none met the rule
     rule: str  # how it was chosen
-    baseline: dict[str, Any]
-    final: dict[str, Any] | None  # the final fine-tune's record (``final.FINAL``), None when the space asks for none
+    baseline: Baseline  # the uncompressed model as measured (``record.Baseline``)
+    final: dict[str, Any] | None  # the final fine-tune's record (``StudyRecord.final``), None when the space asks for none
     interrupted: bool
     out_dir: Path
     report: Path | None
@@ -144,11 +145,11 @@ def search(
 
 def check_same_settings(study, settings: dict, name: str) -> None:
     """A study resumes only with what its trials were made with (latencies timed at other threads do not mix)."""
-    stored = study.user_attrs.get("settings")
-    if not stored:
+    record = StudyRecord.of(study)
+    if not record.settings:
         return
     # studies from before --threads recorded the thread count only in their profile
-    stored = {"threads": ((study.user_attrs.get("profile") or {}).get("runtime") or {}).get("threads"), **stored}
+    stored = {"threads": ((record.profile or {}).get("runtime") or {}).get("threads"), **record.settings}
     keys = [k for k in SETTINGS_KEPT if stored.get(k) is not None or k != "threads"]
     if any(stored.get(k) != settings[k] for k in keys):
         changed = [k for k in keys if stored.get(k) != settings[k]]

@@ -25,7 +25,7 @@ import math
 import resource
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.objective import SearchContext
+from autocomp.record import Baseline, StudyRecord, TrialRecord
 from autocomp.study import (
     DEFAULT_SAMPLER,
     choose_trial,
@@ -56,7 +57,7 @@ class MethodRun:
     method: str
     seed: int | None
     study: optuna.Study
-    baseline: dict[str, Any]
+    baseline: Baseline
     floor: float
     wall_s: float = 0.0  # this invocation's search time
     new_trials: frozenset[int] = frozenset()  # trials finished by this invocation (a resumed run skips the rest)
@@ -77,13 +78,13 @@ class MethodRun:
             return None
         if self.final is not None and self.final["shipped"] == "final":
             return self.final["accuracy"], Path(self.final["artifact"])
-        return chosen.values[0], Path(chosen.user_attrs["artifact"])
+        return chosen.values[0], Path(TrialRecord.of(chosen).artifact)
 
     def feasible(self) -> list[FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
 
-def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floor: float, size_key: str = "zip_bytes") -> float:
+def hypervolume(trials: Sequence[FrozenTrial], *, baseline: Baseline, floor: float, size_key: str = "zip_bytes") -> float:
     """Fraction of the unit box dominated by ``trials`` (feasible ones; see the module doc)."""
     from optuna._hypervolume import compute_hypervolume  # Optuna's WFG algorithm; no public API for it yet
 
@@ -91,7 +92,7 @@ def hypervolume(trials: Sequence[FrozenTrial], *, baseline: dict[str, Any], floo
     points = []
     for t in trials:
         accuracy, latency_ms, size_bytes = t.values
-        point = ((1.0 - accuracy) / span, latency_ms / baseline["latency_ms"], size_bytes / baseline[size_key])
+        point = ((1.0 - accuracy) / span, latency_ms / baseline.latency_ms, size_bytes / getattr(baseline, size_key))
         if all(v < 1.0 for v in point):
             points.append(point)
     if not points:
@@ -122,11 +123,11 @@ def run_bench(
     shared: every study compares against the same file.
     """
     runs: list[MethodRun] = []
-    baseline_record: list[dict[str, Any]] = []
+    baseline_record: list[Baseline] = []
 
-    def prepare(study: optuna.Study, run_ctx: SearchContext, method: str) -> tuple[SearchContext, dict[str, Any]]:
-        if baseline_record and "baseline" not in study.user_attrs:
-            study.set_user_attr("baseline", baseline_record[0])
+    def prepare(study: optuna.Study, run_ctx: SearchContext, method: str) -> tuple[SearchContext, Baseline]:
+        if baseline_record and StudyRecord.of(study).baseline is None:
+            StudyRecord.put(study, baseline=asdict(baseline_record[0]))
         run_ctx, baseline = prepare_study(run_ctx, study, settings={**settings, "sampler": method}, min_accuracy=min_accuracy)
         baseline_record[:] = [baseline]
         return run_ctx, baseline
@@ -143,7 +144,7 @@ def run_bench(
                 study.enqueue_trial(params)
         grid = _timed_search(run_ctx, study, UNIFORM, None, baseline, n_trials=len(uniform), on_trial_end=_tagged(UNIFORM, on_trial_end), final=final)
         if budget_s is None:
-            budget_s = study.user_attrs.get("bench_wall_s")
+            budget_s = StudyRecord.of(study).bench_wall_s
     for sampler in samplers:
         for seed in seeds:
             name = f"{sampler}-seed{seed}"
@@ -160,11 +161,11 @@ def _left(study: optuna.Study, budget_s: float | None) -> float | None:
     """What is left of a study's time budget (a resumed search has spent some)."""
     if budget_s is None:
         return None
-    return max(0.0, budget_s - float(study.user_attrs.get("bench_wall_s", 0.0)))
+    return max(0.0, budget_s - (StudyRecord.of(study).bench_wall_s or 0.0))
 
 
 def _timed_search(
-    ctx: SearchContext, study: optuna.Study, method: str, seed: int | None, baseline: dict[str, Any], *,
+    ctx: SearchContext, study: optuna.Study, method: str, seed: int | None, baseline: Baseline, *,
     n_trials: int, on_trial_end, timeout_s: float | None = None, final: bool = True,
 ) -> MethodRun:
     from autocomp.final import final_finetune
@@ -178,7 +179,7 @@ def _timed_search(
     if timeout_s is None or timeout_s > 0:
         # a study's time over every invocation that ran: what a resumed search has left, and the grid's budget;
         # it counts even when no trial finished (the sensitivity pass and the pricing can take a whole budget)
-        study.set_user_attr("bench_wall_s", float(study.user_attrs.get("bench_wall_s", 0.0)) + wall_s)
+        StudyRecord.put(study, bench_wall_s=(StudyRecord.of(study).bench_wall_s or 0.0) + wall_s)
     run = MethodRun(method, seed, study, baseline, ctx.accuracy_floor, wall_s, new)
     if final:
         run.final = final_finetune(ctx, study, run.chosen)
@@ -198,7 +199,7 @@ def measure_chosen(runs: Sequence[MethodRun], *, backend, profile, rounds: int =
     """
     if not runs:
         return None
-    files: dict[str, Path] = {"baseline": Path(runs[0].baseline["artifact"])}
+    files: dict[str, Path] = {"baseline": Path(runs[0].baseline.artifact)}
     for run in runs:
         shipped = run.shipped
         if shipped is not None:
@@ -228,7 +229,7 @@ def overhead(runs: Sequence[MethodRun]) -> dict[str, float]:
         for t in run.study.get_trials(deepcopy=False):
             if t.number not in run.new_trials:
                 continue
-            for phase, seconds in (t.user_attrs.get("timings_s") or {}).items():
+            for phase, seconds in (TrialRecord.of(t).timings_s or {}).items():
                 totals[phase] = totals.get(phase, 0.0) + seconds
     totals["other"] = max(0.0, wall - sum(totals.values()))
     totals["wall"] = wall
@@ -240,7 +241,7 @@ def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None
     rows = []
     for run in runs:
         chosen = run.chosen
-        base = run.baseline
+        base, record = run.baseline, TrialRecord.of(chosen) if chosen is not None else TrialRecord()
         feasible = run.feasible()
         rows.append(
             {
@@ -252,20 +253,25 @@ def result_rows(runs: Sequence[MethodRun], *, baseline_measured_ms: float | None
                 "chosen_trial": "" if chosen is None else chosen.number,
                 "chosen_accuracy": "" if chosen is None else chosen.values[0],
                 "chosen_latency_ms": "" if chosen is None else chosen.values[1],
-                "chosen_size_bytes": "" if chosen is None else chosen.user_attrs.get("size_bytes", ""),
-                "chosen_zip_bytes": "" if chosen is None else chosen.user_attrs.get("zip_bytes", ""),
+                "chosen_size_bytes": _blank(record.size_bytes),
+                "chosen_zip_bytes": _blank(record.zip_bytes),
                 "final_accuracy": "" if run.final is None else run.final["accuracy"],
                 "shipped_accuracy": "" if run.shipped is None else run.shipped[0],
-                "latency_source": "" if chosen is None else chosen.user_attrs.get("latency_source", ""),
-                "baseline_accuracy": base["accuracy"],
-                "baseline_latency_ms": base["latency_ms"],
-                "baseline_size_bytes": base["size_bytes"],
+                "latency_source": _blank(record.latency_source),
+                "baseline_accuracy": base.accuracy,
+                "baseline_latency_ms": base.latency_ms,
+                "baseline_size_bytes": base.size_bytes,
                 "measured_ms": "" if run.measured_ms is None else run.measured_ms,
                 "baseline_measured_ms": "" if baseline_measured_ms is None else baseline_measured_ms,
                 "wall_s": round(run.wall_s, 2),
             }
         )
     return rows
+
+
+def _blank(value: Any) -> Any:
+    """A CSV cell: what the record holds, empty where it holds nothing."""
+    return "" if value is None else value
 
 
 def summarize(rows: Sequence[dict[str, Any]], *, default_sampler: str = DEFAULT_SAMPLER) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import contextlib
 import logging
 from typing import Any, ContextManager, Protocol
 
+from autocomp.record import TrialRecord
+
 log = logging.getLogger("autocomp")
 
 
@@ -38,6 +40,6 @@ class Quiet:
         pass
 
     def trial_ended(self, study: Any, trial: Any) -> None:
-        reason = trial.user_attrs.get("fail_reason")
+        reason = TrialRecord.of(trial).fail_reason
         if reason:
             log.info("trial %d %s: %s", trial.number, trial.state.name.lower(), reason)

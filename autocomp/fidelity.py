@@ -36,9 +36,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-SCREEN = "screen"
-"""Trial user attr: the screened point and the decision, ``{steps, accuracy, latency_ms, promoted, reason, seconds}``."""
-
+from autocomp.record import TrialRecord
 
 @dataclass(frozen=True)
 class Decision:
@@ -99,11 +97,11 @@ def rung_of(study: optuna.Study, number: int) -> Rung:
     """What trial ``number`` is screened against."""
     points, gains, queued = [], [], False
     for trial in study.get_trials(deepcopy=False):
-        record = trial.user_attrs.get(SCREEN)
+        record = TrialRecord.of(trial).screen
         if trial.number == number:
             queued = "fixed_params" in trial.system_attrs  # Optuna's mark on a trial taken from the queue
             continue
-        if not isinstance(record, dict):
+        if record is None:
             continue
         points.append((float(record["accuracy"]), float(record["latency_ms"])))
         if trial.state == TrialState.COMPLETE and trial.values:
@@ -139,7 +137,7 @@ def screen_rule(
             (accuracy, latency_ms), rung.points, keep=spec.screen_keep, min_screened=spec.screen_min,
             queued=rung.queued, floor=ctx.accuracy_floor, gains=rung.gains,
         )
-        trial.set_user_attr(SCREEN, {
+        TrialRecord.put(trial, screen={  # the screened point and the decision
             "steps": step, "of_steps": spec.distill.steps, "accuracy": accuracy, "latency_ms": latency_ms,
             "promoted": decision.promoted, "reason": decision.reason, "seconds": time.perf_counter() - started,
         })

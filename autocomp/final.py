@@ -5,7 +5,7 @@ hand-made recipe fine-tunes the one model it keeps for hundreds. So once the
 search has chosen, the chosen trial's own weights continue distilling for
 ``finetune.final_steps`` more steps, the model is exported, quantized and scored
 on its ONNX file again, and its latency is taken by the search's backend. The
-study records both the trial's and the final figures (``FINAL``); ``autocomp
+study records both the trial's and the final figures (``StudyRecord.final``); ``autocomp
 export`` ships the final model, unless the longer fine-tune scored lower on the
 held-out metric, in which case the trial's model stays the one shipped and the
 record says so.
@@ -37,12 +37,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.errors import AutocompError, first_line
 from autocomp.paths import in_run
+from autocomp.record import StudyRecord, TrialRecord
 
 log = logging.getLogger(__name__)
-
-FINAL = "final"
-"""Study attr: the final fine-tune of the chosen trial (see ``final_finetune``)."""
-
 
 def final_dir(out_dir: Path) -> Path:
     return out_dir / "final"
@@ -63,11 +60,12 @@ def promotion_candidates(ctx, study, chosen: FrozenTrial | None) -> list[FrozenT
     if chosen is not None:
         limit_ms = chosen.values[1]
     else:
-        limit_ms = (study.user_attrs.get("baseline") or {}).get("latency_ms", float("inf"))
+        baseline = StudyRecord.of(study).baseline
+        limit_ms = float("inf") if baseline is None or baseline.latency_ms is None else baseline.latency_ms
     near = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if floor - spec.promote_within <= t.values[0] < floor and t.values[1] < limit_ms
-        and (in_run(str(t.user_attrs.get("artifact", "")), ctx.out_dir).parent / "model_state.pt").is_file()
+        and (in_run(TrialRecord.of(t).artifact or "", ctx.out_dir).parent / "model_state.pt").is_file()
     ]
     return sorted(near, key=lambda t: t.values[1])[: spec.promote_candidates]
 
@@ -75,7 +73,7 @@ def promotion_candidates(ctx, study, chosen: FrozenTrial | None) -> list[FrozenT
 def final_finetune(
     ctx, study, chosen: FrozenTrial | None, *, on_step: Callable[[int, int, int], None] | None = None
 ) -> dict[str, Any] | None:
-    """The final fine-tune: of a promoted faster trial that reaches the floor, else of ``chosen``; stored as ``FINAL``.
+    """The final fine-tune: of a promoted faster trial that reaches the floor, else of ``chosen``; stored as ``StudyRecord.final``.
 
     Returns the record of the model that ships, or None when the space asks for no final fine-tune
     or nothing was chosen and no promotion reached the floor. Done once per choice: a resumed search
@@ -85,8 +83,8 @@ def final_finetune(
     if steps <= 0:
         return None
     chosen_number = None if chosen is None else chosen.number
-    stored = study.user_attrs.get(FINAL)
-    if isinstance(stored, dict) and stored.get("chosen_before", stored.get("trial")) == chosen_number and stored.get("steps") == steps:
+    stored = StudyRecord.of(study).final
+    if stored is not None and stored.get("chosen_before", stored.get("trial")) == chosen_number and stored.get("steps") == steps:
         if stored.get("promoted"):
             _adopt(study, stored)  # the search that resumed chose again, without the promotion
         return stored if stored.get("trial") is not None else None
@@ -96,18 +94,18 @@ def final_finetune(
         reached = record["accuracy"] >= ctx.accuracy_floor
         if reached and _faster_beside(ctx, study, chosen, record):
             record.update(shipped="final", promoted=True, chosen_before=chosen_number, tried=tried)
-            study.set_user_attr(FINAL, record)
+            StudyRecord.put(study, final=record)
             _adopt(study, record)
             return record
         kept = {k: record[k] for k in ("trial", "trial_accuracy", "accuracy", "seconds", "side_by_side_ms") if k in record}
         tried.append({**kept, "reason": "no faster side by side" if reached else "still under the floor"})
     if chosen is None:
-        study.set_user_attr(FINAL, {"trial": None, "chosen_before": None, "steps": steps, "tried": tried})
+        StudyRecord.put(study, final={"trial": None, "chosen_before": None, "steps": steps, "tried": tried})
         return None
     record = _finetune_trial(ctx, chosen, steps, on_step)
     # a longer fine-tune that scores lower on held-out inputs over-fitted the distillation data: ship the trial
     record.update(shipped="final" if record["accuracy"] >= chosen.values[0] else "trial", chosen_before=chosen_number, tried=tried)
-    study.set_user_attr(FINAL, record)
+    StudyRecord.put(study, final=record)
     return record
 
 
@@ -120,7 +118,8 @@ def _faster_beside(ctx, study, chosen: FrozenTrial | None, record: dict[str, Any
         return True
     from autocomp.latency.base import side_by_side
 
-    rival = in_run(str((study.user_attrs.get("baseline") or {}).get("artifact", "")) if chosen is None else chosen.user_attrs["artifact"], ctx.out_dir)
+    baseline = StudyRecord.of(study).baseline
+    rival = in_run((baseline and baseline.artifact or "") if chosen is None else TrialRecord.of(chosen).artifact, ctx.out_dir)
     if not rival.is_file():
         return True
     try:
@@ -135,10 +134,10 @@ def _faster_beside(ctx, study, chosen: FrozenTrial | None, record: dict[str, Any
 
 def _adopt(study, record: dict[str, Any]) -> None:
     """A promoted trial becomes the study's chosen one (the report, ``autocomp export`` and a bench read it)."""
-    study.set_user_attr("chosen_trial", record["trial"])
-    rule, promoted = study.user_attrs.get("chosen_rule") or "fastest trial", promotion_text(record)
+    StudyRecord.put(study, chosen_trial=record["trial"])
+    rule, promoted = StudyRecord.of(study).chosen_rule or "fastest trial", promotion_text(record)
     if promoted not in rule:
-        study.set_user_attr("chosen_rule", f"{rule}; {promoted}")
+        StudyRecord.put(study, chosen_rule=f"{rule}; {promoted}")
 
 
 def promotion_text(record: dict[str, Any]) -> str:
@@ -166,7 +165,7 @@ def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, A
     started = time.perf_counter()
     plan = CompressionPlan.from_params(trial.params)
     model = plan_structure(ctx, plan)
-    trial_onnx = in_run(trial.user_attrs["artifact"], ctx.out_dir)
+    trial_onnx = in_run(TrialRecord.of(trial).artifact, ctx.out_dir)
     model.load_state_dict(torch.load(trial_onnx.parent / "model_state.pt", weights_only=True))
     # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate
     tuned = distill(

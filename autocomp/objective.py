@@ -1,6 +1,6 @@
 """One search trial: plan -> (cheap latency pre-check) -> compress -> ONNX -> accuracy, latency, size.
 
-Everything a trial learns goes into its user attrs (provenance: plan, accuracy,
+Everything a trial learns goes into its record (``record.TrialRecord``: plan, accuracy,
 latency with its source, size, parameter count, ONNX hash, artifact path,
 per-layer rows) so the report and ``autocomp export`` need nothing else.
 """
@@ -26,6 +26,7 @@ from autocomp.latency.base import LatencyBackend, LatencyResult
 from autocomp.pipeline import Artifact, build_artifact, compress_model, run_plan
 from autocomp.plan import CompressionPlan, compressible_layers
 from autocomp.profiles import DeviceProfile
+from autocomp.record import TrialRecord
 from autocomp.search_space import SearchSpace
 from autocomp.tasks import Task, score, torch_predictor
 
@@ -39,8 +40,6 @@ RAW_SIZE = "size_bytes"
 DIRECTIONS = ("maximize", "minimize", "minimize")
 
 
-PHASE = "phase"
-"""Trial user attr: what the trial is doing now, so a killed trial's reason names it."""
 PHASE_NAMES = {
     "precheck": "the latency pre-check", "finetune": "fine-tuning", "export": "export and quantization",
     "evaluate": "evaluation", "latency": "the latency measurement",
@@ -190,11 +189,11 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
     """Evaluate one trial's plan and return its objective values; raises to mark it failed or stopped."""
     started = time.perf_counter()
     plan = CompressionPlan.from_params(trial.params)
-    trial.set_user_attr("plan", plan.to_params())
+    TrialRecord.put(trial, plan=plan.to_params())
     if ctx.latency_budget_ms is not None:
-        trial.set_user_attr(PHASE, "precheck")
+        TrialRecord.put(trial, phase="precheck")
         estimate = precheck_latency(ctx, plan, trial.number)
-        trial.set_user_attr("precheck_latency_ms", estimate.median_ms)
+        TrialRecord.put(trial, precheck_latency_ms=estimate.median_ms)
         if estimate.median_ms > ctx.latency_budget_ms:
             raise TrialStopped(
                 f"rejected before fine-tuning: estimated {estimate.median_ms:.3f} ms exceeds the "
@@ -217,28 +216,28 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
                 early_stop_rule(ctx),
                 None if study is None else screen_rule(ctx, study, trial, score=screen_score(ctx, plan, trial.number)),
             ),
-            on_phase=lambda name: trial.set_user_attr(PHASE, name),
+            on_phase=lambda name: TrialRecord.put(trial, phase=name),
         )
     except TrialStopped:  # stopped during fine-tuning: that time is still fine-tuning, not overhead
-        trial.set_user_attr("timings_s", {"finetune": time.perf_counter() - fine_tuning})
+        TrialRecord.put(trial, timings_s={"finetune": time.perf_counter() - fine_tuning})
         raise
     torch.save(result.model.state_dict(), ctx.trial_dir(trial.number) / "model_state.pt")
-    trial.set_user_attr(PHASE, "latency")
+    TrialRecord.put(trial, phase="latency")
     measuring = time.perf_counter()
     latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)
     timings = {**result.timings_s, "latency": time.perf_counter() - measuring}
-    for key, value in result.summary().items():
-        trial.set_user_attr(key, value)
-    trial.set_user_attr("latency_source", latency.source)
     sure = getattr(latency, "confidence", None)  # an estimate says how sure it is (``latency.confidence``)
-    if sure is not None:
-        trial.set_user_attr("latency_sure", sure.text())
-        trial.set_user_attr("latency_outside", list(sure.outside))
-    trial.set_user_attr("latency_p90_ms", latency.p90_ms)
-    trial.set_user_attr("latency_runs", latency.runs)
-    trial.set_user_attr("layers", layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)))
-    trial.set_user_attr("seconds", time.perf_counter() - started)
-    trial.set_user_attr("timings_s", timings)  # where the trial's time went (the benchmark's overhead profile)
+    TrialRecord.put(
+        trial,
+        **result.summary(),
+        latency_source=latency.source,
+        **({} if sure is None else {"latency_sure": sure.text(), "latency_outside": list(sure.outside)}),
+        latency_p90_ms=latency.p90_ms,
+        latency_runs=latency.runs,
+        layers=layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
+        seconds=time.perf_counter() - started,
+        timings_s=timings,  # where the trial's time went (the benchmark's overhead profile)
+    )
     set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
     return [result.accuracy, latency.median_ms, float(getattr(result.artifact.stats, ctx.size_key))]
 

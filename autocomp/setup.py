@@ -88,9 +88,9 @@ class Setup:
             with self.events.status("evaluating the uncompressed baseline"):
                 ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=settings["min_accuracy"])
         self.events.say(
-            f"baseline: accuracy {100 * baseline['accuracy']:.2f}%, latency {baseline['latency_ms']:.3f} ms "
-            f"({baseline['latency_source']}), {baseline['size_bytes'] / 1e3:.1f} kB"
-            + (f" ({baseline['zip_bytes'] / 1e3:.1f} kB deflated)" if baseline.get("zip_bytes") else "")
+            f"baseline: accuracy {100 * baseline.accuracy:.2f}%, latency {baseline.latency_ms:.3f} ms "
+            f"({baseline.latency_source}), {baseline.size_bytes / 1e3:.1f} kB"
+            + (f" ({baseline.zip_bytes / 1e3:.1f} kB deflated)" if baseline.zip_bytes else "")
             + f"; floor {100 * ctx.accuracy_floor:.2f}%"
         )
         return ctx, baseline

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import ConfigError
-from autocomp.final import FINAL
 from autocomp.paths import in_run
 from autocomp.pipeline import compress_model
 from autocomp.plan import CompressionPlan
+from autocomp.record import StudyRecord, TrialRecord
 from autocomp.runtime import evaluate_onnx
 from autocomp.tasks import score, torch_predictor
 
@@ -34,7 +35,7 @@ def _pick_trial(study: optuna.Study, trial: str | None) -> FrozenTrial | None:
     if trial == "baseline":
         return None
     if trial is None:
-        number = study.user_attrs.get("chosen_trial")
+        number = StudyRecord.of(study).chosen_trial
         if number is None:
             raise ConfigError("the search chose no trial (none met the constraints); pass --trial N or --trial baseline")
     else:
@@ -47,7 +48,7 @@ def _pick_trial(study: optuna.Study, trial: str | None) -> FrozenTrial | None:
         raise ConfigError(f"the study has no trial {number}; it has trials 0..{max(trials, default=-1)}")
     chosen = trials[number]
     if chosen.state != TrialState.COMPLETE:
-        reason = chosen.user_attrs.get("fail_reason", "")
+        reason = TrialRecord.of(chosen).fail_reason or ""
         raise ConfigError(f"trial {number} is {chosen.state.name.lower()} ({reason}); only complete trials can be exported")
     return chosen
 
@@ -58,19 +59,20 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     from autocomp.search_space import load_space
     from autocomp.tasks import load_task
 
-    from autocomp.study import TEACHER_FINGERPRINT, study_objectives
+    from autocomp.study import study_objectives
     from autocomp.tasks import model_fingerprint
 
     _check_out_dir(run_dir, out_dir)
-    settings = study.user_attrs.get("settings")
-    baseline = study.user_attrs.get("baseline")
-    if not settings or not baseline:
+    stored = StudyRecord.of(study)
+    settings = stored.settings
+    if not settings or not stored.baseline:
         raise ConfigError("this study has no recorded settings or baseline; was it written by 'autocomp search'?")
     picked = _pick_trial(study, trial)
     size_key = study_objectives(study)[2]
     task = load_task(settings["task"])
     teacher = task.build_model()
-    recorded = baseline.get(TEACHER_FINGERPRINT)
+    baseline = asdict(stored.baseline)
+    recorded = stored.baseline.teacher_sha256
     now = model_fingerprint(teacher)
     if recorded is not None and recorded != now:
         raise ConfigError(
@@ -83,10 +85,11 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
         onnx_src = run_dir / "baseline" / "model.onnx"
     else:
         plan = CompressionPlan.from_params(picked.params)
-        record = {**picked.user_attrs, "accuracy": picked.values[0], "latency_ms": picked.values[1], size_key: picked.values[2]}
-        onnx_src = in_run(picked.user_attrs["artifact"], run_dir)
-        final = study.user_attrs.get(FINAL)
-        if isinstance(final, dict) and final.get("trial") == picked.number and final.get("shipped") == "final":
+        trial_record = TrialRecord.of(picked)
+        record = {**asdict(trial_record), "accuracy": picked.values[0], "latency_ms": picked.values[1], size_key: picked.values[2]}
+        onnx_src = in_run(trial_record.artifact, run_dir)
+        final = stored.final
+        if final is not None and final.get("trial") == picked.number and final.get("shipped") == "final":
             trial_record = {k: record.get(k) for k in METRIC_KEYS}
             record = {**final, "trial_model": trial_record}  # the longer fine-tune of this plan ships
             onnx_src = in_run(final["artifact"], run_dir)
@@ -155,7 +158,7 @@ def _metrics(
 ) -> dict[str, Any]:
     final = {"final_finetune": {"steps": record["steps"], "trial_model": record["trial_model"]}} if "trial_model" in record else {}
     return {
-        "device": study.user_attrs.get("device"),
+        "device": StudyRecord.of(study).device,
         "runtime": _runtime(study),
         "trial": "baseline" if picked is None else picked.number,
         "model": {k: record.get(k) for k in METRIC_KEYS},
@@ -169,7 +172,7 @@ def _metrics(
 
 def _runtime(study: optuna.Study) -> dict[str, Any] | None:
     """How the latencies were timed and the model is meant to run (threads decide which plan wins)."""
-    runtime = (study.user_attrs.get("profile") or {}).get("runtime")
+    runtime = (StudyRecord.of(study).profile or {}).get("runtime")
     if not runtime:
         return None
     return {k: runtime.get(k) for k in ("tool", "execution_provider", "threads", "batch_size")}

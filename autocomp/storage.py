@@ -27,16 +27,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from autocomp.record import TrialRecord
+
 # Optuna warns at every ask on a heartbeat storage outside study.optimize; ``Heartbeat`` below is what
 # optimize would do, so the warning is wrong here (and would print once per trial).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 GRACE_S = 120
 """A trial whose worker sent no heartbeat for this long is taken as dead (its plan is re-queued once)."""
-REQUEUED_FROM = "requeued_from"
-"""User attr of a trial queued again because the worker running it died: the dead trial's number."""
-WORKER = "worker"
-"""User attr of a trial on a shared study: the ``host:pid`` of the process that ran it."""
 STALE_PREFIX = "stale:"
 """Study attr ``stale:<number>``: why that trial was closed. A finished trial cannot take user attrs, and a
 study attr per trial is one write, so two workers closing trials at once do not overwrite each other."""
@@ -130,14 +128,15 @@ def stale_reason(study_attrs: dict[str, Any], number: int) -> str | None:
 
 
 def _requeue_once(study: optuna.Study, trial: FrozenTrial) -> None:
-    from autocomp.objective import PHASE, phase_name
+    from autocomp.objective import phase_name
 
-    again = trial.user_attrs.get(REQUEUED_FROM) is None
+    record = TrialRecord.of(trial)
+    again = record.requeued_from is None
     reason = (
-        f"its worker stopped sending heartbeats during {phase_name(trial.user_attrs.get(PHASE))} (killed, its "
+        f"its worker stopped sending heartbeats during {phase_name(record.phase)} (killed, its "
         f"machine lost, or cut off from the database); {'its plan was queued again' if again else 'already a re-run, so not queued again'}"
     )
     study.set_user_attr(f"{STALE_PREFIX}{trial.number}", reason)
     if again:
-        kept = {k: v for k, v in trial.user_attrs.items() if k == "proposal"}  # what a queued plan carried
-        study.enqueue_trial(trial.params, user_attrs={**kept, REQUEUED_FROM: trial.number})
+        # what a queued plan carried goes back into the queue with it
+        study.enqueue_trial(trial.params, user_attrs=TrialRecord.attrs(proposal=record.proposal, requeued_from=trial.number))

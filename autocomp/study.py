@@ -28,10 +28,11 @@ from autocomp.allocate import queue_proposals, queue_refined
 from autocomp.anchors import anchor_plans
 from autocomp.errors import AutocompError, ConfigError, first_line
 from autocomp.errors import TrialStopped
-from autocomp.objective import DIRECTIONS, OBJECTIVES, PHASE, RAW_SIZE, SearchContext, layer_estimates, layer_rows, phase_name, run_trial
+from autocomp.objective import DIRECTIONS, OBJECTIVES, RAW_SIZE, SearchContext, layer_estimates, layer_rows, phase_name, run_trial
 from autocomp.pipeline import run_plan
 from autocomp.plan import CompressionPlan
-from autocomp.storage import GRACE_S, WORKER, Heartbeat, close_stale, engine_url, heartbeat_enabled, is_shared, shared_storage, stale_reason, worker_id
+from autocomp.record import Baseline, StudyRecord, TrialRecord
+from autocomp.storage import GRACE_S, Heartbeat, close_stale, engine_url, heartbeat_enabled, is_shared, shared_storage, stale_reason, worker_id
 from autocomp.tasks import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def parse_accuracy_floor(text: str, *, baseline_accuracy: float) -> float:
     return parse_accuracy_spec(text).resolve(baseline_accuracy)
 
 
-def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
+def record_baseline(ctx: SearchContext, study: optuna.Study) -> Baseline:
     """Evaluate the uncompressed model once per study (export, ONNX accuracy, latency) and store it.
 
     A stored baseline is reused only for the same trained model (its weights'
@@ -222,27 +223,23 @@ def record_baseline(ctx: SearchContext, study: optuna.Study) -> dict[str, Any]:
         ctx.task, ctx.teacher, plan, ctx.out_dir / "baseline", finetune=ctx.finetune, recipe=ctx.profile.int8_recipe
     )
     latency = ctx.backend.measure(result.artifact.onnx_path, ctx.profile)
-    baseline = {
+    baseline = Baseline.attrs(
         **result.summary(),
-        "latency_ms": latency.median_ms,
-        "latency_p90_ms": latency.p90_ms,
-        "latency_source": latency.source,
+        latency_ms=latency.median_ms,
+        latency_p90_ms=latency.p90_ms,
+        latency_source=latency.source,
         **({"latency_sure": latency.confidence.text()} if hasattr(latency, "confidence") else {}),
-        "layers": layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
-        TEACHER_FINGERPRINT: fingerprint,
-    }
-    study.set_user_attr("baseline", baseline)
-    return baseline
+        layers=layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
+        teacher_sha256=fingerprint,
+    )
+    StudyRecord.put(study, baseline=baseline)
+    return Baseline.read(baseline)
 
 
-TEACHER_FINGERPRINT = "teacher_sha256"
-
-
-def joined_study(ctx: SearchContext, study: optuna.Study) -> tuple[SearchContext, dict[str, Any]]:
+def joined_study(ctx: SearchContext, study: optuna.Study) -> tuple[SearchContext, Baseline]:
     """A worker's context on a study a search prepared: its baseline (checked against this worker's
     trained model) and floor as stored; nothing is written."""
-    stored = study.user_attrs.get("baseline")
-    floor = study.user_attrs.get("accuracy_floor")
+    stored, floor = study.user_attrs.get("baseline"), StudyRecord.of(study).accuracy_floor
     if stored is None or floor is None:
         raise ConfigError(
             f"study {study.study_name!r} has no baseline yet; start the workers after 'autocomp search' has printed its baseline"
@@ -259,23 +256,24 @@ def distributions_sha(distributions: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _revalidated(stored: dict[str, Any], *, fingerprint: str, study_name: str) -> dict[str, Any]:
-    accuracy = stored.get("accuracy")
-    if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+def _revalidated(stored: Any, *, fingerprint: str, study_name: str) -> Baseline:
+    baseline = Baseline.read(stored)
+    if baseline.accuracy is None or not math.isfinite(baseline.accuracy):
+        accuracy = stored.get("accuracy") if isinstance(stored, dict) else stored
         raise ConfigError(
             f"study {study_name!r} holds a baseline with accuracy {accuracy!r}, which is not a finite number; "
             "start a new search with another --study-name or --out"
         )
-    recorded = stored.get(TEACHER_FINGERPRINT)
+    recorded = baseline.teacher_sha256
     if recorded is not None and recorded != fingerprint:
         raise ConfigError(
             f"study {study_name!r} was searched on another trained model (weights {recorded[:12]}, the task now builds "
             f"{fingerprint[:12]}): its trials do not apply to this one; start a new search with another --study-name or --out"
         )
-    return stored
+    return baseline
 
 
-def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str, Any], min_accuracy: str) -> tuple[SearchContext, dict[str, Any]]:
+def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str, Any], min_accuracy: str) -> tuple[SearchContext, Baseline]:
     """What every search does before its first trial: the baseline (once), the accuracy
     floor taken from it, and the settings the report and ``export`` read back.
 
@@ -286,25 +284,28 @@ def prepare_study(ctx: SearchContext, study: optuna.Study, *, settings: dict[str
 
     spec = parse_accuracy_spec(min_accuracy)  # before the baseline: a bad value costs nothing
     baseline = record_baseline(ctx, study)
-    floor = spec.resolve(baseline["accuracy"])
-    study.set_user_attr("settings", settings)
-    study.set_user_attr("versions", versions())
-    study.set_user_attr("device", ctx.profile.name)
-    # the key path stays out of study storage (which board timed a trial is in its latency source)
-    study.set_user_attr("profile", {k: v for k, v in profile_to_dict(ctx.profile, as_run=True).items() if k != "ssh"})
-    study.set_user_attr("backend", settings["backend"])
-    study.set_user_attr("task", task_name(ctx.task))
-    study.set_user_attr("space", settings["space"])
+    floor = spec.resolve(baseline.accuracy)
     objectives = study_objectives(study)
-    study.set_user_attr("objectives", objectives)
-    study.set_user_attr("accuracy_floor", floor)
-    study.set_user_attr("latency_budget_ms", ctx.latency_budget_ms)
+    StudyRecord.put(
+        study,
+        settings=settings,
+        versions=versions(),
+        device=ctx.profile.name,
+        # the key path stays out of study storage (which board timed a trial is in its latency source)
+        profile={k: v for k, v in profile_to_dict(ctx.profile, as_run=True).items() if k != "ssh"},
+        backend=settings["backend"],
+        task=task_name(ctx.task),
+        space=settings["space"],
+        objectives=objectives,
+        accuracy_floor=floor,
+        latency_budget_ms=ctx.latency_budget_ms,
+    )
     return replace(ctx, accuracy_floor=floor, size_key=objectives[2]), baseline
 
 
 def study_objectives(study: optuna.Study) -> list[str]:
     """The objectives a study was begun with (a resumed one keeps them); a new study gets ``OBJECTIVES``."""
-    recorded = study.user_attrs.get("objectives")
+    recorded = StudyRecord.of(study).objectives
     if recorded:
         return list(recorded)
     began = any(t.state.is_finished() for t in study.get_trials(deepcopy=False))
@@ -333,11 +334,6 @@ class SearchOutcome:
     interrupted: bool
 
 
-INTERRUPTED = "interrupted"
-"""User attr set on a trial that did not end by itself (its process was killed, or Ctrl-C): it is closed
-FAILED with its reason, and does not count towards --trials."""
-
-
 def close_orphans(study: optuna.Study) -> list[int]:
     """Mark trials left RUNNING by a killed process as FAILED, with the phase it died in; returns their numbers.
 
@@ -345,9 +341,10 @@ def close_orphans(study: optuna.Study) -> list[int]:
     """
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        during = f" during {phase_name(trial.user_attrs.get(PHASE))}"
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"the process running this trial was killed{during}")
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        during = f" during {phase_name(TrialRecord.of(trial).phase)}"
+        # a trial another process ran is frozen here: its record is written through the storage
+        for key, value in TrialRecord.attrs(fail_reason=f"the process running this trial was killed{during}", interrupted=True).items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         closed.append(trial.number)
     return closed
@@ -374,17 +371,16 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _counts(trial: FrozenTrial, study_attrs: dict[str, Any]) -> bool:
-    return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED) and stale_reason(study_attrs, trial.number) is None
+    return trial.state.is_finished() and not TrialRecord.of(trial).interrupted and stale_reason(study_attrs, trial.number) is None
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
 
 
-CONFIRMED = "confirmed_ms"
-"""Study attr: after a measured search, the fastest feasible trials and the baseline timed again side by
-side (``{"baseline": ms, "<trial number>": ms}``); the choice reads these figures."""
 CONFIRM_TRIALS = 5
+"""After a measured search, this many fastest feasible trials are timed again beside the baseline
+(``StudyRecord.confirmed_ms``: ``{"baseline": ms, "<trial number>": ms}``); the choice reads those figures."""
 
 
 def confirm_fastest(ctx: SearchContext, study: optuna.Study) -> dict[str, float] | None:
@@ -395,31 +391,32 @@ def confirm_fastest(ctx: SearchContext, study: optuna.Study) -> dict[str, float]
     measured 2.27x in its trial ran 1.45x timed beside the baseline). Only for the "fastest trial" rule
     and a backend that measures; nothing is stored when there is nothing to compare or timing fails.
     """
-    study.set_user_attr(CONFIRMED, None)  # an earlier run's figures lack this run's trials
-    if not ctx.measures or study.user_attrs.get("latency_budget_ms") is not None:
+    StudyRecord.put(study, confirmed_ms=None)  # an earlier run's figures lack this run's trials
+    record = StudyRecord.of(study)
+    if not ctx.measures or record.latency_budget_ms is not None:
         return None
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-    fastest = [t for t in sorted(feasible, key=lambda t: t.values[1]) if Path(str(t.user_attrs.get("artifact", ""))).is_file()]
+    fastest = [t for t in sorted(feasible, key=lambda t: t.values[1]) if Path(TrialRecord.of(t).artifact or "").is_file()]
     fastest = fastest[:CONFIRM_TRIALS]
-    baseline = Path(str((study.user_attrs.get("baseline") or {}).get("artifact", "")))
+    baseline = Path((record.baseline and record.baseline.artifact) or "")
     if not fastest or not baseline.is_file():
         return None
     from autocomp.latency.base import side_by_side
 
     try:
-        results = side_by_side(ctx.backend, [baseline, *(Path(t.user_attrs["artifact"]) for t in fastest)], ctx.profile)
+        results = side_by_side(ctx.backend, [baseline, *(Path(TrialRecord.of(t).artifact) for t in fastest)], ctx.profile)
     except AutocompError as exc:
         log.warning("the fastest trials could not be timed again beside the baseline (%s); each trial's own timing decides", first_line(exc))
         return None
     confirmed = {"baseline": results[0].median_ms, **{str(t.number): r.median_ms for t, r in zip(fastest, results[1:])}}
-    study.set_user_attr(CONFIRMED, confirmed)
+    StudyRecord.put(study, confirmed_ms=confirmed)
     return confirmed
 
 
 def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     """The configuration to ship, and the rule that chose it (printed and stored)."""
-    budget = study.user_attrs.get("latency_budget_ms")
-    floor = study.user_attrs.get("accuracy_floor")
+    record = StudyRecord.of(study)
+    budget, floor = record.latency_budget_ms, record.accuracy_floor
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
     if budget is not None:
         rule = f"most accurate trial within the {budget:g} ms latency budget"
@@ -427,7 +424,7 @@ def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
             rule += f" and at or above {100 * floor:.1f}% accuracy"
         return max(feasible, key=lambda t: (t.values[0], -t.values[1]), default=None), rule
     rule = "fastest trial" + (f" at or above {100 * floor:.1f}% accuracy" if floor is not None else "")
-    confirmed = study.user_attrs.get(CONFIRMED) or {}
+    confirmed = record.confirmed_ms or {}
     retimed = [t for t in feasible if str(t.number) in confirmed]
     if retimed and "baseline" in confirmed:  # timed again side by side: those figures decide
         rule += f", the {len(retimed)} fastest timed again side by side with the baseline"
@@ -435,7 +432,7 @@ def choose_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
         candidates, baseline_ms = retimed, confirmed["baseline"]
     else:
         latency_ms = {t.number: t.values[1] for t in feasible}
-        candidates, baseline_ms = feasible, (study.user_attrs.get("baseline") or {}).get("latency_ms")
+        candidates, baseline_ms = feasible, record.baseline and record.baseline.latency_ms
     chosen = min(candidates, key=lambda t: (latency_ms[t.number], -t.values[0]), default=None)
     if chosen is not None and isinstance(baseline_ms, (int, float)) and latency_ms[chosen.number] >= baseline_ms:
         # the baseline is not a trial, but it is the alternative: a "fastest" plan slower than it is no answer
@@ -520,7 +517,7 @@ def run_search(
         if shared:
             if _surplus(study, trial, n_trials):
                 return
-            trial.set_user_attr(WORKER, worker_id())
+            TrialRecord.put(trial, worker=worker_id())
         if on_trial_start:
             on_trial_start(trial.number)
         with Heartbeat(study, trial):
@@ -572,8 +569,7 @@ def run_search(
     if not interrupted.is_set():
         confirm_fastest(ctx, study)
     chosen, rule = choose_trial(study)
-    study.set_user_attr("chosen_trial", None if chosen is None else chosen.number)
-    study.set_user_attr("chosen_rule", rule)
+    StudyRecord.put(study, chosen_trial=None if chosen is None else chosen.number, chosen_rule=rule)
     return SearchOutcome(study, chosen, rule, interrupted.is_set())
 
 
@@ -590,12 +586,12 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     ]
     if len(earlier) < n_trials:
         return False
-    trial.set_user_attr("fail_reason", f"not run: the study had its {n_trials} trials when this worker asked")
-    trial.set_user_attr(INTERRUPTED, True)
+    TrialRecord.put(trial, fail_reason=f"not run: the study had its {n_trials} trials when this worker asked", interrupted=True)
     study.tell(trial, state=TrialState.FAIL)
     fixed = mine.system_attrs.get("fixed_params")
     if fixed:
-        study.enqueue_trial(fixed, user_attrs={k: v for k, v in mine.user_attrs.items() if k in ("proposal", "requeued_from")})
+        record = TrialRecord.of(mine)  # what a queued plan carried goes back into the queue with it
+        study.enqueue_trial(fixed, user_attrs=TrialRecord.attrs(proposal=record.proposal, requeued_from=record.requeued_from))
     return True
 
 
@@ -659,9 +655,8 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        during = f" during {phase_name(trial.user_attrs.get(PHASE))}"
-        trial.set_user_attr("fail_reason", f"interrupted by the user{during}")
-        trial.set_user_attr(INTERRUPTED, True)
+        during = f" during {phase_name(TrialRecord.of(trial).phase)}"
+        TrialRecord.put(trial, fail_reason=f"interrupted by the user{during}", interrupted=True)
         study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # Ctrl-C landed just after the trial was told: it stays finished, with its result
@@ -677,7 +672,7 @@ def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, inte
             raise AutocompError(f"objective values contain NaN: {values}")
         return study.tell(trial, values)
     except TrialStopped as exc:
-        trial.set_user_attr("fail_reason", str(exc))
+        TrialRecord.put(trial, fail_reason=str(exc))
         return study.tell(trial, state=TrialState.PRUNED)
     except KeyboardInterrupt:
         interrupted.set()
@@ -690,5 +685,5 @@ def _evaluate(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, inte
         reason = str(exc).splitlines()[0] if isinstance(exc, AutocompError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
         log.warning("trial %d failed: %s", trial.number, reason)
         log.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
-        trial.set_user_attr("fail_reason", reason[:500])
+        TrialRecord.put(trial, fail_reason=reason[:500])
         return study.tell(trial, state=TrialState.FAIL)

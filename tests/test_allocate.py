@@ -8,7 +8,8 @@ import optuna.distributions as od
 import pytest
 from optuna.trial import TrialState
 
-from autocomp.allocate import PROPOSAL, PROPOSED, REFINED, SENSITIVITY, Option, Proposal, candidate_values, greedy_path, identity_value, propose, refine
+from autocomp.allocate import Option, Proposal, candidate_values, greedy_path, identity_value, propose, refine
+from autocomp.record import StudyRecord, TrialRecord
 from test_search import SPACE, cli, open_study, search_args
 
 DISTS = {
@@ -158,30 +159,30 @@ def test_a_search_profiles_once_queues_its_proposals_after_the_anchors_and_recor
     code, stdout, stderr = cli(*search_args(out, space, trials=4))
     assert code == 0, stderr
     study = open_study(out)
-    options = study.user_attrs[SENSITIVITY]
+    options = StudyRecord.of(study).sensitivity
     # width 0.5; two prune groups at 0.25/0.5; every layer at 8; the uniform changes of each knob
     params = {o["param"] for o in options}
     assert {"distill/width", "prune/block1_conv1", "prune/block2_conv1", "prune/*", "bits/*"} <= params
     assert all(math.isfinite(o["accuracy"]) and o["latency_ms"] > 0 for o in options if not o["error"])
-    assert study.user_attrs[PROPOSED] == 2
+    assert StudyRecord.of(study).proposals_queued == 2
     trials = sorted(study.trials, key=lambda t: t.number)
-    proposed = [t for t in trials if PROPOSAL in t.user_attrs]
-    first = [t.number for t in proposed if t.user_attrs[PROPOSAL]["round"] == 1]
+    proposed = [t for t in trials if TrialRecord.of(t).proposal is not None]
+    first = [t.number for t in proposed if TrialRecord.of(t).proposal["round"] == 1]
     assert first == [1, 2]  # right after the one anchor this space has
     # once both finished, the predictor was re-fitted on them: at most one more, right after them
-    assert study.user_attrs[REFINED] in (True, False)
-    assert [t.number for t in proposed if t.user_attrs[PROPOSAL]["round"] == 2] == ([3] if study.user_attrs[REFINED] else [])
+    assert StudyRecord.of(study).proposal_refined in (True, False)
+    assert [t.number for t in proposed if TrialRecord.of(t).proposal["round"] == 2] == ([3] if StudyRecord.of(study).proposal_refined else [])
     for trial in proposed:
         assert trial.state == TrialState.COMPLETE
-        assert {"accuracy", "latency_ms", "latency_unit"} <= set(trial.user_attrs[PROPOSAL])
+        assert {"accuracy", "latency_ms", "latency_unit"} <= set(TrialRecord.of(trial).proposal)
     page = (out / "report.html").read_text()
     assert 'id="sensitivity"' in page and 'id="fig-sensitivity"' in page and 'id="proposals"' in page
     # a resumed search neither profiles nor proposes again
     code, _, stderr = cli(*search_args(out, space, trials=6))
     assert code == 0, stderr
     study = open_study(out)
-    assert study.user_attrs[SENSITIVITY] == options
-    assert len([t for t in study.trials if PROPOSAL in t.user_attrs]) == len(proposed)
+    assert StudyRecord.of(study).sensitivity == options
+    assert len([t for t in study.trials if TrialRecord.of(t).proposal is not None]) == len(proposed)
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "four"])
@@ -210,7 +211,7 @@ def test_the_report_tables_the_profile_and_the_predictions_against_the_trials():
     assert frame["accuracy_drop"].tolist()[:2] == pytest.approx([0.05, 0.0])
     assert frame["latency_saved_pct"].tolist()[:2] == pytest.approx([25.0, 50.0])
     assert frame["error"].tolist() == ["", "", "refused"]
-    study.enqueue_trial({"x": 1.0}, user_attrs={PROPOSAL: {
+    study.enqueue_trial({"x": 1.0}, user_attrs={"proposal": {
         "accuracy": 0.88, "latency_ms": 1.2, "latency_unit": "local", "round": 2, "priced": "1.000 ms beside the baseline's 2.000 ms",
     }})
     study.optimize(lambda t: (t.suggest_float("x", 0, 2) * 0.0 + 0.87, 1.3, 10.0), n_trials=1)

@@ -48,7 +48,7 @@ def test_search_from_python_returns_the_study_and_the_choice(tmp_path, capsys):
     assert [t.number for t in result.study.trials] == [0, 1, 2] and len(result.ran) == 3
     assert all(t.state == TrialState.COMPLETE for t in result.ran)
     assert result.report == tmp_path / "run" / "report.html" and result.report.is_file()
-    assert result.size_key == "zip_bytes" and result.baseline["zip_bytes"] < result.baseline["size_bytes"]
+    assert result.size_key == "zip_bytes" and result.baseline.zip_bytes < result.baseline.size_bytes
     assert result.chosen is None or result.chosen.number in (0, 1, 2)
     assert events.ended == [0, 1, 2] and events.bars["trials"][-1] == (3, 3)
     assert any(line.startswith("baseline: accuracy") for line in events.lines)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from autocomp.errors import DeviceError
 from autocomp.leases import Leases
-from autocomp.storage import WORKER
+from autocomp.record import TrialRecord
 from autocomp.study import finished_trials, load_existing_study
 from postgres import PASSWORD
 from sshd import SshdServer, sshd_available
@@ -83,7 +83,7 @@ def test_three_workers_share_two_boards_never_two_on_one(pg, boards, tmp_path):
     assert len(done) == 9 and all(t.state == TrialState.COMPLETE for t in done), [t.user_attrs.get("fail_reason") for t in done]
     labels = {f"ssh:{s.user}@127.0.0.1:{s.port}" for s in boards}
     assert {t.user_attrs["latency_source"] for t in done} <= labels
-    workers = Counter(t.user_attrs[WORKER] for t in done)
+    workers = Counter(TrialRecord.of(t).worker for t in done)
     assert len(workers) >= 2, workers  # the children ran trials too
     logs = {s.port: _board_log(s) for s in boards}
     assert all(logs.values()), {port: len(log) for port, log in logs.items()}  # both boards timed

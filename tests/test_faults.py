@@ -36,7 +36,8 @@ from optuna.trial import TrialState
 
 from autocomp.errors import ConfigError
 from autocomp.objective import PHASE_NAMES
-from autocomp.study import INTERRUPTED, default_storage, load_existing_study
+from autocomp.record import TrialRecord
+from autocomp.study import default_storage, load_existing_study
 from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent
@@ -215,8 +216,8 @@ def test_killed_and_interrupted_searches_lose_no_finished_trial(tmp_path):
     for number, (state, params, values, reason) in kept.items():
         trial = by_number[number]
         assert (trial.state, trial.params, trial.values, trial.user_attrs.get("fail_reason")) == (state, params, values, reason)
-    closed = [t for t in trials if t.user_attrs.get(INTERRUPTED)]
-    counted = [t for t in trials if not t.user_attrs.get(INTERRUPTED)]
+    closed = [t for t in trials if TrialRecord.of(t).interrupted]
+    counted = [t for t in trials if not TrialRecord.of(t).interrupted]
     assert len(counted) == TRIALS, [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials]
     assert all(t.state != TrialState.FAIL for t in counted), [t.user_attrs.get("fail_reason") for t in counted]
     for trial in closed:

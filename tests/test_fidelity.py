@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
-from autocomp.fidelity import SCREEN, dominated_by, screen_decision
+from autocomp.fidelity import dominated_by, screen_decision
+from autocomp.record import TrialRecord
 from test_search import SPACE, cli, open_study, search_args
 
 
@@ -49,7 +50,7 @@ def test_every_decision_replays_from_the_earlier_screens_and_screened_out_trials
     gains: list[float] = []
     screened_out = 0
     for trial in study.trials:  # one job: each trial screened against the trials before it
-        record = trial.user_attrs.get(SCREEN)
+        record = TrialRecord.of(trial).screen
         if record is None:  # a plan with nothing to fine-tune (precisions only) has no screen
             assert trial.state == TrialState.COMPLETE
             continue
@@ -70,7 +71,7 @@ def test_every_decision_replays_from_the_earlier_screens_and_screened_out_trials
         earlier.append(point)
     assert screened_out >= 1, "seeded run: some random plan is dominated by earlier ones"
     assert "screened out after 4 of 8" in stdout.replace("\n", " ")
-    screened = sum(SCREEN in t.user_attrs for t in study.trials)
+    screened = sum(TrialRecord.of(t).screen is not None for t in study.trials)
     assert f"{screened} plans screened after 4 of 8 fine-tuning steps: {screened_out} screened out" in (out / "report.html").read_text()
 
 
@@ -85,7 +86,7 @@ def test_a_promoted_trial_ends_exactly_where_an_unscreened_one_does(tmp_path):
         code, _, stderr = cli(*search_args(out, space, trials=4))
         assert code == 0, stderr
         runs[name] = open_study(out).trials
-    screens = [t.user_attrs.get(SCREEN) for t in runs["screened"]]
+    screens = [TrialRecord.of(t).screen for t in runs["screened"]]
     assert any(screens) and all(s is None or s["promoted"] for s in screens)
     assert [t.params for t in runs["plain"]] == [t.params for t in runs["screened"]]
     assert [t.values for t in runs["plain"]] == [t.values for t in runs["screened"]]

@@ -9,7 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from autocomp.final import FINAL, final_finetune, promotion_candidates
+from autocomp.final import final_finetune, promotion_candidates
+from autocomp.record import StudyRecord
 from test_search import SPACE, cli, open_study, search_args
 
 STEPS = 12
@@ -79,7 +80,7 @@ def test_a_faster_trial_just_under_the_floor_is_promoted_and_ships(searched):
     assert record["accuracy"] >= floor and record["trial_accuracy"] == near.values[0] and record["steps"] == STEPS
     assert {trial for trial, _, _ in steps_seen} == {near.number} and steps_seen[-1][1:] == (STEPS, STEPS)  # the chosen one was not tuned
     study = open_study(out)
-    assert study.user_attrs["chosen_trial"] == near.number and study.user_attrs[FINAL] == record
+    assert study.user_attrs["chosen_trial"] == near.number and StudyRecord.of(study).final == record
     assert f"trial {near.number} was faster" in study.user_attrs["chosen_rule"] and f"replaces trial {chosen.number}" in study.user_attrs["chosen_rule"]
     # the same choice again reuses the record, promotion included, without fine-tuning
     study.set_user_attr("chosen_trial", chosen.number)
@@ -105,7 +106,7 @@ def test_a_promotion_that_stays_under_the_floor_leaves_the_chosen_trial(searched
     floor = 1.002  # above any accuracy: the promoted trial cannot reach it
     chosen = _recorded(study, real, accuracy=1.0, latency_ms=2 * ms)
     near = _recorded(study, real, accuracy=0.999, latency_ms=ms)
-    study.set_user_attr(FINAL, None)
+    StudyRecord.put(study, final=None)
     study.set_user_attr("chosen_trial", chosen.number)
     seen = set()
     record = final_finetune(_context(out, space, floor=floor), study, chosen, on_step=lambda step, steps, trial: seen.add(trial))
@@ -117,9 +118,9 @@ def test_a_promotion_that_stays_under_the_floor_leaves_the_chosen_trial(searched
 
     # nothing chosen: every trial near the floor and faster than the baseline is tried, fastest first; none
     # reaches it, so nothing ships, and the tries are on record
-    study.set_user_attr(FINAL, None)
+    StudyRecord.put(study, final=None)
     assert final_finetune(_context(out, space, floor=floor), study, None) is None
-    assert [t["trial"] for t in open_study(out).user_attrs[FINAL]["tried"]] == [near.number, chosen.number]
+    assert [t["trial"] for t in StudyRecord.of(open_study(out)).final["tried"]] == [near.number, chosen.number]
 
 
 def test_promotion_is_configured_in_the_space_and_checked(tmp_path):
@@ -160,7 +161,7 @@ def test_with_a_measuring_backend_a_promotion_must_be_faster_side_by_side(search
     floor = 0.20  # its own window: the first test left trials under 0.10
     chosen = _recorded(study, real, accuracy=0.50, latency_ms=2 * ms)
     near = _recorded(study, real, accuracy=floor - 0.002, latency_ms=ms)
-    study.set_user_attr(FINAL, None)
+    StudyRecord.put(study, final=None)
     study.set_user_attr("chosen_trial", chosen.number)
     ctx = replace(_context(out, space, floor=floor, candidates=1), backend=_ByNodes())
     assert ctx.measures

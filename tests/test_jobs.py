@@ -18,7 +18,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from autocomp.storage import WORKER
+from autocomp.record import TrialRecord
 from autocomp.study import default_storage, finished_trials, load_existing_study
 from sshd import find_processes
 from waiting import wait_for
@@ -50,7 +50,7 @@ def _started(argv: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
     def a_child_finished_a_trial():
         study = _study(out)
         return study is not None and any(
-            t.user_attrs.get(WORKER, "").endswith(f":{pid}") for t in finished_trials(study)[before:] for pid in children
+            (TrialRecord.of(t).worker or "").endswith(f":{pid}") for t in finished_trials(study)[before:] for pid in children
         )
 
     wait_for(a_child_finished_a_trial, timeout_s=300, what="a trial run by a worker process")
@@ -98,7 +98,7 @@ def test_jobs_are_processes_and_a_stopped_search_leaves_none_behind(tmp_path):
     done = finished_trials(study)
     assert len(done) == kept + 6
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(Counter(t.user_attrs.get(WORKER) for t in done)) >= 3  # a worker of each stopped run, and the last search
+    assert len(Counter(TrialRecord.of(t).worker for t in done)) >= 3  # a worker of each stopped run, and the last search
     assert "chosen: trial" in resumed.stdout or "no trial meets the constraints" in resumed.stdout
 
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from autocomp.cli import main
 from autocomp.runtime import onnx_predictor
+from autocomp.record import StudyRecord
 from autocomp.study import default_storage, load_existing_study
 
 TESTS = Path(__file__).parent
@@ -408,7 +409,7 @@ def test_the_fastest_trials_timed_again_beside_the_baseline_decide_the_choice(tm
 
     from autocomp.latency.local import LocalBackend
     from autocomp.profiles import load_profile
-    from autocomp.study import CONFIRMED, choose_trial, confirm_fastest
+    from autocomp.study import choose_trial, confirm_fastest
     from tiny_models import TinyResNet
     from autocomp.export import export_onnx
 
@@ -427,12 +428,12 @@ def test_the_fastest_trials_timed_again_beside_the_baseline_decide_the_choice(tm
     backend = LocalBackend(rounds=10)
     ctx = SimpleNamespace(backend=backend, measures=True, profile=load_profile("local"))
     confirmed = confirm_fastest(ctx, study)
-    assert set(confirmed) == {"baseline", "0", "1"} and study.user_attrs[CONFIRMED] == confirmed
+    assert set(confirmed) == {"baseline", "0", "1"} and StudyRecord.of(study).confirmed_ms == confirmed
     assert confirmed["1"] < confirmed["0"]  # an eighth of the channels runs faster, side by side
     chosen, rule = choose_trial(study)
     assert chosen.number == 1 and "timed again side by side with the baseline" in rule
     # the baseline is the large network too: trial 0 is no faster than it, so it could never be the answer alone
-    study.set_user_attr(CONFIRMED, {"baseline": 1.0, "0": 1.2})
+    StudyRecord.put(study, confirmed_ms={"baseline": 1.0, "0": 1.2})
     chosen, rule = choose_trial(study)
     assert chosen is None and "side by side with the baseline, faster than the baseline (1.000 ms): none is, keep the baseline" in rule
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autocomp.storage import REQUEUED_FROM, WORKER, stale_reason
+from autocomp.record import TrialRecord
+from autocomp.storage import stale_reason
 from autocomp.study import finished_trials, load_existing_study
 from postgres import PASSWORD
 from waiting import wait_for
@@ -75,7 +76,7 @@ def _queued_runs(study: optuna.Study) -> Counter:
     """How often each queued plan was taken by a process (a plan re-queued after a death counts again)."""
     return Counter(
         json.dumps(t.system_attrs["fixed_params"], sort_keys=True)
-        for t in finished_trials(study) if "fixed_params" in t.system_attrs and t.user_attrs.get(REQUEUED_FROM) is None
+        for t in finished_trials(study) if "fixed_params" in t.system_attrs and TrialRecord.of(t).requeued_from is None
     )
 
 
@@ -91,7 +92,7 @@ def test_a_search_and_a_worker_finish_one_study_together(pg, tmp_path):
     study = _study(pg, "together")
     assert len(finished_trials(study)) == 8
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    workers = Counter(t.user_attrs.get(WORKER) for t in finished_trials(study))
+    workers = Counter(TrialRecord.of(t).worker for t in finished_trials(study))
     assert len(workers) == 2, workers  # both processes ran trials
     assert max(_queued_runs(study).values()) == 1  # no queued plan ran twice
     assert PASSWORD not in json.dumps(study.user_attrs, default=str)
@@ -116,7 +117,7 @@ def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
         study = _study(pg, "killed")
         mine = [
             t for t in (study.get_trials(states=(TrialState.RUNNING,)) if study else [])
-            if str(t.user_attrs.get(WORKER, "")).endswith(f":{worker.pid}") and t.user_attrs.get("phase") == "finetune"
+            if (TrialRecord.of(t).worker or "").endswith(f":{worker.pid}") and TrialRecord.of(t).phase == "finetune"
         ]
         return mine[0].number if mine else None
 
@@ -132,7 +133,7 @@ def test_a_killed_workers_trial_is_closed_and_its_plan_runs_again(pg, tmp_path):
     assert dead.state == TrialState.FAIL
     reason = stale_reason(study.user_attrs, victim)
     assert reason and "stopped sending heartbeats during fine-tuning" in reason and "queued again" in reason
-    rerun = [t for t in study.trials if t.user_attrs.get(REQUEUED_FROM) == victim]
+    rerun = [t for t in study.trials if TrialRecord.of(t).requeued_from == victim]
     assert len(rerun) == 1 and rerun[0].state.is_finished() and rerun[0].params == dead.params
     assert victim not in {t.number for t in finished_trials(study)}  # the dead trial does not count
     assert len(finished_trials(study)) == 8
@@ -187,7 +188,7 @@ def test_the_search_rides_out_a_database_restart(pg, tmp_path):
     def fine_tuning():
         study = _study(pg, "restart")
         running = study.get_trials(states=(TrialState.RUNNING,)) if study else []
-        return any(t.user_attrs.get("phase") == "finetune" for t in running)
+        return any(TrialRecord.of(t).phase == "finetune" for t in running)
 
     wait_for(fine_tuning, timeout_s=300, what="a trial to fine-tune")
     err_lines: list[str] = []

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from autocomp.cli.app import console, err_console, styled
+from autocomp.record import TrialRecord
 
 BAR_TITLES = {"trials": "trials", "sensitivity": "sensitivity"}
 BAR_NOTES = {"sensitivity": "each change alone: accuracy and estimated latency"}
@@ -73,7 +74,7 @@ class RichEvents:
     def trial_ended(self, study: Any, trial: Any) -> None:
         from autocomp.study import choose_trial
 
-        reason = trial.user_attrs.get("fail_reason")
+        reason = TrialRecord.of(trial).fail_reason
         if reason:
             self._progress.console.print(f"  trial {trial.number} {trial.state.name.lower()}: {reason}", highlight=False, markup=False)
         chosen, _ = choose_trial(study)

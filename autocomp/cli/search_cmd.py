@@ -16,6 +16,7 @@ from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION,
 from autocomp.cli.progress import RichEvents
 from autocomp.errors import ConfigError
 from autocomp.precision import precision_mix
+from autocomp.record import Baseline, StudyRecord, TrialRecord
 from autocomp.storage import GRACE_S
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def search(
         console.print(styled("no trial meets the constraints", "yellow", f"({result.rule}); try more --trials or a looser floor/budget"))
     else:
         c = chosen
-        side = result.study.user_attrs.get("confirmed_ms") or {}
+        side = StudyRecord.of(result.study).confirmed_ms or {}
         if str(c.number) in side and side.get("baseline"):
             # the figure the choice read: the trial's own timing was taken at another moment of a drifting host
             speed = (
@@ -103,11 +104,11 @@ def search(
                 f"({side['baseline'] / side[str(c.number)]:.2f}x faster; {c.values[1]:.3f} ms in its own trial)"
             )
         else:
-            speed = f"{c.values[1]:.3f} ms ({baseline['latency_ms'] / c.values[1]:.2f}x faster)"
+            speed = f"{c.values[1]:.3f} ms ({baseline.latency_ms / c.values[1]:.2f}x faster)"
         console.print(
             f"chosen: trial {c.number} ({result.rule if not (final or {}).get('promoted') else 'promoted by its final fine-tune'}): "
             f"accuracy {100 * c.values[0]:.2f}%, {speed}, "
-            f"{c.values[2] / 1e3:.1f} kB{SIZE_NOTE.get(result.size_key, '')} ({baseline[result.size_key] / c.values[2]:.2f}x smaller)"
+            f"{c.values[2] / 1e3:.1f} kB{SIZE_NOTE.get(result.size_key, '')} ({getattr(baseline, result.size_key) / c.values[2]:.2f}x smaller)"
         )
         if final is not None:
             shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
@@ -129,18 +130,18 @@ SIZE_NOTE = {"zip_bytes": " deflated"}
 """How a size reads: new studies' size objective is the file deflated; older ones' its raw bytes."""
 
 
-def _print_front(study, baseline: dict, *, size_key: str) -> None:
+def _print_front(study, baseline: Baseline, *, size_key: str) -> None:
     from autocomp.study import choose_trial
 
     _, rule = choose_trial(study)
-    chosen = study.user_attrs.get("chosen_trial")  # a promoted trial replaces the rule's (final.py)
+    chosen = StudyRecord.of(study).chosen_trial  # a promoted trial replaces the rule's (final.py)
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
     for column in ("trial", "accuracy %", "latency ms", "speedup", f"size kB{SIZE_NOTE.get(size_key, '')}", "width", "mean prune", "precisions", "latency source"):
         table.add_column(column, justify="right")
     table.add_row(
-        "baseline", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00x",
-        f"{baseline[size_key] / 1e3:.1f}", "1.0", "0.00", "all 32", baseline["latency_source"],
+        "baseline", f"{100 * baseline.accuracy:.2f}", f"{baseline.latency_ms:.3f}", "1.00x",
+        f"{getattr(baseline, size_key) / 1e3:.1f}", "1.0", "0.00", "all 32", baseline.latency_source,
     )
     for trial in front:
         params = trial.params
@@ -149,10 +150,10 @@ def _print_front(study, baseline: dict, *, size_key: str) -> None:
         mark = "*" if trial.number == chosen else ""
         table.add_row(
             f"{mark}{trial.number}", f"{100 * trial.values[0]:.2f}", f"{trial.values[1]:.3f}",
-            f"{baseline['latency_ms'] / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",
+            f"{baseline.latency_ms / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",
             f"{params.get('distill/width', 1.0):g}", f"{sum(prunes) / len(prunes):.2f}" if prunes else "-",
             precision_mix(bits) or "-",
-            str(trial.user_attrs.get("latency_source", "")),
+            TrialRecord.of(trial).latency_source or "",
         )
     console.print(table)
 

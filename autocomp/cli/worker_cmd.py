@@ -12,6 +12,7 @@ import typer
 
 from autocomp.cli.app import app, console
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, with_board
+from autocomp.record import StudyRecord
 from autocomp.cli.progress import RichEvents
 from autocomp.errors import ConfigError
 
@@ -54,7 +55,7 @@ def worker(
             "'autocomp search --jobs N' runs N processes on its SQLite study"
         )
     study = open_study(storage=storage, study_name=study_name, sampler=make_sampler("random", seed=None), create=False, shared=True)
-    settings = study.user_attrs.get("settings") or {}
+    settings = StudyRecord.of(study).settings or {}
     if "space_sha256" not in settings:
         raise ConfigError(f"study {study_name!r} was not started by 'autocomp search' of this version (no stored settings); start it with autocomp search --storage")
     # again with the search's sampler and grace (which decides when a trial is dead, for every worker alike);

@@ -35,7 +35,7 @@ def fronts_figure(runs: Sequence[Any]) -> go.Figure:
     base = runs[0].baseline
     fig.add_trace(
         go.Scatter(
-            x=[base["latency_ms"]], y=[100 * base["accuracy"]], mode="markers", name="baseline",
+            x=[base.latency_ms], y=[100 * base.accuracy], mode="markers", name="baseline",
             marker=dict(symbol="star", size=16, color=COLOURS["baseline"]),
         )
     )

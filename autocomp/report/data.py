@@ -2,8 +2,8 @@
 
 Nothing here draws or writes; every function takes a study (or the output of another
 function here) and returns pandas DataFrames or plain dicts, so the numbers in the report
-can be tested without a browser. The functions follow the data contract the search code
-writes into the study (see ``autocomp.study``) and tolerate missing optional attributes:
+can be tested without a browser. The functions read the study's record as the search writes it
+(``autocomp.record``: every field may be None) and so tolerate what is missing:
 older studies, interrupted ones, and studies with no complete trial at all.
 """
 
@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision, precision_mix
 from autocomp.profiles import runtime_text
+from autocomp.record import Baseline, StudyRecord, TrialRecord, number, whole
 from autocomp.storage import stale_reason
 
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
@@ -76,7 +77,7 @@ class StudyMeta:
     space: str | None
     backend: str | None
     profile: Mapping[str, Any] | None
-    baseline: Mapping[str, Any] | None
+    baseline: Baseline | None
     chosen_trial: int | None
     chosen_rule: str | None
     accuracy_floor: float | None
@@ -87,7 +88,7 @@ class StudyMeta:
     accuracy_scale: float
     """100 when accuracies are stored as fractions in [0, 1] (shown as percent), else 1."""
     confirmed_ms: Mapping[str, float] = field(default_factory=dict)
-    """The fastest trials and the baseline timed again side by side (``study.CONFIRMED``), when the search did."""
+    """The fastest trials and the baseline timed again side by side (``StudyRecord.confirmed_ms``), when the search did."""
 
     @property
     def size_key(self) -> str:
@@ -107,25 +108,10 @@ class Importances:
     notes: list[str] = field(default_factory=list)
 
 
-def _float_or_none(value: Any) -> float | None:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(result) else result
 
 
 def _nan_if_none(value: float | None) -> float:
     return np.nan if value is None else value
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def format_bytes(size_bytes: float | None) -> str:
@@ -135,7 +121,7 @@ def format_bytes(size_bytes: float | None) -> str:
     The unit is picked after rounding, so 999,999 bytes reads ``1 MB``, not ``1e+03 kB``. A
     missing size reads "–", as every missing number in the report's tables does.
     """
-    value = _float_or_none(size_bytes)
+    value = number(size_bytes)
     if value is None:
         return "–"
     if abs(value) < 999.5:
@@ -163,35 +149,32 @@ def accuracy_scale(values: Sequence[float | None]) -> float:
 
 
 def study_meta(study: optuna.Study) -> StudyMeta:
-    """Header facts of a study, from its user attrs; absent attrs become None."""
-    attrs = study.user_attrs
+    """Header facts of a study, from its record; what it does not record is None."""
+    record = StudyRecord.of(study)
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    baseline = attrs.get("baseline") if isinstance(attrs.get("baseline"), Mapping) else None
     accuracies = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
-    if baseline is not None:
-        accuracies.append(_float_or_none(baseline.get("accuracy")))
-    profile = attrs.get("profile") if isinstance(attrs.get("profile"), Mapping) else None
-    device = attrs.get("device") or (profile or {}).get("name")
+    if record.baseline is not None:
+        accuracies.append(record.baseline.accuracy)
     return StudyMeta(
         study_name=study.study_name,
-        task=attrs.get("task"),
-        device=device,
-        space=attrs.get("space"),
-        backend=attrs.get("backend"),
-        profile=profile,
-        baseline=baseline,
-        chosen_trial=_int_or_none(attrs.get("chosen_trial")),
-        chosen_rule=attrs.get("chosen_rule"),
-        accuracy_floor=_float_or_none(attrs.get("accuracy_floor")),
-        latency_budget_ms=_float_or_none(attrs.get("latency_budget_ms")),
-        objectives=tuple(attrs.get("objectives") or OBJECTIVES),
+        task=record.task,
+        device=record.device or (record.profile or {}).get("name"),
+        space=record.space,
+        backend=record.backend,
+        profile=record.profile,
+        baseline=record.baseline,
+        chosen_trial=record.chosen_trial,
+        chosen_rule=record.chosen_rule,
+        accuracy_floor=record.accuracy_floor,
+        latency_budget_ms=record.latency_budget_ms,
+        objectives=tuple(record.objectives or OBJECTIVES),
         directions=tuple(d.name.lower() for d in study.directions),
         state_counts=counts,
         accuracy_scale=accuracy_scale(accuracies),
-        confirmed_ms={str(k): float(v) for k, v in (attrs.get("confirmed_ms") or {}).items() if _float_or_none(v)},
+        confirmed_ms={str(k): float(v) for k, v in (record.confirmed_ms or {}).items() if number(v)},
     )
 
 
@@ -265,11 +248,10 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
     own attrs of those names first). ``run_dir`` is the folder holding the run's ``study.db``.
     """
     meta = meta or study_meta(study)
-    attrs = study.user_attrs
-    settings = attrs.get("settings") if isinstance(attrs.get("settings"), Mapping) else {}
-    raw_versions = attrs.get("versions") if isinstance(attrs.get("versions"), Mapping) else {}
-    versions = {str(k): _text_or_none(v) or NOT_RECORDED for k, v in raw_versions.items()}
-    seed = _int_or_none(settings.get("seed"))
+    record = StudyRecord.of(study)
+    settings = record.settings or {}
+    versions = {str(k): _text_or_none(v) or NOT_RECORDED for k, v in (record.versions or {}).items()}
+    seed = whole(settings.get("seed"))
     sampler = _text_or_none(settings.get("sampler"))
     seconds, n_finished = run_span(study)
     run_time = NOT_RECORDED
@@ -284,7 +266,7 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
     for key, label, fallback in (("task", "task", meta.task), ("device", "device", meta.device),
                                  ("space", "search space", meta.space), ("backend", "latency backend", meta.backend)):
         rows.append((label, _text_or_none(settings.get(key)) or _text_or_none(fallback) or NOT_RECORDED))
-    screens = [t.user_attrs["screen"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("screen"), Mapping)]
+    screens = [s for s in (TrialRecord.of(t).screen for t in study.get_trials(deepcopy=False)) if s is not None]
     if screens:
         out = sum(1 for r in screens if not r.get("promoted"))
         rows.append((
@@ -292,7 +274,7 @@ def run_facts(study: optuna.Study, *, run_dir: Path | str | None, meta: StudyMet
             f"{len(screens)} plans screened after {screens[0].get('steps')} of {screens[0].get('of_steps')} fine-tuning steps: "
             f"{out} screened out (pruned, with the reason), {len(screens) - out} fine-tuned in full",
         ))
-    final = final_text(attrs.get("final"))
+    final = final_text(record.final)
     if final:
         rows.append(("final fine-tune", final))
     return RunFacts(
@@ -367,10 +349,10 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     ``format_bytes``).
     """
     meta = study_meta(study)
-    study_attrs = study.user_attrs
+    study_attrs = study.user_attrs  # the stale-trial notes (``storage.stale_reason``)
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        ua = trial.user_attrs
+        record = TrialRecord.of(trial)
         values = trial.values if trial.state == TrialState.COMPLETE and trial.values else None
         acc, lat, size = (list(values[:3]) + [None] * 3)[:3] if values else (None, None, None)
         prunes = [float(v) for k, v in trial.params.items() if k.startswith("prune/")]
@@ -380,23 +362,23 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "trial": trial.number,
                 "state": trial.state.name,
                 "accuracy_pct": acc * meta.accuracy_scale if acc is not None else np.nan,
-                "latency_ms": _float_or_none(lat) if lat is not None else np.nan,
-                "latency_p90_ms": _nan_if_none(_float_or_none(ua.get("latency_p90_ms"))),
+                "latency_ms": number(lat) if lat is not None else np.nan,
+                "latency_p90_ms": _nan_if_none(record.latency_p90_ms),
                 "size_mb": size / 1e6 if size is not None else np.nan,
-                "size_bytes": _int_or_none(size),
-                "params": _int_or_none(ua.get("params")),
+                "size_bytes": whole(size),
+                "params": record.params,
                 "feasible": is_feasible(trial) if values else None,
                 "pareto": False,
                 "chosen": trial.number == meta.chosen_trial,
                 "violations": ", ".join(f"{k} +{v:.3g}" for k, v in violations.items()),
-                "width": _float_or_none(trial.params.get("distill/width")),
+                "width": number(trial.params.get("distill/width")),
                 "mean_prune": float(np.mean(prunes)) if prunes else np.nan,
                 "precisions": _precision_mix(trial.params) + (" · QAT" if trial.params.get("qat/int8") else ""),
                 "qat": trial.params.get("qat/int8"),  # None: the space does not choose (PTQ)
-                "latency_source": ua.get("latency_source") or "",
-                "latency_sure": ua.get("latency_sure") or "",
-                "seconds": _nan_if_none(_float_or_none(ua.get("seconds"))),
-                "fail_reason": ua.get("fail_reason") or stale_reason(study_attrs, trial.number) or "",
+                "latency_source": record.latency_source or "",
+                "latency_sure": record.latency_sure or "",
+                "seconds": _nan_if_none(record.seconds),
+                "fail_reason": record.fail_reason or stale_reason(study_attrs, trial.number) or "",
             }
         )
     table = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
@@ -428,10 +410,8 @@ def history_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def baseline_point(meta: StudyMeta) -> dict[str, float] | None:
     """The uncompressed model as a point on the same axes as the trials, or None if unknown."""
-    baseline = meta.baseline or {}
-    acc = _float_or_none(baseline.get("accuracy"))
-    lat = _float_or_none(baseline.get("latency_ms"))
-    size = _float_or_none(baseline.get(meta.size_key))
+    baseline = meta.baseline or Baseline()
+    acc, lat, size = baseline.accuracy, baseline.latency_ms, number(getattr(baseline, meta.size_key, None))
     if acc is None and lat is None and size is None:
         return None
     return {
@@ -442,10 +422,10 @@ def baseline_point(meta: StudyMeta) -> dict[str, float] | None:
     }
 
 
-def _layer_rows(rows: Any) -> pd.DataFrame:
-    if not isinstance(rows, Sequence) or not rows:
+def _layer_rows(rows: list[dict[str, Any]] | None) -> pd.DataFrame:
+    if not rows:
         return pd.DataFrame(columns=["layer"])
-    frame = pd.DataFrame([dict(r) for r in rows if isinstance(r, Mapping) and "layer" in r])
+    frame = pd.DataFrame([r for r in rows if "layer" in r])
     return frame if "layer" in frame else pd.DataFrame(columns=["layer"])
 
 
@@ -490,10 +470,10 @@ def chosen_layers(study: optuna.Study, meta: StudyMeta | None = None) -> pd.Data
         trial = study.trials[meta.chosen_trial]
     except IndexError:
         return pd.DataFrame(columns=LAYER_COLUMNS)
-    chosen = _layer_rows(trial.user_attrs.get("layers"))
+    chosen = _layer_rows(TrialRecord.of(trial).layers)
     if chosen.empty:
         chosen = _layers_from_params(trial.params)
-    base = _layer_rows((meta.baseline or {}).get("layers"))
+    base = _layer_rows(meta.baseline and meta.baseline.layers)
     base = base.rename(columns={"est_latency_ms": "baseline_latency_ms", "bits": "baseline_bits", "channels": "_base_ch"})
     keep = [c for c in ("layer", "baseline_latency_ms", "baseline_bits", "_base_ch") if c in base]
     merged = chosen.merge(base[keep], on="layer", how="left") if len(keep) > 1 else chosen
@@ -563,7 +543,7 @@ def latency_provenance(trials: pd.DataFrame, meta: StudyMeta) -> dict[str, Any]:
         kind = "mixed"
     else:
         kind = {"estimate": "estimated", "local": "measured", "ssh": "measured"}.get(meta.backend or "", "unknown")
-    baseline_source = (meta.baseline or {}).get("latency_source")
+    baseline_source = meta.baseline and meta.baseline.latency_source
     chosen = trials.loc[trials["chosen"] == True, "latency_sure"]  # noqa: E712
     return {"kind": kind, "sources": counts, "backend": meta.backend, "baseline_source": baseline_source,
             "chosen_sure": str(chosen.iloc[0]) if len(chosen) and chosen.iloc[0] else ""}
@@ -583,7 +563,7 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
         if not isinstance(spec, Mapping):
             rows.append((name, "not supported"))
             continue
-        gops = _float_or_none(spec.get("peak_gops"))
+        gops = number(spec.get("peak_gops"))
         if name == "fp32":
             accel = "reference precision"
         else:
@@ -592,7 +572,7 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
         if spec.get("source"):
             text += f" (source: {spec['source']})"
         rows.append((name, text))
-    bandwidth = _float_or_none(profile.get("memory_bandwidth_gbps"))
+    bandwidth = number(profile.get("memory_bandwidth_gbps"))
     if bandwidth is not None:
         rows.append(("memory bandwidth", f"{bandwidth:g} GB/s"))
     if "unstructured_sparsity_speedup" in profile:
@@ -718,7 +698,7 @@ def importances(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FOR_IMPORTA
     fixed, a failing evaluator) the result carries a note instead, never an exception.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    objectives = list(study.user_attrs.get("objectives") or OBJECTIVES)[: len(study.directions)]
+    objectives = list(StudyRecord.of(study).objectives or OBJECTIVES)[: len(study.directions)]
     empty = pd.DataFrame(columns=["param", "objective", "importance"])
     if len(complete) < min_trials:
         return Importances(empty, [f"only {len(complete)} complete trial(s): importances need at least {min_trials}"])
@@ -757,14 +737,13 @@ PROPOSAL_COLUMNS = ["trial", "round", "predicted_accuracy", "accuracy", "predict
 def sensitivity_table(study: optuna.Study) -> pd.DataFrame:
     """The study's sensitivity profile: each change alone, its accuracy drop (no fine-tuning) and the
     estimated latency it saves, in % of the baseline's estimate (``allocate.sensitivity_profile``)."""
-    options = study.user_attrs.get("sensitivity") or []
-    rows = [o for o in options if isinstance(o, Mapping) and "param" in o]
+    record = StudyRecord.of(study)
+    rows = [o for o in record.sensitivity or () if "param" in o]
     if not rows:
         return pd.DataFrame(columns=SENSITIVITY_COLUMNS)
-    baseline = study.user_attrs.get("baseline") or {}
-    accuracy = _float_or_none(baseline.get("accuracy"))
+    accuracy = record.baseline and record.baseline.accuracy
     frame = pd.DataFrame(rows)
-    base_ms = _float_or_none(study.user_attrs.get("sensitivity_baseline_ms"))
+    base_ms = record.sensitivity_baseline_ms
     frame["accuracy_drop"] = (accuracy - pd.to_numeric(frame["accuracy"], errors="coerce")) if accuracy is not None else np.nan
     frame["latency_saved_pct"] = (
         100.0 * (1.0 - pd.to_numeric(frame["latency_ms"], errors="coerce") / base_ms) if base_ms else np.nan
@@ -778,15 +757,15 @@ def proposals_table(study: optuna.Study) -> pd.DataFrame:
     """Each proposed trial: what the allocation predicted and what the trial reached after fine-tuning."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        prediction = trial.user_attrs.get("proposal")
-        if not isinstance(prediction, Mapping):
+        prediction = TrialRecord.of(trial).proposal
+        if prediction is None:
             continue
         done = trial.state == TrialState.COMPLETE and trial.values
         rows.append({
             "trial": trial.number, "round": prediction.get("round", 1),
-            "predicted_accuracy": _float_or_none(prediction.get("accuracy")),
+            "predicted_accuracy": number(prediction.get("accuracy")),
             "accuracy": trial.values[0] if done else np.nan,
-            "predicted_latency_ms": _float_or_none(prediction.get("latency_ms")),
+            "predicted_latency_ms": number(prediction.get("latency_ms")),
             "latency_ms": trial.values[1] if done else np.nan,
             "latency_unit": str(prediction.get("latency_unit", "")),
             "priced": str(prediction.get("priced", "")),

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from autocomp.precision import PRECISION_NAMES, precision
+from autocomp.record import StudyRecord
 from autocomp.report import data, figures
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -359,11 +360,11 @@ def _sensitivity_html(study: optuna.Study) -> str:
     frame, proposals = data.sensitivity_table(study), data.proposals_table(study)
     if frame.empty and proposals.empty:
         return ""
-    seconds = study.user_attrs.get("sensitivity_s")
+    seconds = StudyRecord.of(study).sensitivity_s
     out = ['<section id="sensitivity"><h2>sensitivity and proposals</h2>',
            f'<p class="meta">{len(frame)} changes, each alone, scored on their ONNX files without fine-tuning and priced '
            "by the device's estimator"
-           + (f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+           + (f" in {seconds:.0f} s" if seconds is not None else "")
            + "; the plans proposed from them were queued after the hand-made anchors and fine-tuned like any trial. "
            "Failed changes are never proposed.</p>"]
     if not frame.empty:

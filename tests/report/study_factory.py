@@ -1,7 +1,8 @@
 """A realistic synthetic autocomp study, built in memory, for the report tests and the screenshot.
 
-It follows the data contract the search code writes (study and trial user attrs,
-constraints, failed and pruned trials with a ``fail_reason``, trial start and end times)
+It writes the study's record through ``autocomp.record`` as the search does (so a key
+the search no longer writes fails here too): study and trial records, constraints, failed
+and pruned trials with a ``fail_reason``, trial start and end times,
 without running any model: the numbers come from a small made-up cost model of a Jetson
 Nano, where fp16 is accelerated and int8 is not, so the example report tells a
 hardware-aware story.
@@ -17,6 +18,8 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from autocomp.record import StudyRecord, TrialRecord
 
 # (layer, baseline output channels, parameters, baseline estimated fp32 latency in ms)
 LAYERS: list[tuple[str, int, int, float]] = [
@@ -163,20 +166,12 @@ def make_study(
     settings: dict[str, Any] = {"task": task_name, "device": device_name, "space": "cnn-default", "backend": "estimate"}
     if not legacy:
         settings.update(seed=seed, sampler=SAMPLER)
-        study.set_user_attr("versions", dict(VERSIONS if versions is None else versions))
-    for key, value in {
-        "settings": settings,
-        "device": device_name,
-        "profile": profile,
-        "backend": "estimate",
-        "task": task_name,
-        "space": "cnn-default",
-        "baseline": baseline,
-        "objectives": ["accuracy", "latency_ms", "size_bytes"],
-        "accuracy_floor": ACCURACY_FLOOR,
-        "latency_budget_ms": LATENCY_BUDGET_MS,
-    }.items():
-        study.set_user_attr(key, value)
+        StudyRecord.put(study, versions=dict(VERSIONS if versions is None else versions))
+    StudyRecord.put(
+        study, settings=settings, device=device_name, profile=profile, backend="estimate", task=task_name,
+        space="cnn-default", baseline=baseline, objectives=["accuracy", "latency_ms", "size_bytes"],
+        accuracy_floor=ACCURACY_FLOOR, latency_budget_ms=LATENCY_BUDGET_MS,
+    )
 
     fail_at = set(rng.choice(np.arange(3, n_trials), size=n_failed + n_pruned, replace=False).tolist()) if n_trials > 3 else set()
     fail_slots = sorted(fail_at)[:n_failed]
@@ -199,7 +194,7 @@ def make_study(
                 if failed
                 else f"latency estimate {rng.uniform(4.5, 7):.2f} ms exceeds the budget {LATENCY_BUDGET_MS} ms before fine-tuning"
             )
-            trial = create_trial(state=state, params=params, distributions=dists, user_attrs={"fail_reason": reason})
+            trial = create_trial(state=state, params=params, distributions=dists, user_attrs=TrialRecord.attrs(fail_reason=reason))
             study.add_trial(_timed(trial, clock, FAILED_TRIAL_S))
             clock += timedelta(seconds=FAILED_TRIAL_S + BETWEEN_TRIALS_S)
             number += 1
@@ -216,15 +211,15 @@ def make_study(
             params=params,
             distributions=dists,
             constraints=constraints,
-            user_attrs={
-                "latency_source": f"estimate:{device_name}",
-                "latency_p90_ms": round(result["latency_ms"] * 1.08, 3),
-                "params": result["params"],
-                "onnx_sha256": digest,
-                "artifact": f"runs/{study_name}/trial-{number:04d}/model.onnx",
-                "layers": result["layers"],
-                "seconds": seconds,
-            },
+            user_attrs=TrialRecord.attrs(
+                latency_source=f"estimate:{device_name}",
+                latency_p90_ms=round(result["latency_ms"] * 1.08, 3),
+                params=result["params"],
+                onnx_sha256=digest,
+                artifact=f"runs/{study_name}/trial-{number:04d}/model.onnx",
+                layers=result["layers"],
+                seconds=seconds,
+            ),
         )
         study.add_trial(_timed(trial, clock, seconds))
         clock += timedelta(seconds=seconds + BETWEEN_TRIALS_S)
@@ -237,18 +232,16 @@ def make_study(
     close = [(n, r) for n, r in feasible if r["accuracy"] >= BASELINE_ACCURACY - 0.01]
     pool = close or feasible
     chosen = min(pool, key=lambda nr: nr[1]["latency_ms"])[0] if pool else None
-    study.set_user_attr("chosen_trial", chosen)
-    study.set_user_attr("chosen_rule", "fastest feasible trial within 1.0 point of baseline accuracy")
+    StudyRecord.put(study, chosen_trial=chosen, chosen_rule="fastest feasible trial within 1.0 point of baseline accuracy")
     return study
 
 
 def make_empty_study(*, study_name: str = "nothing-finished", n_failed: int = 2) -> optuna.Study:
     """A study whose trials all failed: the report must say so, not crash."""
     study = optuna.create_study(study_name=study_name, directions=["maximize", "minimize", "minimize"])
-    study.set_user_attr("device", "raspberry-pi-4")
-    study.set_user_attr("task", "digits-cnn")
+    StudyRecord.put(study, device="raspberry-pi-4", task="digits-cnn")
     for i in range(n_failed):
         study.add_trial(
-            create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": f"CompressionError: attempt {i} pruned every channel"})
+            create_trial(state=TrialState.FAIL, user_attrs=TrialRecord.attrs(fail_reason=f"CompressionError: attempt {i} pruned every channel"))
         )
     return study

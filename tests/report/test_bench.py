@@ -12,10 +12,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.anchors import uniform_grid
 from autocomp.bench import hypervolume
+from autocomp.record import Baseline
 from test_report_html import render_in_chromium
 
 TESTS = Path(__file__).resolve().parents[1]
-BASELINE = {"accuracy": 0.95, "latency_ms": 2.0, "zip_bytes": 1000.0}
+BASELINE = Baseline(accuracy=0.95, latency_ms=2.0, zip_bytes=1000)
 
 
 def _trial(number: int, accuracy: float, latency_ms: float, size_bytes: float) -> FrozenTrial:
