@@ -157,9 +157,8 @@ def promotion_text(record: dict[str, Any]) -> str:
 
 def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, Any]:
     """Continue distilling ``trial``'s weights for ``steps`` steps, export, score and time the model."""
-    from autocomp.compress.distill import distill
     from autocomp.objective import plan_structure
-    from autocomp.pipeline import build_artifact, score_artifact
+    from autocomp.pipeline import build_artifact, finetune_further, score_artifact
     from autocomp.plan import CompressionPlan
 
     started = time.perf_counter()
@@ -167,14 +166,16 @@ def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, A
     model = plan_structure(ctx, plan)
     trial_onnx = in_run(TrialRecord.of(trial).artifact, ctx.out_dir)
     model.load_state_dict(torch.load(trial_onnx.parent / "model_state.pt", weights_only=True))
-    # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate
-    tuned = distill(
-        model, ctx.teacher, ctx.task, config=replace(ctx.finetune, steps=steps, seed=ctx.seed + trial.number),
+    # the trial's cosine schedule ended at zero; this one starts again from the trial's learning rate, under
+    # the trial's masks, shared values and fake quantization (``finetune_further``)
+    tuned = finetune_further(
+        ctx.task, ctx.teacher, plan, model, finetune=replace(ctx.finetune, steps=steps, seed=ctx.seed + trial.number),
+        pipeline=ctx.space.pipeline, recipe=ctx.profile.int8_recipe,
         on_step=None if on_step is None else (lambda step, loss, _model: on_step(step, steps, trial.number)),
     )
     out = final_dir(ctx.out_dir)
     shutil.rmtree(out, ignore_errors=True)
-    artifact = build_artifact(ctx.task, tuned, plan, out, recipe=ctx.profile.int8_recipe)
+    artifact = build_artifact(ctx.task, tuned, plan, out, recipe=ctx.profile.int8_recipe, pipeline=ctx.space.pipeline)
     accuracy, torch_accuracy = score_artifact(ctx.task, tuned, artifact, what="the finally fine-tuned model in PyTorch")
     torch.save(tuned.state_dict(), out / "model_state.pt")
     latency = ctx.backend.measure(artifact.onnx_path, ctx.profile)

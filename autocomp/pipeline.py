@@ -83,6 +83,36 @@ def compress_model(
         share = finetune.steps - steps * index if index == len(stages) - 1 else steps  # the last takes the remainder
         if share:
             work = replace(work, model=distill(work.model, teacher, task, config=replace(finetune, steps=share), on_step=on_step))
+    return _finished(work)
+
+
+def finetune_further(
+    task: Task,
+    teacher: nn.Module,
+    plan: CompressionPlan,
+    model: nn.Module,
+    *,
+    finetune: DistillConfig,
+    pipeline: tuple[str, ...] = knobs.DEFAULT_PIPELINE,
+    recipe: Int8Recipe | None = None,
+    on_step: OnStep | None = None,
+) -> nn.Module:
+    """A copy of ``model`` (the plan's model, trained) fine-tuned ``finetune.steps`` more steps under what its
+    trial trained under: every holding knob the plan uses (``Knob.holds``: sparsity's masks, shared values,
+    fake quantization) is applied again first, in the pipeline's order, and taken off after. Without them a
+    further fine-tune in plain fp32 would fill the zeros, spread the shared values and train past the int8
+    ranges the export then uses."""
+    work = knobs.TorchWork(
+        task=task, teacher=teacher, model=model, example_inputs=tuple(task.example_inputs()), round_to=1, plan=plan, recipe=recipe,  # round_to: no structure knob runs here
+    )
+    for name in pipeline:
+        if name != knobs.FINETUNE and knobs.KNOBS[name].holds and plan.changes(name):
+            work = knobs.KNOBS[name].apply(plan[name], work)
+    return _finished(replace(work, model=distill(work.model, teacher, task, config=finetune, on_step=on_step)))
+
+
+def _finished(work: knobs.TorchWork) -> nn.Module:
+    """The model after its last fine-tune, with what the knobs held during it taken off (``TorchWork.finish``)."""
     model = work.model
     for finish in work.finish:
         model = finish(model)

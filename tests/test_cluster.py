@@ -91,7 +91,9 @@ def test_the_report_says_sharing_buys_size_not_speed():
 
     from autocomp.report.data import technique_notes
 
-    trials = pd.DataFrame(columns=["state", "precisions", "qat", "accuracy_pct"])
+    from autocomp.report.data import TRIAL_COLUMNS
+
+    trials = pd.DataFrame(columns=TRIAL_COLUMNS)
     layers = pd.DataFrame({"layer": ["a", "b", "c"], "shared_values": [16, None, 64]})
     (note,) = technique_notes(trials, layers)
     assert note.startswith("weights shared in 2 layers (16, 64 values each)") and "does not run faster" in note

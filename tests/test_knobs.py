@@ -18,7 +18,7 @@ from torch import nn
 from autocomp import knobs
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import ConfigError
-from autocomp.pipeline import build_artifact, compress_model
+from autocomp.pipeline import build_artifact, compress_model, finetune_further
 from autocomp.plan import CompressionPlan
 from autocomp.profiles import load_profile
 from autocomp.runtime import onnx_predictor
@@ -107,7 +107,8 @@ def task_of(kind: str):
 def test_every_registered_knob_has_a_contract_section():
     assert set(SECTIONS) == set(knobs.KNOBS)
     for knob in knobs.KNOBS.values():
-        assert knob.prefix == f"{knob.name}/" and knob.stage in ("torch", "onnx")
+        assert knob.prefix == f"{knob.name}/" and knob.stage in ("torch", "onnx") and isinstance(knob.holds, bool)
+        assert not (knob.holds and knob.stage == "onnx")  # only a torch-stage knob trains under what it holds
 
 
 def _distributions(knob_name: str, task) -> dict:
@@ -155,6 +156,10 @@ def _keeps_contract(knob_name: str, task, tmp_path) -> bool:
     assert all(torch.equal(before[key], value) for key, value in teacher.state_dict().items())
     if knob.stage == "torch":
         assert model is not teacher
+    if knob.holds:  # applied again to its own finished output (a further fine-tune starts so), it changes nothing
+        again = finetune_further(task, teacher, plan, model, finetune=DistillConfig(steps=0), recipe=load_profile("local").int8_recipe)
+        assert again is not model and again.state_dict().keys() == model.state_dict().keys()
+        assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())
 
     artifact = build_artifact(task, model, plan, tmp_path, recipe=load_profile("local").int8_recipe, calibration_samples=16)
     onnx.checker.check_model(onnx.load(str(artifact.onnx_path)))
@@ -199,3 +204,30 @@ def test_a_fine_tune_between_knobs_shares_the_budget(monkeypatch):
     seen.clear()
     compress_model(task, task.build_model(), CompressionPlan.of(prune={"block1_conv1": 0.5}), finetune=DistillConfig(steps=7), pipeline=order)
     assert seen == [7]  # nothing after the fine-tune point changes the model: one fine-tune takes it all
+
+
+def test_a_further_fine_tune_trains_under_what_the_trial_trained_under():
+    """The final fine-tune (``finetune_further``) of a sparse, shared and QAT-trained model: it trains (the weights
+    move), and the zeros stay where they were, each shared layer keeps its 2^b values and the int8 layers'
+    trained ranges go on from where the trial left them instead of being calibrated afresh."""
+    from autocomp.knobs.qat import RANGE
+
+    task = task_of("cnn")
+    teacher = task.build_model()
+    plan = CompressionPlan.of(
+        sparsity={"block1_conv1": 0.5}, cluster={"block2_conv1": 3}, bits={"block2_conv2": 8}, qat={"int8": True},
+    )
+    recipe = load_profile("local").int8_recipe
+    trial = compress_model(task, teacher, plan, finetune=DistillConfig(steps=4), recipe=recipe)
+    further = finetune_further(task, teacher, plan, trial, finetune=DistillConfig(steps=4, lr=0.01), recipe=recipe)
+    layers = {name: dict(m.named_modules()) for name, m in (("trial", trial), ("further", further))}
+    zeros = layers["trial"]["block1_conv1"].weight == 0
+    assert zeros.float().mean() >= 0.5 and torch.equal(layers["further"]["block1_conv1"].weight == 0, zeros)
+    assert not torch.equal(layers["further"]["block1_conv1"].weight, layers["trial"]["block1_conv1"].weight)  # it trained
+    assert len(torch.unique(layers["further"]["block2_conv1"].weight)) <= 8
+    assert not torch.equal(layers["further"]["block2_conv1"].weight, layers["trial"]["block2_conv1"].weight)
+    before, after = getattr(layers["trial"]["block2_conv2"], RANGE), getattr(layers["further"]["block2_conv2"], RANGE)
+    assert not torch.equal(before, after)  # followed the training batches on from the trial's range
+    assert torch.allclose(before, after, rtol=0.5, atol=0.5)  # not a fresh calibration far away
+    # the knobs never reached into the model they were given
+    assert not any(type(m).__name__.startswith("_FakeQuant") for m in further.modules())

@@ -85,18 +85,24 @@ def test_qat_refuses_what_it_cannot_train_honestly(task):
 def test_the_report_says_what_qat_recovered():
     import pandas as pd
 
+    from autocomp.knobs import summaries
     from autocomp.report.data import technique_notes
 
+    def row(state, bits, qat, accuracy_pct):  # a trials-table row as ``trials_table`` makes it from the params
+        return {"state": state, "accuracy_pct": accuracy_pct, **summaries({"bits/a": bits, "bits/b": bits, "qat/int8": qat})}
+
     trials = pd.DataFrame([
-        {"state": "COMPLETE", "precisions": "int8×4", "qat": False, "accuracy_pct": 91.0},
-        {"state": "COMPLETE", "precisions": "int8×4 · QAT", "qat": True, "accuracy_pct": 97.5},
-        {"state": "COMPLETE", "precisions": "fp32×4", "qat": True, "accuracy_pct": 99.0},  # no int8: not compared
-        {"state": "FAIL", "precisions": "int8×4", "qat": False, "accuracy_pct": float("nan")},
+        row("COMPLETE", 8, False, 91.0),
+        row("COMPLETE", 8, True, 97.5),
+        row("COMPLETE", 32, True, 99.0),  # no int8: not compared
+        row("FAIL", 8, False, float("nan")),
     ])
     (note,) = technique_notes(trials, pd.DataFrame(columns=["layer"]))
     assert "PTQ): best 91.00% over 1 trials" in note and "(QAT): best 97.50% over 1" in note
     assert "QAT recovered 6.50 points PTQ lost" in note
-    assert technique_notes(trials[trials["qat"] == False], pd.DataFrame(columns=["layer"])) == []  # noqa: E712
+    assert technique_notes(trials[trials["qat"] == ""], pd.DataFrame(columns=["layer"])) == []
+    unsearched = pd.DataFrame([{"state": "COMPLETE", "accuracy_pct": 91.0, **summaries({"bits/a": 8})}])
+    assert technique_notes(unsearched, pd.DataFrame(columns=["layer"])) == []  # the space does not choose: no note
 
 
 def test_a_qat_trial_fine_tunes_in_fp32_first_then_through_fake_quantization(task, monkeypatch):

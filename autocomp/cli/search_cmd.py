@@ -15,7 +15,7 @@ from autocomp.cli.checks import THREADS_OPTION, check_range, check_seed, check_t
 from autocomp.cli.board_cmd import BOARD_OPTION, KEY_OPTION, KNOWN_HOSTS_OPTION, PYTHON_OPTION, board_args, with_board
 from autocomp.cli.progress import RichEvents
 from autocomp.errors import ConfigError
-from autocomp.precision import precision_mix
+from autocomp.knobs import plan_text
 from autocomp.record import Baseline, StudyRecord, TrialRecord
 from autocomp.storage import GRACE_S
 
@@ -137,23 +137,20 @@ def _print_front(study, baseline: Baseline, *, size_key: str) -> None:
     chosen = StudyRecord.of(study).chosen_trial  # a promoted trial replaces the rule's (final.py)
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
-    for column in ("trial", "accuracy %", "latency ms", "speedup", f"size kB{SIZE_NOTE.get(size_key, '')}", "width", "mean prune", "precisions", "latency source"):
+    for column in ("trial", "accuracy %", "latency ms", "speedup", f"size kB{SIZE_NOTE.get(size_key, '')}"):
         table.add_column(column, justify="right")
+    table.add_column("plan")  # what each technique does in it (``knobs.plan_text``)
+    table.add_column("latency source")
     table.add_row(
         "baseline", f"{100 * baseline.accuracy:.2f}", f"{baseline.latency_ms:.3f}", "1.00x",
-        f"{getattr(baseline, size_key) / 1e3:.1f}", "1.0", "0.00", "all 32", baseline.latency_source,
+        f"{getattr(baseline, size_key) / 1e3:.1f}", "uncompressed", baseline.latency_source,
     )
     for trial in front:
-        params = trial.params
-        prunes = [v for k, v in params.items() if k.startswith("prune/")]
-        bits = [v for k, v in params.items() if k.startswith("bits/")]
         mark = "*" if trial.number == chosen else ""
         table.add_row(
             f"{mark}{trial.number}", f"{100 * trial.values[0]:.2f}", f"{trial.values[1]:.3f}",
             f"{baseline.latency_ms / trial.values[1]:.2f}x", f"{trial.values[2] / 1e3:.1f}",
-            f"{params.get('distill/width', 1.0):g}", f"{sum(prunes) / len(prunes):.2f}" if prunes else "-",
-            precision_mix(bits) or "-",
-            TrialRecord.of(trial).latency_source or "",
+            plan_text(trial.params) or "unchanged", TrialRecord.of(trial).latency_source or "",
         )
     console.print(table)
 

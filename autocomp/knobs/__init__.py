@@ -7,7 +7,7 @@ anchors and the report's layer table find it here. See ``base`` for the call ord
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from torch.nn.utils import parametrize
 
@@ -24,7 +24,7 @@ from autocomp.knobs.prune import Prune
 from autocomp.knobs.qat import Qat
 from autocomp.knobs.sparsity import Sparsity
 
-__all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "as_deployed", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline"]
+__all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "as_deployed", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline", "plan_text", "summaries"]
 
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster(), Qat())}
 """Every knob by name, in the order a trial suggests their parameters (kept from the first release, so a
@@ -58,6 +58,22 @@ def as_deployed(model):
             if getattr(hook, "training_only", False):
                 del module._forward_pre_hooks[key]
     return plain
+
+
+def summaries(params: Mapping[str, Any]) -> dict[str, str | None]:
+    """A trial's stored parameters as a few words per knob (``ValueKind.summary``), every knob in ``KNOBS`` order:
+    None for a knob the trial has no parameter of (its space does not search it), "" for one with nothing to say."""
+    values: dict[str, dict[str, Any]] = {}
+    for param, value in params.items():
+        prefix, _, target = param.partition("/")
+        if prefix in KNOBS:
+            values.setdefault(prefix, {})[target] = value
+    return {name: None if name not in values else knob.value.summary(values[name]) for name, knob in KNOBS.items()}
+
+
+def plan_text(params: Mapping[str, Any]) -> str:
+    """The summaries in one line, ``distill width 0.5 · prune 0.25 mean in 2 of 4 · bits int8×3``: a plan in a table cell."""
+    return " · ".join(f"{name} {text}" for name, text in summaries(params).items() if text)
 
 
 def get(name: str, *, where: str = "search space", error: type[Exception] = ConfigError) -> Knob:

@@ -2,7 +2,8 @@
 
 A knob is one technique (student width, channel pruning, attention heads, whole blocks,
 unstructured sparsity, per-layer precision, ...), in one module of ``autocomp.knobs``. It has
-three attributes and four methods, called in this order:
+six attributes (``name``, ``prefix``, ``stage``, ``holds``, ``value``, ``targets``) and four
+methods, called in this order:
 
 1. ``parse(section, where=...)``, once per search space file: the YAML under the knob's ``name``
    (``prune:``, ``bits:``, ...) becomes a validated spec; a bad entry raises ``ConfigError``
@@ -20,8 +21,16 @@ three attributes and four methods, called in this order:
    report's per-layer table, ``{layer: {column: value}}``, every layer of the teacher with the
    same columns (``None`` where the knob has nothing to say), so every stored row has every key.
 
-``value`` (a ``ValueKind``) checks one value and knows the neutral one (the value that changes
-nothing: ratio 0, width 1, 32 bits), and ``targets`` (a ``TargetKind``) checks that a model has
+``holds`` says whether what a torch-stage ``apply`` does is a constraint the fine-tune trains
+under and a ``TorchWork.finish`` step takes off afterwards (sparsity's masks, shared values, fake
+quantization), rather than a change of the structure made once (pruning, narrowing). A further
+fine-tune of a trained model (``pipeline.finetune_further``: the final fine-tune) applies the
+holding knobs again before it trains, so the model it returns keeps the trial's zeros, shared
+values and trained int8 ranges; on its own finished output such a knob changes nothing.
+
+``value`` (a ``ValueKind``) checks one value, knows the neutral one (the value that changes
+nothing: ratio 0, width 1, 32 bits) and says a trial's values in a few words for the trial tables
+(``knobs.summaries``), and ``targets`` (a ``TargetKind``) checks that a model has
 what the parameters name; ``CompressionPlan`` uses both, so a plan cannot hold a value or name a
 layer its knob would refuse.
 """
@@ -36,6 +45,7 @@ import optuna.distributions as od
 from torch import Tensor, nn
 
 from autocomp.errors import PlanError
+from autocomp.precision import precision_mix
 from autocomp.targets import check_bits, check_layers, check_ratio, check_width
 
 Stage = Literal["torch", "onnx"]
@@ -43,15 +53,27 @@ Stage = Literal["torch", "onnx"]
 
 @dataclass(frozen=True)
 class ValueKind:
-    """The values of one knob: ``check(param_name, value)`` returns it normalised or raises PlanError."""
+    """The values of one knob: ``check(param_name, value)`` returns it normalised or raises PlanError;
+    ``summary(values)`` says a trial's ``{target: value}`` of the knob in a few words, for the trial tables
+    of the report and the CLI ("" when there is nothing to say)."""
 
     neutral: Any
     check: Callable[[str, Any], Any]
+    summary: Callable[[Mapping[str, Any]], str] = lambda values: ""
 
 
-RATIO = ValueKind(0.0, check_ratio)
-WIDTH = ValueKind(1.0, check_width)
-PRECISION = ValueKind(32, check_bits)
+def _ratios(values: Mapping[str, Any]) -> str:
+    changed = [float(v) for v in values.values() if v]
+    return f"{sum(changed) / len(changed):.2f} mean in {len(changed)} of {len(values)}" if changed else ""
+
+
+def _width(values: Mapping[str, Any]) -> str:
+    return " ".join(f"width {float(v):g}" for v in values.values() if float(v) != 1.0)
+
+
+RATIO = ValueKind(0.0, check_ratio, _ratios)
+WIDTH = ValueKind(1.0, check_width, _width)
+PRECISION = ValueKind(32, check_bits, lambda values: precision_mix(values.values()))
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,7 @@ class Knob(Protocol):
     name: str  # the space section and the pipeline entry: "prune"
     prefix: str  # the stored parameter prefix: "prune/"
     stage: Stage
+    holds: bool  # a constraint kept while training, applied again for a further fine-tune (see above)
     value: ValueKind
     targets: TargetKind
 

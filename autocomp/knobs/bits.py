@@ -29,6 +29,7 @@ class Bits(ChoiceRules):
     name = "bits"
     prefix = "bits/"
     stage = "onnx"
+    holds = False
     targets = LAYERS
     value = PRECISION
     allowed = SUPPORTED_BITS

@@ -42,7 +42,12 @@ def _check(name: str, bits: Any) -> int:
     return int(bits)
 
 
-SHARED = ValueKind(NOT_SHARED, _check)
+def _shared(values: Mapping[str, Any]) -> str:
+    layers = sorted(int(b) for b in values.values() if b != NOT_SHARED)
+    return " ".join(f"{2**b} values×{layers.count(b)}" for b in sorted(set(layers), reverse=True))
+
+
+SHARED = ValueKind(NOT_SHARED, _check, _shared)
 
 
 class _Shared(nn.Module):
@@ -57,19 +62,23 @@ class _Shared(nn.Module):
         return centroids[self.index].reshape(self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
-        # called once, at registration: the shared values are the mean weight of each cluster
-        flat = weight.detach().reshape(-1)
+        # called once, at registration: the shared values are the mean weight of each cluster, summed in float64
+        # so that a cluster of equal weights (an already shared layer, fine-tuned further) keeps its value exactly
+        flat = weight.detach().reshape(-1).double()
         sums = torch.zeros(int(self.index.max()) + 1, dtype=flat.dtype).index_add_(0, self.index, flat)
         counts = torch.bincount(self.index, minlength=sums.numel()).clamp(min=1)
-        return sums / counts
+        return (sums / counts).to(weight.dtype)
 
 
 def cluster_indices(weight: Tensor, bits: int, *, seed: int = 0) -> Tensor:
     """Each weight's cluster among ``2**bits`` (k-means, linear initialisation), as a flat long tensor."""
     from sklearn.cluster import KMeans
 
+    values, inverse = torch.unique(weight.detach().reshape(-1), return_inverse=True)
+    if len(values) <= 2**bits:  # already shared (a trained model fine-tuned further): each value is its cluster
+        return inverse.long()
     flat = weight.detach().reshape(-1).double().numpy()
-    clusters = min(2**bits, len(np.unique(flat)))
+    clusters = 2**bits
     fit = flat
     if len(flat) > FIT_SAMPLES:
         fit = np.random.default_rng(seed).choice(flat, size=FIT_SAMPLES, replace=False)
@@ -109,6 +118,7 @@ class Cluster(ChoiceRules):
     name = "cluster"
     prefix = "cluster/"
     stage = "torch"
+    holds = True
     value = SHARED
     targets = LAYERS
     allowed = (*SHARED_BITS, NOT_SHARED)

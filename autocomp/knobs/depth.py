@@ -6,41 +6,23 @@ samples), so a narrower student and a rebuilt trial lose the same ones.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from typing import Any, Mapping
 
-import optuna.distributions as od
-
 from autocomp.compress.depth import block_stacks, remove_blocks, removed_blocks
-from autocomp.knobs.base import RATIO, TargetKind, LayerFacts, Scope, TorchWork
-from autocomp.targets import check_known
-from autocomp.knobs.rules import LayerRule, assign, RatioRules, matches
+from autocomp.knobs.base import LayerFacts, TorchWork
+from autocomp.knobs.rules import ModuleRatioRules
 from autocomp.runtime import training_samples
 from autocomp.targets import compressible_layers
-
-log = logging.getLogger(__name__)
 
 DEPTH_SAMPLES = 128
 """Training samples the teacher runs on to rank its blocks (deterministic, so a rebuilt trial loses the same blocks)."""
 
 
-class Depth(RatioRules):
+class Depth(ModuleRatioRules):
     name = "depth"
-    prefix = "depth/"
-    stage = "torch"
-    value = RATIO
-    targets = TargetKind(lambda prefix, paths, model: check_known(prefix, paths, block_stacks(model), what='a stack of attention blocks', label='stacks'))
-
-    def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
-        if not spec:
-            return {}
-        stacks = [path for path in block_stacks(scope.model) if not matches(path, scope.exclude)]
-        if not stacks:
-            # a space serves CNNs and transformers alike: a model without block stacks searches no depth
-            log.info("search space %r: the model has no stack of attention blocks; depth not searched", scope.space_name)
-            return {}
-        return assign(self.prefix, spec, stacks, space=scope.space_name, what="stack of attention blocks", label="stacks")
+    found = staticmethod(block_stacks)
+    what, label, skip_absent = "stack of attention blocks", "stacks", True
 
     def apply(self, values: Mapping[str, Any], work: TorchWork) -> TorchWork:
         ratios = {stack: ratio for stack, ratio in values.items() if ratio > 0}

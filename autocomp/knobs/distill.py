@@ -29,6 +29,7 @@ class Distill:
     name = "distill"
     prefix = "distill/"
     stage = "torch"
+    holds = False
     targets = WHOLE_MODEL
     value = WIDTH
 

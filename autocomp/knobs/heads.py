@@ -9,27 +9,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-import optuna.distributions as od
 
 from autocomp.compress.heads import attention_blocks, prune_heads
-from autocomp.knobs.base import RATIO, TargetKind, LayerFacts, Scope, TorchWork
-from autocomp.targets import check_known
+from autocomp.knobs.base import LayerFacts, TorchWork
+from autocomp.knobs.rules import ModuleRatioRules
 from autocomp.targets import compressible_layers
-from autocomp.knobs.rules import LayerRule, assign, RatioRules, matches
 
 
-class Heads(RatioRules):
+class Heads(ModuleRatioRules):
     name = "heads"
-    prefix = "heads/"
-    stage = "torch"
-    value = RATIO
-    targets = TargetKind(lambda prefix, paths, model: check_known(prefix, paths, attention_blocks(model), what='a self-attention module', label='attention modules'))
-
-    def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
-        if not spec:
-            return {}
-        targets = [path for path in attention_blocks(scope.model) if not matches(path, scope.exclude)]
-        return assign(self.prefix, spec, targets, space=scope.space_name, what="self-attention module", label="attention modules")
+    found = staticmethod(attention_blocks)
+    what, label = "self-attention module", "attention modules"
 
     def apply(self, values: Mapping[str, Any], work: TorchWork) -> TorchWork:
         present = dict(work.model.named_modules())  # a removed block's heads went with it

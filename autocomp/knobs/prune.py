@@ -13,17 +13,14 @@ from typing import Any, Mapping
 import optuna.distributions as od
 
 from autocomp.compress.prune import coupled_groups, prune_channels
-from autocomp.knobs.base import LAYERS, RATIO, LayerFacts, Scope, TorchWork
+from autocomp.knobs.base import LAYERS, LayerFacts, Scope, TorchWork
 from autocomp.knobs.rules import LayerRule, assign, RatioRules
 from autocomp.targets import compressible_layers
 
 
 class Prune(RatioRules):
     name = "prune"
-    prefix = "prune/"
-    stage = "torch"
     targets = LAYERS
-    value = RATIO
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         targets = list(scope.layers)

@@ -168,7 +168,8 @@ class Qat:
     name = "qat"
     prefix = "qat/"
     stage = "torch"
-    value = ValueKind(False, _check)
+    holds = True
+    value = ValueKind(False, _check, lambda values: "on" if values.get(TARGET) else "")
     targets = TargetKind(_whole)
 
     def parse(self, section: Any, *, where: str) -> od.CategoricalDistribution:
@@ -184,8 +185,11 @@ class Qat:
         layers = [layer for layer, bits in (work.plan["bits"] if work.plan is not None else {}).items() if bits == 8 and layer in present]
         if not values.get(TARGET) or not layers:
             return work
-        samples = calibration_inputs(work.task, max_samples=CALIBRATION_SAMPLES)
-        ranges = calibrated_ranges(work.model, layers, samples)
+        trained = {layer: tuple(getattr(present[layer], RANGE).tolist()) for layer in layers if hasattr(present[layer], RANGE)}
+        if len(trained) == len(layers):  # a trained model fine-tuned further (``Knob.holds``) goes on from its ranges
+            ranges = trained
+        else:
+            ranges = calibrated_ranges(work.model, layers, calibration_inputs(work.task, max_samples=CALIBRATION_SAMPLES))
         model = fake_quantize(work.model, layers, ranges, work.recipe or Int8Recipe())
         return replace(work, model=model, changed=True, finish=(*work.finish, unfake))
 

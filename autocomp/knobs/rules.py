@@ -8,13 +8,18 @@ nothing is an error (a typo in a pattern must not silently search nothing).
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import optuna.distributions as od
 
 from autocomp.errors import ConfigError
+from autocomp.knobs.base import RATIO, TargetKind
+from autocomp.targets import check_known
 from autocomp.yamlio import check_keys
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,45 @@ class ChoiceRules:
 
 
 class RatioRules:
-    """The ``parse`` of a knob whose section is per-target ratio rules (``- layers: [...]; ratio: {...}``)."""
+    """What the ratio knobs share (prune, heads, depth, sparsity): a section of per-target ratio rules
+    (``- layers: [...]; ratio: {...}``), ratio values, the ``<name>/`` prefix, the torch stage; by
+    default a change of the structure made once (``holds`` False)."""
+
+    stage = "torch"
+    holds = False
+    value = RATIO
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}/"
 
     def parse(self, section: Any, *, where: str) -> tuple[LayerRule, ...]:
         return layer_rules(section or [], where=where, key="ratio", distribution=ratio_distribution)
+
+
+class ModuleRatioRules(RatioRules):
+    """A ratio knob whose targets are the modules ``found(model)`` lists (attention modules, block stacks), ``what``
+    each is and ``label`` the list's name in messages. With ``skip_absent`` a model that has none searches nothing
+    (a space serves CNNs and transformers alike); without, a rule matching none is the space's error."""
+
+    found: Callable[[Any], list[str]]
+    what: str
+    label: str
+    skip_absent = False
+
+    @property
+    def targets(self) -> TargetKind:
+        found = type(self).found
+        return TargetKind(lambda prefix, paths, model: check_known(prefix, paths, found(model), what=f"a {self.what}", label=self.label))
+
+    def distributions(self, spec: tuple[LayerRule, ...], scope: Any) -> dict[str, od.BaseDistribution]:
+        if not spec:
+            return {}
+        paths = [path for path in type(self).found(scope.model) if not matches(path, scope.exclude)]
+        if not paths and self.skip_absent:
+            log.info("search space %r: the model has no %s; %s not searched", scope.space_name, self.what, self.name)
+            return {}
+        return assign(self.prefix, spec, paths, space=scope.space_name, what=self.what, label=self.label)
 
 
 def ratio_distribution(spec: Any, *, where: str) -> od.BaseDistribution:

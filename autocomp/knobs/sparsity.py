@@ -12,17 +12,15 @@ from typing import Any, Mapping
 import optuna.distributions as od
 
 from autocomp.compress.sparsity import apply_sparsity, make_sparsity_permanent
-from autocomp.knobs.base import LAYERS, RATIO, LayerFacts, Scope, TorchWork
+from autocomp.knobs.base import LAYERS, LayerFacts, Scope, TorchWork
 from autocomp.knobs.rules import LayerRule, assign, RatioRules
 from autocomp.targets import compressible_layers
 
 
 class Sparsity(RatioRules):
     name = "sparsity"
-    prefix = "sparsity/"
-    stage = "torch"
+    holds = True
     targets = LAYERS
-    value = RATIO
 
     def distributions(self, spec: tuple[LayerRule, ...], scope: Scope) -> dict[str, od.BaseDistribution]:
         return assign(self.prefix, spec, list(scope.layers), space=scope.space_name, what="compressible layer", label="layers")

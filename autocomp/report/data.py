@@ -22,7 +22,8 @@ import pandas as pd
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision, precision_mix
+from autocomp.knobs import KNOBS, summaries
+from autocomp.precision import DYNAMIC_INT8, PRECISION_NAMES, precision
 from autocomp.profiles import runtime_text
 from autocomp.record import Baseline, StudyRecord, TrialRecord, number, whole
 from autocomp.storage import stale_reason
@@ -56,15 +57,14 @@ TRIAL_COLUMNS = [
     "pareto",
     "chosen",
     "violations",
-    "width",
-    "mean_prune",
-    "precisions",
-    "qat",
     "latency_source",
     "latency_sure",
     "seconds",
     "fail_reason",
+    *KNOBS,
 ]
+"""The last columns are one per knob (``knobs.summaries``): what the trial's plan does with it in a few words,
+None where the study does not search it; the report shows those some trial uses, under the knob's name."""
 
 
 @dataclass(frozen=True)
@@ -158,18 +158,11 @@ def study_meta(study: optuna.Study) -> StudyMeta:
     accuracies = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
     if record.baseline is not None:
         accuracies.append(record.baseline.accuracy)
+    recorded = ("task", "space", "backend", "profile", "baseline", "chosen_trial", "chosen_rule", "accuracy_floor", "latency_budget_ms")
     return StudyMeta(
         study_name=study.study_name,
-        task=record.task,
+        **{name: getattr(record, name) for name in recorded},  # as the study records them
         device=record.device or (record.profile or {}).get("name"),
-        space=record.space,
-        backend=record.backend,
-        profile=record.profile,
-        baseline=record.baseline,
-        chosen_trial=record.chosen_trial,
-        chosen_rule=record.chosen_rule,
-        accuracy_floor=record.accuracy_floor,
-        latency_budget_ms=record.latency_budget_ms,
         objectives=tuple(record.objectives or OBJECTIVES),
         directions=tuple(d.name.lower() for d in study.directions),
         state_counts=counts,
@@ -336,10 +329,6 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return mask
 
 
-def _precision_mix(params: Mapping[str, Any]) -> str:
-    return precision_mix(v for k, v in params.items() if k.startswith("bits/"))
-
-
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial (every state), with objectives, feasibility, Pareto and chosen flags.
 
@@ -355,7 +344,6 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         record = TrialRecord.of(trial)
         values = trial.values if trial.state == TrialState.COMPLETE and trial.values else None
         acc, lat, size = (list(values[:3]) + [None] * 3)[:3] if values else (None, None, None)
-        prunes = [float(v) for k, v in trial.params.items() if k.startswith("prune/")]
         violations = {k: v for k, v in trial.constraints.items() if v > 0}
         rows.append(
             {
@@ -371,14 +359,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "pareto": False,
                 "chosen": trial.number == meta.chosen_trial,
                 "violations": ", ".join(f"{k} +{v:.3g}" for k, v in violations.items()),
-                "width": number(trial.params.get("distill/width")),
-                "mean_prune": float(np.mean(prunes)) if prunes else np.nan,
-                "precisions": _precision_mix(trial.params) + (" · QAT" if trial.params.get("qat/int8") else ""),
-                "qat": trial.params.get("qat/int8"),  # None: the space does not choose (PTQ)
                 "latency_source": record.latency_source or "",
                 "latency_sure": record.latency_sure or "",
                 "seconds": _nan_if_none(record.seconds),
                 "fail_reason": record.fail_reason or stale_reason(study_attrs, trial.number) or "",
+                **summaries(trial.params),
             }
         )
     table = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
@@ -493,6 +478,11 @@ def chosen_layers(study: optuna.Study, meta: StudyMeta | None = None) -> pd.Data
     return merged[LAYER_COLUMNS + knob_columns(chosen)].reset_index(drop=True)
 
 
+def knob_cells(trials: pd.DataFrame) -> list[str]:
+    """The knob columns of ``trials_table`` that some trial says something in, in ``KNOBS`` order."""
+    return [name for name in KNOBS if trials[name].fillna("").astype(bool).any()]
+
+
 def knob_columns(rows: pd.DataFrame) -> list[str]:
     """Columns a knob adds to the layer rows (``Knob.columns``) beyond ``LAYER_COLUMNS``, in their order, that
     say something for some layer: a new technique's cells reach the report without the report naming them."""
@@ -601,10 +591,11 @@ def technique_notes(trials: pd.DataFrame, layers: pd.DataFrame) -> list[str]:
     PTQ against QAT compares the most accurate complete trials with int8 layers of each kind; weight
     sharing says what the chosen plan's shared layers bought: size once deflated, never speed."""
     notes = []
-    done = trials[(trials["state"] == "COMPLETE") & trials["precisions"].astype(str).str.contains("int8")]
-    if "qat" in done and done["qat"].notna().any():
-        best = {kind: done[done["qat"].fillna(False).astype(bool) == kind]["accuracy_pct"].max() for kind in (False, True)}
-        counts = {kind: int((done["qat"].fillna(False).astype(bool) == kind).sum()) for kind in (False, True)}
+    done = trials[(trials["state"] == "COMPLETE") & trials["bits"].astype(str).str.contains("int8")]
+    if done["qat"].notna().any():  # the study searches PTQ ("") against QAT ("on")
+        qat = done["qat"].fillna("").astype(bool)
+        best = {kind: done[qat == kind]["accuracy_pct"].max() for kind in (False, True)}
+        counts = {kind: int((qat == kind).sum()) for kind in (False, True)}
         if counts[False] and counts[True]:
             gain = best[True] - best[False]
             verdict = f"QAT recovered {gain:.2f} points PTQ lost" if gain > 0 else "QAT recovered nothing here"

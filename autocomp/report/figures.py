@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from autocomp.precision import weight_bits
+from autocomp.knobs import KNOBS
 from autocomp.report.data import OBJECTIVE_LABELS, Importances, StudyMeta, baseline_point, format_bytes
 
 TEMPLATE = "plotly_white"
@@ -52,10 +53,9 @@ def _hover(frame: pd.DataFrame) -> list[str]:
             f"trial {row.trial}<br>accuracy {row.accuracy_pct:.2f}%<br>latency {row.latency_ms:.3g} ms"
             f"<br>size {format_bytes(row.size_bytes)}"
         )
-        if isinstance(row.precisions, str) and row.precisions:
-            text += f"<br>{plot_text(row.precisions)}"
-        if row.width == row.width and row.width is not None:
-            text += f"<br>width {row.width:g}, mean prune {row.mean_prune:.2f}"
+        cells = [f"{name} {getattr(row, name)}" for name in KNOBS if isinstance(getattr(row, name, None), str) and getattr(row, name)]
+        if cells:
+            text += "<br>" + "<br>".join(plot_text(cell) for cell in cells)
         if isinstance(row.violations, str) and row.violations:
             text += f"<br>violates: {plot_text(row.violations)}"
         lines.append(text)

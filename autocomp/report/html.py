@@ -153,10 +153,11 @@ def table(headers: list[tuple[str, bool]], rows: Iterable[tuple[str, list[tuple[
 
 
 def _trials_table_html(trials: pd.DataFrame, *, size_label: str = "size") -> str:
+    knob_cells = data.knob_cells(trials)  # the techniques some trial uses: a line each in the plan column
     headers = [
         ("trial", True), ("state", False), ("accuracy %", True), ("latency ms", True), ("p90 ms", True),
         (size_label, True), ("params", True), ("feasible", False), ("Pareto", False), ("violations", False),
-        ("width", True), ("mean prune", True), ("precisions", False), ("latency source", False),
+        ("plan", False), ("latency source", False),
         ("seconds", True), ("fail reason", False),
     ]
     rows = []
@@ -180,14 +181,18 @@ def _trials_table_html(trials: pd.DataFrame, *, size_label: str = "size") -> str
             (feasible, feasible),
             ("yes" if r.pareto else "", "yes" if r.pareto else ""),
             (esc(r.violations), r.violations),
-            (_fmt(r.width, "g"), r.width),
-            (_fmt(r.mean_prune, ".2f"), r.mean_prune),
-            (esc(r.precisions), r.precisions),
+            _plan_cell(r, knob_cells),
             (esc(r.latency_source) + (f'<br><small>{esc(r.latency_sure)}</small>' if r.latency_sure else ""), r.latency_source),
             (_fmt(r.seconds, ".1f"), r.seconds),
             (esc(r.fail_reason), r.fail_reason),
         ]))
-    return table(headers, rows, table_id="trials", sortable=True, wrap=("violations", "precisions", "latency source", "fail reason"))
+    return table(headers, rows, table_id="trials", sortable=True, wrap=("violations", "plan", "latency source", "fail reason"))
+
+
+def _plan_cell(row: Any, names: list[str]) -> tuple[str, str]:
+    """A trial's plan, a line per technique (``knobs.summaries``), sorted by its text."""
+    lines = [f"{name} {getattr(row, name)}" for name in names if getattr(row, name)]
+    return "<br>".join(esc(line) for line in lines), " · ".join(lines)
 
 
 def _layers_table_html(layers: pd.DataFrame) -> str:

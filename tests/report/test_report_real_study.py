@@ -15,23 +15,12 @@ import autocomp
 from autocomp.record import StudyRecord, TrialRecord
 from autocomp.report import data, write_report
 from autocomp.storage import STALE_PREFIX
+from test_search import SPACE as BASE_SPACE
 
 TESTS = Path(__file__).parent.parent
-SPACE = """
-schema_version: 1
-finetune: {steps: 8, lr: 0.003, early_stop: {after_steps: 0}}
-exclude: ["<first>", "<last>"]
-distill:
-  width: {type: categorical, choices: [0.5, 1.0]}
-prune:
-  - layers: ["block1_conv1", "block2_conv1"]
-    ratio: {type: float, low: 0.0, high: 0.5, step: 0.25}
-cluster:
+SPACE = BASE_SPACE + """cluster:
   - layers: ["block2_conv1"]
     choices: [4]  # always shared: the column must show
-bits:
-  - layers: ["*"]
-    choices: [32, 8]
 """
 
 
