@@ -104,6 +104,7 @@ class DeviceProfile:
     pool: tuple[SshTarget, ...] = ()  # ``ssh:`` listed several boards of this kind (``latency.pool``)
     path: Path | None = None  # the file it was loaded from
     sparsity_source: str = ""  # where the sparsity claims come from
+    weight_sharing_source: str = ""  # why shared weights (the cluster knob) buy size and not speed here
     channel_multiple_source: str = ""  # why pruning rounds to this multiple
     schema_version: int = 1
 
@@ -168,6 +169,7 @@ _TOP_KEYS = {
     "unstructured_sparsity_speedup": True,
     "structured_2to4_sparsity": True,
     "sparsity_source": True,
+    "weight_sharing_source": False,
     "channel_multiple": True,
     "channel_multiple_source": True,
     "runtime": True,
@@ -411,6 +413,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path | None = None) -> Devic
         pool=pool,
         path=path,
         sparsity_source=_str(data["sparsity_source"], f"{where}: sparsity_source"),
+        weight_sharing_source=_str(data.get("weight_sharing_source", ""), f"{where}: weight_sharing_source", empty=True),
         channel_multiple_source=_str(data["channel_multiple_source"], f"{where}: channel_multiple_source"),
         schema_version=version,
     )
@@ -434,6 +437,7 @@ def profile_to_dict(profile: DeviceProfile, *, as_run: bool = False) -> dict[str
         "unstructured_sparsity_speedup": profile.unstructured_sparsity_speedup,
         "structured_2to4_sparsity": profile.structured_2to4_sparsity,
         "sparsity_source": profile.sparsity_source,
+        "weight_sharing_source": profile.weight_sharing_source,
         "channel_multiple": profile.channel_multiple,
         "channel_multiple_source": profile.channel_multiple_source,
         "runtime": _runtime_to_dict(profile.runtime, as_run=as_run),

@@ -12,6 +12,7 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 
 from autocomp.compress.distill import DistillConfig
 from autocomp.errors import PlanError
+from autocomp.knobs.cluster import share_weights
 from autocomp.knobs.qat import RANGE, _FakeQuantWeight, fake_quantize
 from autocomp.pipeline import build_artifact, compress_model
 from autocomp.plan import CompressionPlan
@@ -75,9 +76,13 @@ def test_the_exported_file_runs_what_was_trained(task, tmp_path):
 def test_qat_refuses_what_it_cannot_train_honestly(task):
     with pytest.raises(PlanError, match="quantizes weights per tensor"):
         fake_quantize(task.build_model(), ["block1_conv1"], {"block1_conv1": (0.0, 1.0)}, Int8Recipe(per_channel=False))
-    plan = CompressionPlan.of(bits={"block1_conv1": 8}, qat={"int8": True}, cluster={"block1_conv1": 4})
     with pytest.raises(PlanError, match="already masked or shared"):
-        compress_model(task, task.build_model(), plan, finetune=DistillConfig(steps=0))
+        fake_quantize(share_weights(task.build_model(), {"block1_conv1": 4}), ["block1_conv1"], {"block1_conv1": (0.0, 1.0)}, Int8Recipe())
+    # in a plan, a shared (or masked) int8 layer keeps PTQ and the plan's other int8 layers train with QAT: a space
+    # that searches sharing, sparsity and QAT together does not lose trials to the combination
+    plan = CompressionPlan.of(bits={"block1_conv1": 8, "block2_conv1": 8}, qat={"int8": True}, cluster={"block1_conv1": 4})
+    model = dict(compress_model(task, task.build_model(), plan, finetune=DistillConfig(steps=0)).named_modules())
+    assert not hasattr(model["block1_conv1"], RANGE) and hasattr(model["block2_conv1"], RANGE)
     with pytest.raises(PlanError, match="is not true or false"):
         CompressionPlan.of(qat={"int8": "yes"})
 

@@ -214,6 +214,8 @@ def profiles_show(
         f"sparsity: unstructured speedup {'yes' if profile.unstructured_sparsity_speedup else 'no'}, "
         f"2:4 structured {'yes' if profile.structured_2to4_sparsity else 'no'} ({profile.sparsity_source})"
     )
+    if profile.weight_sharing_source:
+        console.print(f"weight sharing: size only, no speedup ({profile.weight_sharing_source})")
     console.print(f"channel multiple: {profile.channel_multiple} ({profile.channel_multiple_source})")
     rt = profile.runtime
     console.print(

@@ -139,8 +139,8 @@ def _print_front(study, baseline: Baseline, *, size_key: str) -> None:
     table = Table(title=f"Pareto front ({len(front)} of {len(study.trials)} trials); * = chosen: {rule}")
     for column in ("trial", "accuracy %", "latency ms", "speedup", f"size kB{SIZE_NOTE.get(size_key, '')}"):
         table.add_column(column, justify="right")
-    table.add_column("plan")  # what each technique does in it (``knobs.plan_text``)
-    table.add_column("latency source")
+    table.add_column("plan", min_width=30, overflow="fold")  # what each technique does in it (``knobs.plan_text``)
+    table.add_column("latency source", overflow="fold")
     table.add_row(
         "baseline", f"{100 * baseline.accuracy:.2f}", f"{baseline.latency_ms:.3f}", "1.00x",
         f"{getattr(baseline, size_key) / 1e3:.1f}", "uncompressed", baseline.latency_source,

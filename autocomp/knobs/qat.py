@@ -17,7 +17,8 @@ first step scored 0.896 against PTQ's 0.938; fp32 then QAT scored 0.947 (``bench
 ranges stay on each layer as a ``qat_range`` buffer, and the ``bits`` knob hands them to
 onnxruntime's quantizer (``TensorQuantOverrides``), so the exported QDQ file computes what was
 trained. A per-tensor weight recipe is refused: BatchNorm folding in the export would change
-per-tensor weight scales, not per-channel ones.
+per-tensor weight scales, not per-channel ones. An int8 layer whose weight the plan also masks
+(``sparsity``) or shares (``cluster``) keeps PTQ; the plan's other int8 layers still train with QAT.
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ def calibrated_ranges(model: nn.Module, layers: list[str], samples: list[tuple])
     return {layer: (low, high) for layer, (low, high) in seen.items()}
 
 
+def _tied(module: nn.Module) -> bool:
+    """Whether a layer's weight is masked (sparsity) or shared (cluster) already."""
+    return parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_orig")
+
+
 def fake_quantize(model: nn.Module, layers: list[str], ranges: Mapping[str, tuple[float, float]], recipe: Any) -> nn.Module:
     """A copy of ``model`` whose ``layers`` compute with fake-quantized weights and inputs (see the module doc)."""
     if not recipe.per_channel:
@@ -141,7 +147,7 @@ def fake_quantize(model: nn.Module, layers: list[str], ranges: Mapping[str, tupl
     modules = dict(tuned.named_modules())
     for layer in layers:
         module = modules[layer]
-        if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_orig"):
+        if _tied(module):
             raise PlanError(f"qat/int8: {layer}'s weight is already masked or shared (sparsity or cluster on it); quantize it with PTQ")
         if layer not in ranges:
             raise PlanError(f"qat/int8: {layer} saw no input on the calibration samples; quantize it with PTQ")
@@ -183,6 +189,9 @@ class Qat:
     def apply(self, values: Mapping[str, Any], work: TorchWork) -> TorchWork:
         present = dict(work.model.named_modules())
         layers = [layer for layer, bits in (work.plan["bits"] if work.plan is not None else {}).items() if bits == 8 and layer in present]
+        # a weight already masked (sparsity) or shared (cluster) cannot also be fake-quantized by one parametrization:
+        # such layers keep post-training quantization, the plan's other int8 layers train through fake quantization
+        layers = [layer for layer in layers if not _tied(present[layer])]
         if not values.get(TARGET) or not layers:
             return work
         trained = {layer: tuple(getattr(present[layer], RANGE).tolist()) for layer in layers if hasattr(present[layer], RANGE)}

@@ -569,6 +569,8 @@ def device_facts(meta: StudyMeta) -> list[tuple[str, str]]:
         rows.append(("unstructured sparsity", "speeds up" if profile["unstructured_sparsity_speedup"] else "no speedup (zeros still computed)"))
     if "structured_2to4_sparsity" in profile:
         rows.append(("2:4 structured sparsity", "supported" if profile["structured_2to4_sparsity"] else "not supported"))
+    if profile.get("weight_sharing_source"):
+        rows.append(("weight sharing", f"size only, no speedup ({profile['weight_sharing_source']})"))
     runtime = profile.get("runtime")
     if isinstance(runtime, Mapping) and runtime:
         rows.append((
@@ -659,6 +661,9 @@ def device_reasons(meta: StudyMeta, layers: pd.DataFrame) -> list[str]:
             reasons.append(
                 f"unstructured sparsity gives no speedup on {device} → channel pruning instead ({pruned} of {n} layers pruned)"
             )
+    shared = int(layers["shared_values"].notna().sum()) if "shared_values" in layers else 0
+    if shared:
+        reasons.append(f"weights shared in {shared} of {len(layers)} layers → a smaller file to store and send; {device} runs them as fast as before")
     gone = layers["removed_block"].dropna().astype(str) if "removed_block" in layers else pd.Series(dtype=str)
     if len(gone):
         blocks = sorted(set(gone))

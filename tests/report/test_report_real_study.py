@@ -77,5 +77,8 @@ def test_the_chosen_plan_reads_its_layer_rows_and_the_knob_columns(searched, tmp
     # the cluster knob's own column reaches the table without the report naming it
     assert "shared_values" in data.knob_columns(layers.reset_index())
     assert layers.loc["block2_conv1", "shared_values"] == 2 ** trial.params["cluster/block2_conv1"] == 16
+    # and the device section says what sharing buys on this device: size, not speed
+    assert f"weights shared in 1 of {len(layers)} layers" in " ".join(data.device_reasons(meta, layers.reset_index()))
+    assert dict(data.device_facts(meta))["weight sharing"].startswith("size only, no speedup (onnxruntime keeps one float")
     page = write_report(study, tmp_path / "report.html", run_dir=searched.out_dir)
     assert "chosen plan vs baseline" in page.read_text() or StudyRecord.of(study).chosen_trial is None
