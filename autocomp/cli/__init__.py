@@ -22,7 +22,7 @@ from autocomp.cli.app import app, console, err_console, error_line
 from autocomp.errors import AutocompError, first_line
 
 # Command modules register on import.
-from autocomp.cli import bench_cmd, board_cmd, latency_cmd, pipeline_cmd, search_cmd, worker_cmd  # noqa: E402,F401
+from autocomp.cli import bench_cmd, board_cmd, latency_cmd, pipeline_cmd, search_cmd, split_cmd, worker_cmd  # noqa: E402,F401
 
 __all__ = ["app", "console", "err_console", "main"]
 
