@@ -12,7 +12,6 @@ as a device profile's do. Links are found where device profiles are, in a ``link
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,19 +40,11 @@ class Link:
         return self.rtt_ms + nbytes * 8 / (self.bandwidth_mbps * 1000)
 
 
-def link_dirs() -> list[Path]:
+def _shipped() -> dict[str, Path]:
+    from autocomp.paths import yaml_files
     from autocomp.profiles import builtin_profile_dirs
 
-    return [folder / "links" for folder in builtin_profile_dirs()]
-
-
-def _shipped() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in link_dirs():
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return found
+    return yaml_files(folder / "links" for folder in builtin_profile_dirs())
 
 
 def list_links() -> list[str]:
@@ -62,12 +53,11 @@ def list_links() -> list[str]:
 
 def load_link(name_or_path: str | Path) -> Link:
     """A link by name (``wifi-20mbps``) or from a ``.yaml`` file; an unknown one lists the known ones."""
+    from autocomp.paths import given_file
+
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or os.sep in text:
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"link profile file {path} does not exist; give a link name or an existing .yaml file")
-    else:
+    path = given_file(text, what="link profile")
+    if path is None:
         shipped = _shipped()
         if text not in shipped:
             raise ConfigError(f"unknown link {text!r}; known links: {', '.join(shipped) or 'none'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import platformdirs
 
@@ -36,6 +37,29 @@ def data_dirs(folder: str, *, env: str) -> list[Path]:
     dirs.append(Path(__file__).resolve().parent.parent / folder)
     dirs.append(Path(sys.prefix) / "share" / "autocomp" / folder)
     return dirs
+
+
+def given_file(text: str, *, what: str) -> Path | None:
+    """``text`` as a YAML file when it reads as a path (then it must exist), or None: it is a name to look up.
+    ``what`` is the file's kind, ``device profile``: a missing file names it and the way out."""
+    if not (text.endswith((".yaml", ".yml")) or os.sep in text):
+        return None
+    path = Path(text)
+    if not path.is_file():
+        from autocomp.errors import ConfigError
+
+        raise ConfigError(f"{what} file {path} does not exist; give a {what.split()[0]} name or an existing .yaml file")
+    return path
+
+
+def yaml_files(folders: Iterable[Path]) -> dict[str, Path]:
+    """``name -> file`` for the ``*.yaml`` files of ``folders``; for a name in several, the first folder's wins."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
 
 
 RUN_FOLDERS = ("baseline", "trials", "final")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -205,12 +204,9 @@ def calibration_dir() -> Path:
 
 
 def _shipped_files() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in builtin_profile_dirs():
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return found
+    from autocomp.paths import yaml_files
+
+    return yaml_files(builtin_profile_dirs())
 
 
 def _calibrated_files() -> dict[str, Path]:
@@ -240,13 +236,10 @@ def load_profile(name_or_path: str | Path, *, calibrated: bool = True) -> Device
     A calibration in ``config_dir()/calibrations/<name>.yaml`` takes precedence
     over the shipped file unless ``calibrated=False``.
     """
+    from autocomp.paths import given_file
+
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or os.sep in text:
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"device profile file {path} does not exist; give a device name or an existing .yaml file")
-    else:
-        path = profile_path(text, calibrated=calibrated)
+    path = given_file(text, what="device profile") or profile_path(text, calibrated=calibrated)
     return parse_profile(load_yaml(path, what="device profile"), path=path)
 
 
