@@ -248,45 +248,53 @@ def cut_table(cuts: Sequence[Cut]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class SplitPrice:
-    """One way to run a model across a link: which part runs where, and what each part costs."""
+class SplitParts:
+    """One way to run a model across a link, timed: which part runs where and what each part costs."""
 
     cut: str  # a cut's name, or ``device`` / ``server`` (the whole model on one side)
     wire: str
     bytes_sent: int  # per inference
     edge_ms: float
-    transfer_ms: float
     server_ms: float
+
+    def over(self, link: Any) -> "SplitPrice":
+        """The end-to-end price over ``link`` (a ``links.Link``); nothing is sent when all runs on the device."""
+        return SplitPrice(self, 0.0 if self.cut == ON_DEVICE else link.transfer_ms(self.bytes_sent))
+
+
+@dataclass(frozen=True)
+class SplitPrice:
+    parts: SplitParts
+    transfer_ms: float
 
     @property
     def total_ms(self) -> float:
-        return self.edge_ms + self.transfer_ms + self.server_ms
+        return self.parts.edge_ms + self.transfer_ms + self.parts.server_ms
 
 
-def price_cuts(
-    onnx_path: Path, *, device: Any, server: Any, link: Any, wire: str, work_dir: Path,
-    samples: Sequence[tuple[np.ndarray, ...]] = (),
-) -> list[SplitPrice]:
-    """Every way to split ``onnx_path``, priced: ``device`` and ``server`` are (backend, profile) pairs whose
-    backend's ``measure(file, profile)`` times a part, ``link`` a ``links.Link``. The two ends come first: the
-    whole model on the device (nothing sent) and on the server (the input sent, in fp32 or the input's type)."""
+def time_parts(
+    onnx_path: Path, *, device: Any, server: Any, wire: str, work_dir: Path, samples: Sequence[tuple[np.ndarray, ...]] = (),
+) -> list[SplitParts]:
+    """Every way to split ``onnx_path``, its two parts timed: ``device`` and ``server`` are (backend, profile)
+    pairs whose backend's ``measure(file, profile)`` times a part. The two ends come first: the whole model
+    on the device (nothing sent) and on the server (the input sent as it is). A link only prices the
+    transfer (``SplitParts.over``), so one timing serves every link."""
     device_backend, device_profile = device
     server_backend, server_profile = server
     model = onnx.load(str(onnx_path))
-    whole_device = device_backend.measure(onnx_path, device_profile).median_ms
-    whole_server = server_backend.measure(onnx_path, server_profile).median_ms
-    input_bytes = sum(_input_bytes(v) for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer})
-    prices = [
-        SplitPrice(ON_DEVICE, wire, 0, whole_device, 0.0, 0.0),
-        SplitPrice(ON_SERVER, "input", input_bytes, 0.0, link.transfer_ms(input_bytes), whole_server),
+    initializers = {t.name for t in model.graph.initializer}
+    input_bytes = sum(_input_bytes(v) for v in model.graph.input if v.name not in initializers)
+    parts = [
+        SplitParts(ON_DEVICE, wire, 0, device_backend.measure(onnx_path, device_profile).median_ms, 0.0),
+        SplitParts(ON_SERVER, "input", input_bytes, 0.0, server_backend.measure(onnx_path, server_profile).median_ms),
     ]
     for cut in candidate_cuts(model):
         files = split_model(onnx_path, cut.name, work_dir / cut.name, wire=wire, samples=samples)
-        prices.append(SplitPrice(
+        parts.append(SplitParts(
             cut.name, wire, cut.bytes_sent(wire), device_backend.measure(files.edge, device_profile).median_ms,
-            link.transfer_ms(cut.bytes_sent(wire)), server_backend.measure(files.server, server_profile).median_ms,
+            server_backend.measure(files.server, server_profile).median_ms,
         ))
-    return prices
+    return parts
 
 
 def _input_bytes(value_info: onnx.ValueInfoProto) -> int:

@@ -136,17 +136,19 @@ def test_the_splits_command_lists_and_prices_the_cuts_per_link(tmp_path):
     fast = tmp_path / "gigabit.yaml"  # a link given as a file, as a user's own would be
     fast.write_text("schema_version: 1\nname: gigabit\ndescription: one rack\nbandwidth_mbps: 1000\nrtt_ms: 0.01\n"
                     "error_pct: 20\nsource: 'assumption: a test link'\n")
-    fastest = {}
-    for link in ("lte-5mbps", str(fast)):
-        code, out, err = cli("splits", "--task", task, "--device", "jetson-nano", "--server", "local", "--link", link)
-        assert code == 0, err
-        fastest[link] = next(line.split("│")[1].strip() for line in out.splitlines() if "│ *" in line)
-    assert fastest == {"lte-5mbps": "*device", str(fast): "*server"}
+    # both links priced from one timing of the files: the last two columns, * on each one's fastest way
+    code, out, err = cli("splits", "--task", task, "--device", "jetson-nano", "--server", "local", "--link", "lte-5mbps", "--link", str(fast))
+    assert code == 0, err
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    fastest = [next(row[0] for row in rows if row[column].startswith("*")) for column in (-2, -1)]
+    assert fastest == ["device", "server"]
+    assert all(row[1].replace(",", "").isdigit() for row in rows)
 
 
 @pytest.mark.parametrize("args, message", [
     (("--device", "jetson-nano"), "pricing the cuts needs --device, --server and --link together; --device given"),
     (("--wire", "int4"), "--wire 'int4' is not one of fp32, fp16, int8"),
+    (("--model", "/no/such/model.onnx"), "--model /no/such/model.onnx does not exist"),
     (("--device", "jetson-nano", "--server", "local", "--link", "dsl"), "unknown link 'dsl'"),
 ])
 def test_splits_refuses_bad_input_in_one_line(args, message):
@@ -154,3 +156,12 @@ def test_splits_refuses_bad_input_in_one_line(args, message):
 
     code, out, err = cli("splits", *args)
     assert code == 2 and message in err and "Traceback" not in err + out
+
+
+def test_splits_cuts_a_given_onnx_file(exported):
+    """``--model``: any ONNX file, such as an exported trial's ``model.onnx``, without its task."""
+    from test_search import cli
+
+    code, out, err = cli("splits", "--model", str(exported))
+    assert code == 0, err
+    assert all(name in out for name in ("stem", "pool")) and f"cuts of {exported.name}" in out
