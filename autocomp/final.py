@@ -41,6 +41,7 @@ from autocomp.record import StudyRecord, TrialRecord
 
 log = logging.getLogger(__name__)
 
+
 def final_dir(out_dir: Path) -> Path:
     return out_dir / "final"
 
