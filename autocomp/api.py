@@ -26,7 +26,7 @@ from autocomp.events import Events, Quiet
 from autocomp.record import Baseline, StudyRecord
 from autocomp.storage import GRACE_S
 
-SETTINGS_KEPT = ("task", "device", "space", "backend", "threads")
+SETTINGS_KEPT = ("task", "device", "space", "backend", "threads", "server", "link")
 """Settings a study resumes only with: its trials were made with them."""
 
 
@@ -73,6 +73,8 @@ def search(
     report: bool = True,
     events: Events | None = None,
     profile: Any = None,
+    server: str | None = None,
+    link: str | None = None,
 ) -> SearchResult:
     """Search compression plans for ``device`` (a profile name or a profile's YAML file) and return the result.
 
@@ -81,7 +83,9 @@ def search(
     study that exists resumes with its finished trials kept. ``jobs``: processes running trials
     (N - 1 ``autocomp worker`` children, started with ``worker_args``). ``report``: write ``report.html``.
     ``profile``: the device's ``DeviceProfile`` as deployed when it is not the file's (the CLI's --board
-    applied); the study records ``device`` as given, which is what its workers load. Raises ``ConfigError`` for bad input, before any work.
+    applied); the study records ``device`` as given, which is what its workers load. ``server`` and ``link``
+    (a device profile and a link profile) price a space that searches a split (``split:``) end to end.
+    Raises ``ConfigError`` for bad input, before any work.
     """
     from autocomp.runlock import exclusive_run
     from autocomp.setup import Setup
@@ -98,7 +102,10 @@ def search(
     name = study_name or study_name_for(task, device)
     out_dir = (Path(out) if out is not None else Path("reports") / name).resolve()
     storage_url = storage or default_storage(out_dir)
-    setup = Setup.load(task=task, device=profile if profile is not None else device, space=space, backend=backend, threads=threads, storage=storage_url, events=events)
+    setup = Setup.load(
+        task=task, device=profile if profile is not None else device, space=space, backend=backend, threads=threads,
+        storage=storage_url, events=events, server=server, link=link,
+    )
     with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=on_server):
         teacher = setup.teacher()
         space_name, search_space = setup.space_for(teacher)
@@ -107,12 +114,13 @@ def search(
 
         check_outputs(teacher, tuple(setup.task.example_inputs()))
         distributions = search_space.distributions(teacher, supported_bits=setup.profile.supported_bits, example_inputs=setup.task.example_inputs())
+        check_split(distributions, link=link)
         settings = {
             "task": task, "device": device, "space": space_name, "backend": backend, "seed": seed, "sampler": sampler,
             "threads": setup.profile.runtime.threads,
             # what an 'autocomp worker' reads back, so that it needs only the storage and the study name
             "trials": trials, "min_accuracy": min_accuracy, "latency_budget_ms": latency_budget_ms,
-            "space_sha256": distributions_sha(distributions), "grace_s": grace_s,
+            "space_sha256": distributions_sha(distributions), "grace_s": grace_s, "server": server, "link": link,
         }
         study = open_study(storage=storage_url, study_name=name, sampler=chosen_sampler, grace_s=grace_s, shared=parallel)
         check_same_settings(study, settings, name)
@@ -141,6 +149,15 @@ def search(
         study=outcome.study, chosen=chosen, rule=outcome.rule, baseline=baseline, final=final, interrupted=outcome.interrupted,
         out_dir=out_dir, report=report_path, size_key=ctx.size_key, ran=tuple(ran),
     )
+
+
+def check_split(distributions: dict, *, link: str | None) -> None:
+    """A space that searches a split needs the server and the link it is priced across, and only such a space takes them."""
+    searched = any(name.startswith("split/") for name in distributions)
+    if searched and link is None:
+        raise ConfigError("the space searches where to cut the model (split:); give the server and the link: --server NAME --link NAME")
+    if link is not None and not searched:
+        raise ConfigError("--server and --link price a split, and the space searches none; add a split: section (see 'autocomp splits')")
 
 
 def check_same_settings(study, settings: dict, name: str) -> None:

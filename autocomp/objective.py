@@ -234,12 +234,20 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
         **({} if sure is None else {"latency_sure": sure.text(), "latency_outside": list(sure.outside)}),
         latency_p90_ms=latency.p90_ms,
         latency_runs=latency.runs,
+        **_split_parts(latency),
         layers=layer_rows(plan, ctx.teacher, result.artifact, layer_estimates(ctx, result.artifact.onnx_path)),
         seconds=time.perf_counter() - started,
         timings_s=timings,  # where the trial's time went (the benchmark's overhead profile)
     )
     set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
     return [result.accuracy, latency.median_ms, float(getattr(result.artifact.stats, ctx.size_key))]
+
+
+def _split_parts(latency: LatencyResult) -> dict[str, Any]:
+    """What a split plan's latency is made of (``latency.split.SplitResult``); nothing for a plan that runs on the device."""
+    if not hasattr(latency, "bytes_sent"):
+        return {}
+    return {"bytes_sent": latency.bytes_sent, "split_ms": {"edge": latency.edge_ms, "transfer": latency.transfer_ms, "server": latency.server_ms}}
 
 
 def set_constraints(trial: optuna.Trial, ctx: SearchContext, *, accuracy: float, latency_ms: float) -> None:

@@ -143,6 +143,8 @@ class TrialRecord(Measured):
     requeued_from: int | None = kept(whole, "the stale trial this one reruns")
     screen: dict[str, Any] | None = kept(mapping, "the multi-fidelity screen's decision (``fidelity``)")
     proposal: dict[str, Any] | None = kept(mapping, "the allocator's prediction for a plan it queued (``allocate``)")
+    bytes_sent: int | None = kept(whole, "a split plan: the bytes sent over the link per inference")
+    split_ms: dict[str, Any] | None = kept(mapping, "a split plan: its latency's parts, edge, transfer and server")
 
     @classmethod
     def of(cls, trial: Any) -> TrialRecord:

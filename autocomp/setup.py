@@ -25,20 +25,30 @@ class Setup:
     space_name: str
     space: Any  # None for space "auto", until ``space_for``
     events: Events
+    server: Any = None  # the server's DeviceProfile and the link to it: a split is priced across them
+    link: Any = None
 
     @classmethod
     def load(
         cls, *, task: str, device: Any, space: str, backend: str, threads: int | None, storage: str, events: Events | None = None,
+        server: str | None = None, link: str | None = None,
     ) -> "Setup":
         """``device``: a profile name or a ``DeviceProfile`` (the CLI's --board options already applied);
-        ``storage``: the study's database (a board pool's leases live there)."""
+        ``storage``: the study's database (a board pool's leases live there); ``server`` and ``link``: a
+        device profile and a link profile, both or neither, that price a split (``latency.split``)."""
+        from autocomp.errors import ConfigError
+        from autocomp.links import load_link
+
         from autocomp.latency import get_backend
         from autocomp.profiles import load_profile, with_threads
         from autocomp.search_space import load_space
         from autocomp.tasks import load_task
 
         profile = with_threads(load_profile(device) if isinstance(device, str) else device, threads)
+        if (server is None) != (link is None):
+            raise ConfigError("a split is priced across a server and a link: give --server and --link together")
         return cls(
+            server=None if server is None else load_profile(server), link=None if link is None else load_link(link),
             profile=profile, backend=get_backend(backend, profile=profile, leases_url=storage), estimator=get_backend("estimate", profile=profile),
             backend_name=backend, space_name=space, space=None if space == AUTO_SPACE else load_space(space),
             task=load_task(task),  # last: the checks above cost nothing, a task file may import torch
@@ -78,9 +88,18 @@ class Setup:
         mismatch = calibration_mismatch(self.profile) if self.backend_name == "estimate" else None
         if mismatch:
             self.events.say(mismatch, warning=True)
+        backend, estimator = self.backend, self.estimator
+        if self.link is not None:  # the files a split plan marks are priced end to end, device + link + server
+            from autocomp.latency import get_backend
+            from autocomp.latency.split import SplitBackend
+
+            far = get_backend("estimate", profile=self.server)
+            backend, estimator = (SplitBackend(b, far, self.server, self.link) for b in (backend, estimator))
+            self.events.say(f"a split is priced: {self.profile.name} → {self.link.name} ({self.link.bandwidth_mbps:g} Mbit/s, "
+                            f"{self.link.rtt_ms:g} ms round trip) → {self.server.name} (estimated)")
         ctx = SearchContext(
-            task=self.task, teacher=teacher, space=space, profile=self.profile, backend=self.backend,
-            estimator=self.estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
+            task=self.task, teacher=teacher, space=space, profile=self.profile, backend=backend,
+            estimator=estimator, out_dir=out_dir, accuracy_floor=None, latency_budget_ms=latency_budget_ms, seed=seed,
         )
         if join:
             ctx, baseline = joined_study(ctx, study)

@@ -131,7 +131,23 @@ def export_trial(study: optuna.Study, run_dir: Path, out_dir: Path, *, trial: st
     plan_path.write_text(plan.to_json() + "\n")
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(_metrics(study, picked, record, baseline, size_key=size_key), indent=2) + "\n")
-    return [onnx_path, pt2_path, plan_path, metrics_path]
+    return [onnx_path, pt2_path, plan_path, metrics_path, *_split_files(onnx_path, out_dir)]
+
+
+def _split_files(onnx_path: Path, out_dir: Path) -> list[Path]:
+    """A plan cut between the device and a server (``knobs.split``): ``edge.onnx``, ``server.onnx`` and ``split.json``
+    beside ``model.onnx`` (which computes what the two do); the ``server`` end only says so in ``split.json``."""
+    from autocomp.split import ON_SERVER, halves, marked
+
+    mark = marked(onnx_path)
+    if mark is None:
+        return []
+    if mark.after == ON_SERVER:
+        manifest = out_dir / "split.json"
+        manifest.write_text(json.dumps({**asdict(mark), "server": onnx_path.name}, indent=2) + "\n")
+        return [manifest]
+    files = halves(onnx_path, out_dir)
+    return [files.edge, files.server, files.manifest]
 
 
 def _check_out_dir(run_dir: Path, out_dir: Path) -> None:

@@ -132,27 +132,86 @@ def find_cut(model: onnx.ModelProto | str | Path, name: str) -> Cut:
     raise PlanError(f"split/after: {name!r} is not a cut of this model (exactly one tensor must cross there); cuts: {listed}")
 
 
+META = "autocomp.split."
+"""The metadata keys of a file whose cut is marked (``mark_cut``): ``after``, ``tensor``, ``wire``, ``bytes_per_sample``,
+``scale``, ``zero_point``."""
+
+
 @dataclass(frozen=True)
-class SplitFiles:
-    edge: Path
-    server: Path
-    manifest: Path
-    cut: Cut
+class Marked:
+    """What a marked file's metadata says (``marked``)."""
+
+    after: str
+    tensor: str  # what travels: the cut's tensor (fp32) or its encoding (``<tensor>_sent``); "" when the input does
     wire: str
+    bytes_per_sample: int
     scale: float | None = None  # int8 wire: real = scale * (q - zero_point)
     zero_point: int | None = None
 
 
-def wire_range(edge_fp32: Path, samples: Sequence[tuple[np.ndarray, ...]]) -> tuple[float, float]:
-    """The crossing activation's (min, max) over ``samples``, run through the fp32 edge file, zero included
-    (as onnxruntime's MinMax calibration makes it)."""
+def marked(model: onnx.ModelProto | str | Path) -> Marked | None:
+    """The cut a file's metadata marks, or None: the whole file runs on the device."""
+    model = onnx.load(str(model), load_external_data=False) if not isinstance(model, onnx.ModelProto) else model
+    meta = {p.key[len(META):]: p.value for p in model.metadata_props if p.key.startswith(META)}
+    if not meta:
+        return None
+    return Marked(
+        after=meta["after"], tensor=meta["tensor"], wire=meta["wire"], bytes_per_sample=int(meta["bytes_per_sample"]),
+        scale=float(meta["scale"]) if meta.get("scale") else None, zero_point=int(meta["zero_point"]) if meta.get("zero_point") else None,
+    )
+
+
+def mark_cut(
+    onnx_path: Path, cut_name: str, out_path: Path, *, wire: str = "fp32", samples: Sequence[tuple[np.ndarray, ...]] = (),
+) -> Path:
+    """``onnx_path`` with a cut marked, written to ``out_path``: one file that computes what its two parts
+    compute (the wire's encoding and decoding sit at the cut) and whose metadata names the cut, the tensor
+    that travels and its bytes per sample. It scores as the pair does; ``halves`` cuts it into the pair.
+    ``cut_name`` may be ``server`` (the input travels); ``samples`` (input arrays, batch first) fix an int8
+    wire's range and are required for it."""
+    if wire not in WIRES:
+        raise PlanError(f"split/wire: {wire!r} is not one of {', '.join(WIRES)}")
+    model = onnx.load(str(onnx_path))
+    initializers = {t.name for t in model.graph.initializer}
+    scale = zero_point = None
+    if cut_name == ON_SERVER:
+        tensor, wire, nbytes = "", "fp32", sum(_input_bytes(v) for v in model.graph.input if v.name not in initializers)
+    else:
+        cut = find_cut(model, cut_name)
+        tensor, nbytes = cut.tensor, cut.bytes_sent(wire)
+        if wire != "fp32":
+            if wire == "int8" and not samples:
+                raise PlanError("split/wire: int8 needs calibration samples to fix the activation's range")
+            if wire == "int8":
+                scale, zero_point = _uint8_params(*_range(onnx_path, cut.tensor, out_path.parent, samples))
+            tensor = _encode(model, cut, wire, scale=scale, zero_point=zero_point)
+    fields = {"after": cut_name, "tensor": tensor, "wire": wire, "bytes_per_sample": str(nbytes),
+              "scale": "" if scale is None else repr(scale), "zero_point": "" if zero_point is None else str(zero_point)}
+    for key, value in fields.items():
+        model.metadata_props.add(key=META + key, value=value)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    onnx.checker.check_model(str(out_path))
+    return out_path
+
+
+def _range(onnx_path: Path, tensor: str, work: Path, samples: Sequence[tuple[np.ndarray, ...]]) -> tuple[float, float]:
+    """The (min, max) of ``tensor`` over ``samples``, zero included (onnxruntime's MinMax calibration's range)."""
     from autocomp.runtime import onnx_predictor
 
-    edge = onnx_predictor(edge_fp32)
-    low, high = 0.0, 0.0
-    for sample in samples:
-        out = np.asarray(edge(*sample))
-        low, high = min(low, float(out.min())), max(high, float(out.max()))
+    work.mkdir(parents=True, exist_ok=True)
+    head = work / f".{Path(onnx_path).stem}-range.onnx"
+    model = onnx.load(str(onnx_path))
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    onnx.utils.extract_model(str(onnx_path), str(head), inputs, [tensor])
+    try:
+        edge = onnx_predictor(head)
+        low = high = 0.0
+        for sample in samples:
+            out = np.asarray(edge(*sample))
+            low, high = min(low, float(out.min())), max(high, float(out.max()))
+    finally:
+        head.unlink()
     return low, high
 
 
@@ -161,78 +220,64 @@ def _uint8_params(low: float, high: float) -> tuple[float, int]:
     return scale, int(np.clip(round(-low / scale), 0, 255))
 
 
-def split_model(
-    onnx_path: Path, cut_name: str, out_dir: Path, *, wire: str = "fp32",
-    samples: Sequence[tuple[np.ndarray, ...]] = (),
-) -> SplitFiles:
-    """Write ``edge.onnx``, ``server.onnx`` and ``split.json`` for the cut ``cut_name`` of ``onnx_path``.
+def _encode(model: onnx.ModelProto, cut: Cut, wire: str, *, scale: float | None, zero_point: int | None) -> str:
+    """Put the wire's encoding and decoding right after the cut; the nodes after it read the decoded tensor."""
+    sent, received = f"{cut.tensor}_sent", f"{cut.tensor}_received"
+    if wire == "fp16":
+        nodes = [helper.make_node("Cast", [cut.tensor], [sent], to=TensorProto.FLOAT16),
+                 helper.make_node("Cast", [sent], [received], to=TensorProto.FLOAT)]
+    else:
+        names = (f"{cut.tensor}_scale", f"{cut.tensor}_zero_point")
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), names[0]),
+                                        numpy_helper.from_array(np.array(zero_point, np.uint8), names[1])])
+        nodes = [helper.make_node("QuantizeLinear", [cut.tensor, *names], [sent]),
+                 helper.make_node("DequantizeLinear", [sent, *names], [received])]
+    after = list(model.graph.node)[cut.after_node + 1:]
+    for node in after:
+        for index, name in enumerate(node.input):
+            if name == cut.tensor:
+                node.input[index] = received
+    before = list(model.graph.node)[: cut.after_node + 1]
+    del model.graph.node[:]
+    model.graph.node.extend([*before, *nodes, *after])
+    return sent
 
-    ``samples`` (input arrays, batch first) calibrate an int8 wire's range; they are required for it."""
-    if wire not in WIRES:
-        raise PlanError(f"split/wire: {wire!r} is not one of {', '.join(WIRES)}")
-    if wire == "int8" and not samples:
-        raise PlanError("split/wire: int8 needs calibration samples to fix the activation's range")
+
+@dataclass(frozen=True)
+class SplitFiles:
+    edge: Path
+    server: Path
+    manifest: Path
+    mark: Marked
+
+
+def halves(marked_path: Path, out_dir: Path) -> SplitFiles:
+    """``edge.onnx``, ``server.onnx`` and ``split.json`` of a file with a marked cut (not the ``server`` end:
+    there the whole file is the server's), by onnx's own ``onnx.utils.extract_model``."""
+    model = onnx.load(str(marked_path))
+    mark = marked(model)
+    if mark is None or mark.after == ON_SERVER:
+        raise PlanError(f"{marked_path.name} marks no cut inside the model (split/after: {mark.after if mark else ON_DEVICE})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(onnx_path))
-    cut = find_cut(model, cut_name)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    outputs = [o.name for o in model.graph.output]
     edge, server = out_dir / "edge.onnx", out_dir / "server.onnx"
-    onnx.utils.extract_model(str(onnx_path), str(edge), inputs, [cut.tensor])
-    onnx.utils.extract_model(str(onnx_path), str(server), [cut.tensor], outputs)
+    onnx.utils.extract_model(str(marked_path), str(edge), inputs, [mark.tensor])
+    onnx.utils.extract_model(str(marked_path), str(server), [mark.tensor], [o.name for o in model.graph.output])
     for half in (edge, server):  # as exported: no inner shapes, so a tool that fixes the batch infers them anew
         part = onnx.load(str(half))
         del part.graph.value_info[:]
         onnx.save(part, str(half))
-    scale = zero_point = None
-    if wire == "fp16":
-        _wrap(edge, server, cut.tensor, encode=[helper.make_node("Cast", [cut.tensor], ["wire"], to=TensorProto.FLOAT16)],
-              decode=[helper.make_node("Cast", ["wire"], [cut.tensor], to=TensorProto.FLOAT)], wire_type=TensorProto.FLOAT16)
-    elif wire == "int8":
-        scale, zero_point = _uint8_params(*wire_range(edge, samples))
-        constants = [numpy_helper.from_array(np.array(scale, np.float32), "wire_scale"),
-                     numpy_helper.from_array(np.array(zero_point, np.uint8), "wire_zero_point")]
-        _wrap(edge, server, cut.tensor,
-              encode=[helper.make_node("QuantizeLinear", [cut.tensor, "wire_scale", "wire_zero_point"], ["wire"])],
-              decode=[helper.make_node("DequantizeLinear", ["wire", "wire_scale", "wire_zero_point"], [cut.tensor])],
-              wire_type=TensorProto.UINT8, constants=constants)
-    for path in (edge, server):
-        onnx.checker.check_model(str(path))
-    files = SplitFiles(edge=edge, server=server, manifest=out_dir / "split.json", cut=cut, wire=wire, scale=scale, zero_point=zero_point)
-    files.manifest.write_text(json.dumps(manifest(files), indent=2) + "\n")
+        onnx.checker.check_model(str(half))
+    files = SplitFiles(edge=edge, server=server, manifest=out_dir / "split.json", mark=mark)
+    files.manifest.write_text(json.dumps({**asdict(mark), "edge": edge.name, "server": server.name}, indent=2) + "\n")
     return files
 
 
-def manifest(files: SplitFiles) -> dict[str, Any]:
-    """What the two halves need to agree on: the cut, the tensor, its shape and how it travels."""
-    return {
-        "cut": files.cut.name, "tensor": files.cut.tensor, "shape": list(files.cut.shape), "wire": files.wire,
-        "wire_tensor": files.cut.tensor if files.wire == "fp32" else "wire",
-        "bytes_per_sample": files.cut.bytes_sent(files.wire), "scale": files.scale, "zero_point": files.zero_point,
-        "edge": files.edge.name, "server": files.server.name,
-    }
-
-
-def _wrap(
-    edge: Path, server: Path, tensor: str, *, encode: list, decode: list, wire_type: int, constants: list | None = None,
-) -> None:
-    """Put ``encode`` at the edge's output and ``decode`` at the server's input: both then carry ``wire``."""
-    for path, nodes, front in ((edge, encode, False), (server, decode, True)):
-        model = onnx.load(str(path))
-        graph = model.graph
-        ends = graph.input if front else graph.output
-        old = next(v for v in ends if v.name == tensor)
-        new = helper.make_tensor_value_info("wire", wire_type, [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim])
-        ends.remove(old)
-        ends.append(new)
-        graph.initializer.extend(constants or [])
-        if front:
-            nodes_now = list(graph.node)
-            del graph.node[:]
-            graph.node.extend([*nodes, *nodes_now])
-        else:
-            graph.node.extend(nodes)
-        onnx.save(model, str(path))
+def split_model(
+    onnx_path: Path, cut_name: str, out_dir: Path, *, wire: str = "fp32", samples: Sequence[tuple[np.ndarray, ...]] = (),
+) -> SplitFiles:
+    """The two parts of ``onnx_path`` cut at ``cut_name`` with the activation sent as ``wire`` (``mark_cut``, then ``halves``)."""
+    return halves(mark_cut(onnx_path, cut_name, out_dir / "marked.onnx", wire=wire, samples=samples), out_dir)
 
 
 def composed(files: SplitFiles) -> Callable[..., np.ndarray]:
@@ -241,10 +286,6 @@ def composed(files: SplitFiles) -> Callable[..., np.ndarray]:
 
     edge, server = onnx_predictor(files.edge), onnx_predictor(files.server)
     return lambda *inputs: server(edge(*inputs))
-
-
-def cut_table(cuts: Sequence[Cut]) -> list[dict[str, Any]]:
-    return [{**asdict(c), "bytes_fp32": c.bytes_sent("fp32")} for c in cuts]
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ SECTIONS = {
     "bits": [{"layers": ["*"], "choices": [32, 16, 8]}],  # dyn8 only takes MatMul layers: test_depth covers it
     "cluster": [{"layers": ["*"], "choices": [32, 4]}],
     "qat": [False, True],
+    "split": {"after": "all", "wire": ["fp32", "int8"]},
 }
 """A section each knob's contract runs with: every value range a real space gives it."""
 

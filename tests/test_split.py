@@ -65,12 +65,15 @@ def test_the_two_halves_compose_to_the_whole_model(exported, tmp_path, wire, clo
         else:  # uint8 on the wire: each activation within half a step of its value, the logits close
             sent = onnx_predictor(files.edge)(INPUTS.numpy())
             assert sent.dtype == np.uint8
-            real = files.scale * (sent.astype(np.float32) - files.zero_point)
+            real = files.mark.scale * (sent.astype(np.float32) - files.mark.zero_point)
             exact = onnx_predictor(split_model(exported, cut, tmp_path / f"{cut}-fp32").edge)(INPUTS.numpy())
-            assert np.abs(real - exact).max() <= files.scale / 2 + 1e-6
+            assert np.abs(real - exact).max() <= files.mark.scale / 2 + 1e-6
             assert np.corrcoef(ours.ravel(), whole.ravel())[0, 1] > 0.99
         manifest = json.loads(files.manifest.read_text())
-        assert manifest["cut"] == cut and manifest["wire"] == wire and manifest["bytes_per_sample"] == files.cut.bytes_sent(wire)
+        assert manifest["after"] == cut and manifest["wire"] == wire
+        assert manifest["bytes_per_sample"] == find_cut(exported, cut).bytes_sent(wire)
+        # the marked whole file computes what the pair does: it is what a search scores
+        np.testing.assert_allclose(onnx_predictor(tmp_path / cut / "marked.onnx")(INPUTS.numpy()), ours, rtol=1e-5, atol=1e-5)
 
 
 def test_a_quantized_file_has_the_cuts_of_its_fp32_file(tmp_path):

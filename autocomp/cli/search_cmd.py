@@ -48,6 +48,8 @@ def search(
     python: Optional[str] = PYTHON_OPTION,
     jobs: int = typer.Option(1, help="Processes running trials on this machine: this search and N - 1 workers on its study."),
     threads: Optional[int] = THREADS_OPTION,
+    server: Optional[str] = typer.Option(None, "--server", help="With a split: space, the device profile of the server part (e.g. local)."),
+    link: Optional[str] = typer.Option(None, "--link", help="With a split: space, the link profile to the server (device_profiles/links/, or a .yaml file)."),
     grace_s: int = typer.Option(
         GRACE_S, help="On a database server: seconds without a heartbeat after which a worker's trial is taken as dead "
         "and its plan queued again (every worker of the study uses this one)."
@@ -83,7 +85,7 @@ def search(
         result = run(
             device=device, profile=profile, task=task, space=space, trials=trials, timeout_s=timeout, latency_budget_ms=latency_budget_ms,
             min_accuracy=min_accuracy, sampler=sampler, seed=seed, storage=storage, study_name=study_name, out=out,
-            backend=backend, jobs=jobs, threads=threads, grace_s=grace_s,
+            backend=backend, jobs=jobs, threads=threads, grace_s=grace_s, server=server, link=link,
             worker_args=board_args(board=board, key=key, known_hosts=known_hosts, python=python), events=events,
         )
     chosen, final, baseline, out_dir = result.chosen, result.final, result.baseline, result.out_dir

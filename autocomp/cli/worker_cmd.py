@@ -70,7 +70,7 @@ def worker(
     device = with_board(load_profile(settings["device"]), board=board, key=key, known_hosts=known_hosts, python=python)
     setup = Setup.load(
         task=settings["task"], device=device, space=settings["space"], backend=settings["backend"],
-        threads=settings["threads"], storage=storage, events=RichEvents(),
+        threads=settings["threads"], storage=storage, events=RichEvents(), server=settings.get("server"), link=settings.get("link"),
     )
     out_dir = (out or Path("reports") / study_name / f"worker-{socket.gethostname()}-{os.getpid()}").resolve()
     with exclusive_run(out_dir, storage=storage, study_name=study_name, shared=True):

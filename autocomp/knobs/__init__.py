@@ -23,20 +23,21 @@ from autocomp.knobs.heads import Heads
 from autocomp.knobs.prune import Prune
 from autocomp.knobs.qat import Qat
 from autocomp.knobs.sparsity import Sparsity
+from autocomp.knobs.split import Split
 
 __all__ = ["KNOBS", "DEFAULT_PIPELINE", "FINETUNE", "Knob", "as_deployed", "LayerFacts", "OnnxWork", "Scope", "TorchWork", "get", "knob_of", "pipeline", "plan_text", "summaries"]
 
-KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster(), Qat())}
+KNOBS: dict[str, Knob] = {knob.name: knob for knob in (Distill(), Prune(), Heads(), Depth(), Sparsity(), Bits(), Cluster(), Qat(), Split())}
 """Every knob by name, in the order a trial suggests their parameters (kept from the first release, so a
 seeded search samples as it did)."""
 
 FINETUNE = "finetune"
 """A pipeline entry that is not a knob: fine-tune here as well as after the last torch-stage knob."""
 
-DEFAULT_PIPELINE = ("distill", "depth", "heads", "prune", "sparsity", "cluster", FINETUNE, "qat", "bits")
+DEFAULT_PIPELINE = ("distill", "depth", "heads", "prune", "sparsity", "cluster", FINETUNE, "qat", "bits", "split")
 """Narrow the student first, then remove blocks, heads and channels, mask or share weights, fine-tune, export,
-quantize. A QAT trial fine-tunes the first half of its steps in fp32 and the second through fake quantization
-(from the first step, it lost 4 points on a half-width digits-mobilenet, see ``knobs.qat``); any other trial
+quantize, and mark where the file is cut between the device and a server. A QAT trial fine-tunes the first
+half of its steps in fp32 and the second through fake quantization (from the first step, it lost 4 points on a half-width digits-mobilenet, see ``knobs.qat``); any other trial
 fine-tunes once, the ``finetune`` before an idle ``qat`` having nothing after it."""
 
 _LEGACY = {
