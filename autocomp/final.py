@@ -183,7 +183,6 @@ def _finetune_trial(ctx, trial: FrozenTrial, steps: int, on_step) -> dict[str, A
     return {
         "trial": trial.number, "steps": steps, "accuracy": accuracy, "torch_accuracy": torch_accuracy,
         "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_source": latency.source,
-        "size_bytes": artifact.stats.size_bytes, "zip_bytes": artifact.stats.zip_bytes, "params": artifact.stats.params, "onnx_sha256": artifact.stats.sha256,
-        "artifact": str(artifact.onnx_path), "trial_accuracy": trial.values[0],
+        **artifact.summary(), "trial_accuracy": trial.values[0],
         "seconds": time.perf_counter() - started,
     }

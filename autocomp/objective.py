@@ -240,7 +240,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial, study: optuna.Study | Non
         timings_s=timings,  # where the trial's time went (the benchmark's overhead profile)
     )
     set_constraints(trial, ctx, accuracy=result.accuracy, latency_ms=latency.median_ms)
-    return [result.accuracy, latency.median_ms, float(getattr(result.artifact.stats, ctx.size_key))]
+    return [result.accuracy, latency.median_ms, float(getattr(result.artifact.on_device, ctx.size_key))]
 
 
 def _split_parts(latency: LatencyResult) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from autocomp.export import export_onnx
 from autocomp.plan import CompressionPlan
 from autocomp.profiles import Int8Recipe
 from autocomp.runtime import OnnxStats, evaluate_onnx, onnx_stats, training_samples
+from autocomp.split import device_part
 from autocomp.errors import ExportError
 from autocomp.tasks import Task, score, torch_predictor
 
@@ -45,6 +46,19 @@ class Artifact:
     stats: OnnxStats
     channels: dict[str, int]
     exact: bool = True  # the exported graph as is: no ONNX-stage knob rewrote it, so it must score as PyTorch does
+    device: OnnxStats | None = None  # a split plan's part on the device (``split.device_part``); None: the whole file
+
+    @property
+    def on_device(self) -> OnnxStats:
+        """What the device stores: the whole file, or a split plan's edge part (nothing for the ``server`` end)."""
+        return self.stats if self.device is None else self.device
+
+    def summary(self) -> dict[str, Any]:
+        """The file's record: the sizes and weights of what the device stores, the whole file's hash and path."""
+        return {
+            "size_bytes": self.on_device.size_bytes, "zip_bytes": self.on_device.zip_bytes, "params": self.on_device.params,
+            "onnx_sha256": self.stats.sha256, "artifact": str(self.onnx_path),
+        }
 
 
 def compress_model(
@@ -157,7 +171,7 @@ def build_artifact(
     shutil.move(work.onnx_path, final)
     for leftover in out_dir.glob("model_*.onnx"):  # the files the ONNX stage started from
         leftover.unlink()
-    return Artifact(final, onnx_stats(final), channel_counts(model), exact=work.onnx_path == fp32_path)
+    return Artifact(final, onnx_stats(final), channel_counts(model), exact=work.onnx_path == fp32_path, device=device_part(final) if work.cut else None)
 
 
 def onnx_stage(plan: CompressionPlan, work: knobs.OnnxWork, *, pipeline: tuple[str, ...]) -> knobs.OnnxWork:
@@ -188,11 +202,7 @@ class PlanResult:
         return {
             "accuracy": self.accuracy,
             "torch_accuracy": self.torch_accuracy,
-            "size_bytes": self.artifact.stats.size_bytes,
-            "zip_bytes": self.artifact.stats.zip_bytes,
-            "params": self.artifact.stats.params,
-            "onnx_sha256": self.artifact.stats.sha256,
-            "artifact": str(self.artifact.onnx_path),
+            **self.artifact.summary(),
         }
 
 

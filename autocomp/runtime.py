@@ -106,7 +106,10 @@ class OnnxStats:
         """The file deflated (zlib level 9): what shared weights save on disk and over the air.
 
         Computed on first use, while the file is there: deflating costs about 25 ms per MB, and most
-        artifacts (prechecks, the sensitivity pass, screen snapshots, proposal pricing) never ask."""
+        artifacts (prechecks, the sensitivity pass, screen snapshots, proposal pricing) never ask. No file and
+        no bytes (a split plan's device part when the whole model runs on the server) deflate to nothing."""
+        if self.path is None and self.size_bytes == 0:
+            return 0
         return deflated_bytes(Path(self.path).read_bytes())
 
 

@@ -251,6 +251,35 @@ class SplitFiles:
     mark: Marked
 
 
+def device_part(path: Path) -> Any:
+    """The ``runtime.OnnxStats`` of what the device stores of a marked file: its edge part, written beside it
+    as ``device_part.onnx``; empty stats for the ``server`` end; None for a file that marks no cut."""
+    from autocomp.runtime import OnnxStats, onnx_stats
+
+    mark = marked(path)
+    if mark is None:
+        return None
+    if mark.after == ON_SERVER:
+        return OnnxStats(size_bytes=0, params=0, sha256="")
+    return onnx_stats(_edge(Path(path), Path(path).parent / "device_part.onnx", mark))
+
+
+def _edge(marked_path: Path, out_path: Path, mark: Marked) -> Path:
+    """The part of a marked file before its cut, as exported: no inner shapes (a tool fixing the batch infers them)."""
+    model = onnx.load(str(marked_path), load_external_data=False)
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    onnx.utils.extract_model(str(marked_path), str(out_path), inputs, [mark.tensor])
+    return _as_exported(out_path)
+
+
+def _as_exported(path: Path) -> Path:
+    part = onnx.load(str(path))
+    del part.graph.value_info[:]
+    onnx.save(part, str(path))
+    onnx.checker.check_model(str(path))
+    return path
+
+
 def halves(marked_path: Path, out_dir: Path) -> SplitFiles:
     """``edge.onnx``, ``server.onnx`` and ``split.json`` of a file with a marked cut (not the ``server`` end:
     there the whole file is the server's), by onnx's own ``onnx.utils.extract_model``."""
@@ -259,15 +288,9 @@ def halves(marked_path: Path, out_dir: Path) -> SplitFiles:
     if mark is None or mark.after == ON_SERVER:
         raise PlanError(f"{marked_path.name} marks no cut inside the model (split/after: {mark.after if mark else ON_DEVICE})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    edge, server = out_dir / "edge.onnx", out_dir / "server.onnx"
-    onnx.utils.extract_model(str(marked_path), str(edge), inputs, [mark.tensor])
+    edge, server = _edge(marked_path, out_dir / "edge.onnx", mark), out_dir / "server.onnx"
     onnx.utils.extract_model(str(marked_path), str(server), [mark.tensor], [o.name for o in model.graph.output])
-    for half in (edge, server):  # as exported: no inner shapes, so a tool that fixes the batch infers them anew
-        part = onnx.load(str(half))
-        del part.graph.value_info[:]
-        onnx.save(part, str(half))
-        onnx.checker.check_model(str(half))
+    _as_exported(server)
     files = SplitFiles(edge=edge, server=server, manifest=out_dir / "split.json", mark=mark)
     files.manifest.write_text(json.dumps({**asdict(mark), "edge": edge.name, "server": server.name}, indent=2) + "\n")
     return files

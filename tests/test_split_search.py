@@ -54,6 +54,11 @@ def test_the_link_decides_where_the_model_runs_and_export_writes_the_parts(tmp_p
             record = TrialRecord.of(trial)
             if trial.params["split/after"] != "device":
                 assert record.bytes_sent > 0 and record.split_ms["transfer"] > 0 and record.latency_source.startswith("estimate:split jetson-nano > ")
+            # the size objective is what the device stores: nothing when all runs on the server, the edge part at a cut
+            if trial.params["split/after"] == "server":
+                assert trial.values[2] == 0
+            elif trial.params["split/after"] == "Relu_3":
+                assert 0 < trial.values[2] < result.baseline.zip_bytes
     # over LTE every cut pays 50 ms of round trip: nothing beats the baseline, which runs on the device
     assert slow.chosen is None or slow.chosen.params["split/after"] == "device"
     # a fast link to a faster server: the input goes there

@@ -133,6 +133,7 @@ class OnnxWork:
     out_dir: Path
     recipe: Any  # the device's int8 recipe (``profiles.Int8Recipe``)
     calibration_samples: int = 256
+    cut: bool = False  # the file marks a cut between the device and a server (``split.mark_cut``): the device stores a part
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class Split:
         wire = values.get("wire", "fp32")
         samples = calibration_inputs(work.task, max_samples=CALIBRATION_SAMPLES) if wire == "int8" and after != ON_SERVER else ()
         marked = mark_cut(work.onnx_path, after, work.out_dir / "model_split.onnx", wire=wire, samples=samples)
-        return replace(work, onnx_path=marked)
+        return replace(work, onnx_path=marked, cut=True)
 
     def columns(self, values: Mapping[str, Any], facts: LayerFacts) -> dict[str, dict[str, Any]]:
         return {}  # one cut per plan: the trial tables' plan column says where
