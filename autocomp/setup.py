@@ -106,6 +106,8 @@ class Setup:
         else:
             with self.events.status("evaluating the uncompressed baseline"):
                 ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=settings["min_accuracy"])
+            if self.link is not None:  # what the report re-prices the trials over, and the cuts it charts
+                _record_split(study, self.link, baseline)
         self.events.say(
             f"baseline: accuracy {100 * baseline.accuracy:.2f}%, latency {baseline.latency_ms:.3f} ms "
             f"({baseline.latency_source}), {baseline.size_bytes / 1e3:.1f} kB"
@@ -113,6 +115,15 @@ class Setup:
             + f"; floor {100 * ctx.accuracy_floor:.2f}%"
         )
         return ctx, baseline
+
+
+def _record_split(study, link, baseline) -> None:
+    from autocomp.record import StudyRecord
+    from autocomp.split import candidate_cuts
+
+    cuts = [{"name": c.name, "bytes_fp32": c.bytes_sent("fp32"), "shape": [str(d) for d in c.shape]} for c in candidate_cuts(baseline.artifact)]
+    numbers = {k: getattr(link, k) for k in ("name", "description", "bandwidth_mbps", "rtt_ms", "error_pct", "source", "cost_per_mb")}
+    StudyRecord.put(study, link=numbers, cuts=cuts)
 
 
 def auto_space(teacher) -> tuple[str, Any]:

@@ -5,6 +5,7 @@ device, a fast one sends the input to the server, and ``autocomp export`` writes
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,24 @@ def test_the_link_decides_where_the_model_runs_and_export_writes_the_parts(tmp_p
     assert slow.chosen is None or slow.chosen.params["split/after"] == "device"
     # a fast link to a faster server: the input goes there
     assert quick.chosen is not None and quick.chosen.params["split/after"] == "server"
+
+    # the report re-prices the same trials for every link, without re-training, and says why each runs where it does
+    from autocomp.report import data, write_report
+
+    for result in (slow, quick):
+        rows = data.split_view(result.study).repriced.set_index("link")
+        assert rows.loc["lte-5mbps", "cut"] == "device" and rows.loc["rack" if result is quick else "lte-5mbps", "total_ms"] > 0
+        assert rows.loc["lte-5mbps", "reason"].startswith("all on jetson-nano: ")
+    fast_rows = data.split_view(quick.study).repriced.set_index("link")
+    assert fast_rows.loc["rack", "cut"] == "server" and "ms to send" in fast_rows.loc["rack", "reason"]
+    report = write_report(quick.study, tmp_path / "report.html")
+    page = report.read_text()
+    assert '<section id="split">' in page and 'id="fig-cuts"' in page and "all on the server" in page
+    sys.path.insert(0, str(TESTS / "report"))
+    from test_report_html import render_in_chromium  # the page in a real headless Chromium: the chart draws
+
+    probe = render_in_chromium(report, tmp_path)
+    assert probe["errors"] == [] and probe["plots"]["fig-cuts"]["svg"]
 
     cut = next(t for t in quick.study.trials if t.params["split/after"] == "Relu_3" and t.state.name == "COMPLETE")
     from autocomp.ship import export_trial

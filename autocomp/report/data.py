@@ -767,3 +767,63 @@ def proposals_table(study: optuna.Study) -> pd.DataFrame:
             "priced": str(prediction.get("priced", "")),
         })
     return pd.DataFrame(rows, columns=PROPOSAL_COLUMNS)
+
+
+SPLIT_COLUMNS = ["link", "bandwidth_mbps", "rtt_ms", "trial", "cut", "edge_ms", "transfer_ms", "server_ms", "total_ms", "reason"]
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """A split search's section: its link, the teacher's cuts, and the finished trials re-priced per link."""
+
+    link: Mapping[str, Any]
+    cuts: pd.DataFrame  # name, bytes_fp32, in graph order
+    chosen_cut: str | None  # the chosen trial's ``split/after`` (None: nothing chosen, the model stays on the device)
+    repriced: pd.DataFrame  # SPLIT_COLUMNS, one row per link: the fastest feasible trial (or the baseline) over it
+
+
+def split_view(study: optuna.Study, meta: StudyMeta | None = None) -> SplitView | None:
+    """None unless the study searched a split (it then records its link, ``StudyRecord.link``).
+
+    Re-pricing needs no training: a trial's record holds its latency's parts (``split_ms``: edge, transfer,
+    server) and its bytes sent, so over another link it costs edge + that link's transfer + server; a trial
+    whose plan keeps the model on the device costs what it cost. Each link's row is the fastest feasible
+    trial over it, or the baseline (all on the device) when none is faster."""
+    from autocomp.links import Link, list_links, load_link
+
+    meta = meta or study_meta(study)
+    record = StudyRecord.of(study)
+    if record.link is None:
+        return None
+    study_link = Link(**{k: v for k, v in record.link.items() if k in Link.__dataclass_fields__})
+    links = [study_link, *(load_link(name) for name in list_links() if name != study_link.name)]
+    device, server = meta.device or "the device", (record.settings or {}).get("server") or "the server"
+    options = [("baseline", "device", number(meta.baseline and meta.baseline.latency_ms) or math.inf, 0.0, 0)]
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not is_feasible(trial):
+            continue
+        parts = TrialRecord.of(trial)
+        if parts.split_ms:
+            options.append((trial.number, str(trial.params.get("split/after")), number(parts.split_ms.get("edge")) or 0.0,
+                            number(parts.split_ms.get("server")) or 0.0, parts.bytes_sent or 0))
+        else:
+            options.append((trial.number, "device", trial.values[1], 0.0, 0))
+    rows = []
+    for link in links:
+        priced = [(who, cut, edge, 0.0 if cut == "device" else link.transfer_ms(sent), server, sent) for who, cut, edge, server, sent in options]
+        who, cut, edge, transfer, far, sent = min(priced, key=lambda p: p[2] + p[3] + p[4])
+        on_device = min((p for p in priced if p[1] == "device"), key=lambda p: p[2])
+        if cut == "device":
+            split = [p for p in priced if p[1] != "device"]
+            other = min(split, key=lambda p: p[2] + p[3] + p[4]) if split else None
+            reason = f"all on {device}: {edge:.3f} ms" + (
+                f"; the fastest split ({other[1]}) needs {sum(other[2:5]):.3f} ms, {other[3]:.3f} of them to send {other[5]:,} bytes"
+                if other else "")
+        else:
+            reason = (f"{edge:.3f} ms on {device} + {transfer:.3f} ms to send {sent:,} bytes + {far:.3f} ms on {server}, "
+                      f"against {on_device[2]:.3f} ms all on {device}")
+        rows.append({"link": link.name, "bandwidth_mbps": link.bandwidth_mbps, "rtt_ms": link.rtt_ms, "trial": who, "cut": cut,
+                     "edge_ms": edge, "transfer_ms": transfer, "server_ms": far, "total_ms": edge + transfer + far, "reason": reason})
+    chosen = study.trials[meta.chosen_trial].params.get("split/after") if meta.chosen_trial is not None else None
+    cuts = pd.DataFrame(record.cuts or [], columns=["name", "bytes_fp32"]) if record.cuts else pd.DataFrame(columns=["name", "bytes_fp32"])
+    return SplitView(link=record.link, cuts=cuts[["name", "bytes_fp32"]], chosen_cut=chosen, repriced=pd.DataFrame(rows, columns=SPLIT_COLUMNS))

@@ -237,3 +237,14 @@ def sensitivity_figure(frame: pd.DataFrame) -> go.Figure:
                       height=max(320, 120 + 18 * len(params)), margin=dict(l=320, r=30, t=60, b=50),
                       yaxis=dict(autorange="reversed"))
     return fig
+
+
+def cuts_figure(cuts: pd.DataFrame, chosen: str | None) -> go.Figure:
+    """The activation each cut of the teacher sends (fp32 bytes per sample), in graph order; the chosen cut marked."""
+    colours = [COLOURS["chosen"] if name == chosen else COLOURS["base_bar"] for name in cuts["name"]]
+    fig = go.Figure(go.Bar(x=[plot_text(n) for n in cuts["name"]], y=cuts["bytes_fp32"], marker_color=colours,
+                           hovertext=[f"after {plot_text(n)}: {format_bytes(b)} per sample (fp32)" for n, b in zip(cuts["name"], cuts["bytes_fp32"])],
+                           hoverinfo="text"))
+    fig.update_layout(template=TEMPLATE, title="what each cut sends (fp32, per sample); the chosen cut in its colour",
+                      height=360, margin=dict(l=60, r=30, t=60, b=120), yaxis=dict(title="bytes", type="log"))
+    return fig

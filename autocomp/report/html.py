@@ -361,6 +361,34 @@ def _importance_html(result: data.Importances) -> str:
     return "".join(out)
 
 
+def _split_html(study: optuna.Study, meta: data.StudyMeta) -> str:
+    view = data.split_view(study, meta)
+    if view is None:
+        return ""
+    link = view.link
+    where = "the model stays on the device (nothing chosen beats the baseline)" if view.chosen_cut in (None, "device") else (
+        "all on the server, the input sent" if view.chosen_cut == "server" else f"cut after {esc(view.chosen_cut)}")
+    out = ['<section id="split"><h2>edge/cloud split</h2>',
+           f'<p>Over {esc(link.get("name"))} ({_fmt(link.get("bandwidth_mbps"), "g")} Mbit/s, {_fmt(link.get("rtt_ms"), "g")} ms round trip, '
+           f'±{_fmt(link.get("error_pct"), "g")}%: {esc(link.get("source"))}): {where}.</p>',
+           '<p class="meta">The same trials re-priced for other links, without re-training: each trial\'s edge and server '
+           "parts as estimated in its trial, plus that link's round trip and bytes at its bandwidth; the fastest feasible "
+           "trial per link, or the baseline.</p>"]
+    headers = [("link", False), ("Mbit/s", True), ("round trip ms", True), ("trial", False), ("runs", False),
+               ("total ms", True), ("why", False)]
+    rows = [("", [
+        (esc(r.link), r.link), (_fmt(r.bandwidth_mbps, "g"), r.bandwidth_mbps), (_fmt(r.rtt_ms, "g"), r.rtt_ms),
+        (esc(str(r.trial)), str(r.trial)),
+        (esc({"device": "all on the device", "server": "all on the server"}.get(r.cut, f"cut after {r.cut}")), r.cut),
+        (_fmt(r.total_ms, ".3f"), r.total_ms), (esc(r.reason), r.reason),
+    ]) for r in view.repriced.itertuples(index=False)]
+    out.append(table(headers, rows, table_id="split-links", sortable=True, wrap=("why",)))
+    if not view.cuts.empty:
+        out.append(_figure_html(figures.cuts_figure(view.cuts, view.chosen_cut), "fig-cuts"))
+    out.append("</section>")
+    return "".join(out)
+
+
 def _sensitivity_html(study: optuna.Study) -> str:
     frame, proposals = data.sensitivity_table(study), data.proposals_table(study)
     if frame.empty and proposals.empty:
@@ -441,6 +469,7 @@ def render(study: optuna.Study, *, run_dir: Path | None = None) -> str:
                     + _figure_html(figures.history_figure(data.history_table(trials), meta), "fig-history") + "</section>")
         body.append(_importance_html(data.importances(study)))
         body.append(_sensitivity_html(study))
+        body.append(_split_html(study, meta))
     body.append(
         f'<section id="trials-section"><h2>all trials ({len(trials)})</h2>'
         '<p class="meta">Click a column header to sort; a table wider than the page scrolls sideways. ★ chosen trial; '
