@@ -61,15 +61,27 @@ def anchor_plans(
     Static int8 and a narrow student are left out: they are what wrecked pretrained encoders. These
     are what users try first (torch-pruning's uniform FFN pruning, onnxruntime's quantize_dynamic,
     TensorRT's fp16).
+
+    With a split searched (``split/after``), the whole model on the server is queued too.
     """
     if any(knobs.knob_of(name)[0].name == "heads" for name in distributions):
         fast = [b for b in (16, DYNAMIC_INT8) if b in fast_bits and b in supported_bits and _all_layers_take(distributions, b)]
         recipes = [(0.25, 32), (0.5, 32), *((ratio, b) for b in fast for ratio in (0.0, 0.5))]
-        return _distinct(uniform_plan(distributions, prune=r, bits=b) for r, b in recipes)
-    return [
-        uniform_plan(distributions, distill=LOWEST, bits=b)
-        for b in (16, 8) if b in supported_bits and _all_layers_take(distributions, b)
-    ]
+        plans = _distinct(uniform_plan(distributions, prune=r, bits=b) for r, b in recipes)
+    else:
+        plans = [
+            uniform_plan(distributions, distill=LOWEST, bits=b)
+            for b in (16, 8) if b in supported_bits and _all_layers_take(distributions, b)
+        ]
+    return plans + _offloaded(distributions)
+
+
+def _offloaded(distributions: dict[str, Any]) -> list[dict[str, Any]]:
+    """With a split searched, the other hand-made answer: the uncompressed model all on the server, the input sent."""
+    from autocomp.split import ON_SERVER
+
+    after = distributions.get(f"{knobs.KNOBS['split'].prefix}after")
+    return [uniform_plan(distributions, split=ON_SERVER)] if after is not None and ON_SERVER in after.choices else []
 
 
 def uniform_grid(distributions: dict[str, Any], *, supported_bits: tuple[int | str, ...]) -> list[dict[str, Any]]:

@@ -181,7 +181,7 @@ def _metrics(
         **final,
         "baseline": {k: baseline.get(k) for k in METRIC_KEYS},
         "speedup": baseline["latency_ms"] / record["latency_ms"],
-        "size_ratio": baseline[size_key] / record[size_key],
+        "size_ratio": baseline[size_key] / record[size_key] if record[size_key] else None,  # None: nothing on the device
         "size_ratio_of": size_key,  # zip_bytes: the files deflated (shared weights gain there); size_bytes: raw
     }
 

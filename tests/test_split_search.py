@@ -95,6 +95,12 @@ def test_the_link_decides_where_the_model_runs_and_export_writes_the_parts(tmp_p
     whole = onnx_predictor(tmp_path / "export" / "model.onnx")(x)
     parts = onnx_predictor(tmp_path / "export" / "server.onnx")(onnx_predictor(tmp_path / "export" / "edge.onnx")(x))
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
+    # the chosen plan runs all on the server: the device stores nothing, and the files say so
+    files = export_trial(quick.study, quick.out_dir, tmp_path / "export-server")
+    assert "edge.onnx" not in {path.name for path in files}
+    assert json.loads((tmp_path / "export-server" / "split.json").read_text())["after"] == "server"
+    metrics = json.loads((tmp_path / "export-server" / "metrics.json").read_text())
+    assert metrics["model"]["zip_bytes"] == 0 and metrics["size_ratio"] is None
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -110,7 +110,8 @@ def search(
         console.print(
             f"chosen: trial {c.number} ({result.rule if not (final or {}).get('promoted') else 'promoted by its final fine-tune'}): "
             f"accuracy {100 * c.values[0]:.2f}%, {speed}, "
-            f"{c.values[2] / 1e3:.1f} kB{SIZE_NOTE.get(result.size_key, '')} ({getattr(baseline, result.size_key) / c.values[2]:.2f}x smaller)"
+            + (f"{c.values[2] / 1e3:.1f} kB{SIZE_NOTE.get(result.size_key, '')} ({getattr(baseline, result.size_key) / c.values[2]:.2f}x smaller)"
+               if c.values[2] else "nothing stored on the device (it all runs on the server)")
         )
         if final is not None:
             shipped = "ships" if final["shipped"] == "final" else "scored lower, so the trial's model ships"
