@@ -7,10 +7,13 @@ the exported graph, never guessed, and named after the outermost PyTorch module 
 that point (``layer1.0``: the exporter names nodes by module scope), so the names a study stores hold
 for every student of one teacher: pruning and narrowing keep the module paths.
 
-``split_model`` writes the part before the cut (``edge.onnx``, run on the device) and the part after it
-(``server.onnx``) with onnx's own ``onnx.utils.extract_model``; the crossing activation goes over the
-wire as fp32, as fp16 (a Cast at each end) or as uint8 (QuantizeLinear at the edge's end with the range
-calibrated on the task's samples, DequantizeLinear at the server's start), and a manifest says which.
+``mark_cut`` writes one file with a cut marked: the wire's encoding and decoding sit at the cut (fp32:
+none; fp16: a Cast each way; uint8: QuantizeLinear with the range calibrated on the task's samples, then
+DequantizeLinear), and its metadata names the cut (``marked`` reads it). That file computes what the two
+parts compute, so a search scores it as the pair. ``halves`` cuts a marked file into the part before the
+cut (``edge.onnx``, run on the device) and the part after it (``server.onnx``) with onnx's own
+``onnx.utils.extract_model``, and a manifest (``split.json``); ``split_model`` does both. ``time_parts``
+times every way to split a file once, so that each link only prices the transfer (``autocomp splits``).
 """
 
 from __future__ import annotations
