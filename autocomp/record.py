@@ -181,7 +181,7 @@ class StudyRecord(Record):
     proposal_refined: bool | None = kept(flag)
     bench_wall_s: float | None = kept(number, "the benchmark's search time so far (its budget spans resumes)")
     link: dict[str, Any] | None = kept(mapping, "a split search's link to the server (``links.Link``'s numbers)")
-    cuts: list[dict[str, Any]] | None = kept(rows, "a split search's cuts of the teacher: name, bytes_fp32, shape")
+    cuts: list[dict[str, Any]] | None = kept(rows, "a split search's ways to split the teacher: name, bytes_fp32, edge_ms, server_ms")
 
     @classmethod
     def of(cls, study: Any) -> StudyRecord:

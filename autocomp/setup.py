@@ -107,7 +107,7 @@ class Setup:
             with self.events.status("evaluating the uncompressed baseline"):
                 ctx, baseline = prepare_study(ctx, study, settings=settings, min_accuracy=settings["min_accuracy"])
             if self.link is not None:  # what the report re-prices the trials over, and the cuts it charts
-                _record_split(study, self.link, baseline)
+                _record_split(study, baseline, device=(self.estimator, self.profile), server=self.server, link=self.link)
         self.events.say(
             f"baseline: accuracy {100 * baseline.accuracy:.2f}%, latency {baseline.latency_ms:.3f} ms "
             f"({baseline.latency_source}), {baseline.size_bytes / 1e3:.1f} kB"
@@ -117,11 +117,21 @@ class Setup:
         return ctx, baseline
 
 
-def _record_split(study, link, baseline) -> None:
-    from autocomp.record import StudyRecord
-    from autocomp.split import candidate_cuts
+def _record_split(study, baseline, *, device, server, link) -> None:
+    """Once per study: the link, and every way to split the uncompressed model with its parts estimated (the
+    report's chart of what each cut sends and costs; ``split.time_parts``)."""
+    import tempfile
 
-    cuts = [{"name": c.name, "bytes_fp32": c.bytes_sent("fp32"), "shape": [str(d) for d in c.shape]} for c in candidate_cuts(baseline.artifact)]
+    from autocomp.latency import get_backend
+    from autocomp.record import StudyRecord
+    from autocomp.split import time_parts
+
+    if StudyRecord.of(study).cuts is not None:
+        return
+    with tempfile.TemporaryDirectory(prefix="autocomp-cuts-") as work:
+        parts = time_parts(Path(baseline.artifact), device=device, server=(get_backend("estimate", profile=server), server),
+                           wire="fp32", work_dir=Path(work))
+    cuts = [{"name": p.cut, "bytes_fp32": p.bytes_sent, "edge_ms": p.edge_ms, "server_ms": p.server_ms} for p in parts]
     numbers = {k: getattr(link, k) for k in ("name", "description", "bandwidth_mbps", "rtt_ms", "error_pct", "source", "cost_per_mb")}
     StudyRecord.put(study, link=numbers, cuts=cuts)
 

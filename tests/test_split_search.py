@@ -72,6 +72,9 @@ def test_the_link_decides_where_the_model_runs_and_export_writes_the_parts(tmp_p
         rows = data.split_view(result.study).repriced.set_index("link")
         assert rows.loc["lte-5mbps", "cut"] == "device" and rows.loc["rack" if result is quick else "lte-5mbps", "total_ms"] > 0
         assert rows.loc["lte-5mbps", "reason"].startswith("all on jetson-nano: ")
+    cuts = data.split_view(quick.study).cuts.set_index("name")  # the uncompressed model's ways, priced once per study
+    assert list(cuts.index[:2]) == ["device", "server"] and "Relu_3" in cuts.index
+    assert cuts.loc["server", "total_ms"] < cuts.loc["device", "total_ms"] and cuts.loc["device", "bytes_fp32"] == 0
     fast_rows = data.split_view(quick.study).repriced.set_index("link")
     assert fast_rows.loc["rack", "cut"] == "server" and "ms to send" in fast_rows.loc["rack", "reason"]
     report = write_report(quick.study, tmp_path / "report.html")

@@ -777,7 +777,7 @@ class SplitView:
     """A split search's section: its link, the teacher's cuts, and the finished trials re-priced per link."""
 
     link: Mapping[str, Any]
-    cuts: pd.DataFrame  # name, bytes_fp32, in graph order
+    cuts: pd.DataFrame  # name, bytes_fp32, edge_ms, server_ms, total_ms (over the study's link): the teacher's, both ends first
     chosen_cut: str | None  # the chosen trial's ``split/after`` (None: nothing chosen, the model stays on the device)
     repriced: pd.DataFrame  # SPLIT_COLUMNS, one row per link: the fastest feasible trial (or the baseline) over it
 
@@ -825,5 +825,9 @@ def split_view(study: optuna.Study, meta: StudyMeta | None = None) -> SplitView 
         rows.append({"link": link.name, "bandwidth_mbps": link.bandwidth_mbps, "rtt_ms": link.rtt_ms, "trial": who, "cut": cut,
                      "edge_ms": edge, "transfer_ms": transfer, "server_ms": far, "total_ms": edge + transfer + far, "reason": reason})
     chosen = study.trials[meta.chosen_trial].params.get("split/after") if meta.chosen_trial is not None else None
-    cuts = pd.DataFrame(record.cuts or [], columns=["name", "bytes_fp32"]) if record.cuts else pd.DataFrame(columns=["name", "bytes_fp32"])
-    return SplitView(link=record.link, cuts=cuts[["name", "bytes_fp32"]], chosen_cut=chosen, repriced=pd.DataFrame(rows, columns=SPLIT_COLUMNS))
+    cuts = pd.DataFrame(record.cuts or [], columns=["name", "bytes_fp32", "edge_ms", "server_ms"])
+    cuts["total_ms"] = [
+        e + s + (0.0 if name == "device" else study_link.transfer_ms(b))
+        for name, b, e, s in zip(cuts["name"], cuts["bytes_fp32"], pd.to_numeric(cuts["edge_ms"]), pd.to_numeric(cuts["server_ms"]))
+    ]
+    return SplitView(link=record.link, cuts=cuts, chosen_cut=chosen, repriced=pd.DataFrame(rows, columns=SPLIT_COLUMNS))

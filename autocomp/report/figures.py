@@ -239,12 +239,24 @@ def sensitivity_figure(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def cuts_figure(cuts: pd.DataFrame, chosen: str | None) -> go.Figure:
-    """The activation each cut of the teacher sends (fp32 bytes per sample), in graph order; the chosen cut marked."""
-    colours = [COLOURS["chosen"] if name == chosen else COLOURS["base_bar"] for name in cuts["name"]]
-    fig = go.Figure(go.Bar(x=[plot_text(n) for n in cuts["name"]], y=cuts["bytes_fp32"], marker_color=colours,
-                           hovertext=[f"after {plot_text(n)}: {format_bytes(b)} per sample (fp32)" for n, b in zip(cuts["name"], cuts["bytes_fp32"])],
-                           hoverinfo="text"))
-    fig.update_layout(template=TEMPLATE, title="what each cut sends (fp32, per sample); the chosen cut in its colour",
-                      height=360, margin=dict(l=60, r=30, t=60, b=120), yaxis=dict(title="bytes", type="log"))
+def cuts_figure(cuts: pd.DataFrame, chosen: str | None, *, link: str) -> go.Figure:
+    """Every way to split the uncompressed model, in graph order (both ends first): the bytes each sends per
+    sample (bars) and its estimated end-to-end latency over the study's link (line); the chosen plan's cut marked."""
+    from plotly.subplots import make_subplots
+
+    names = [plot_text(n) for n in cuts["name"]]
+    colours = [COLOURS["chosen"] if name == (chosen or "device") else COLOURS["base_bar"] for name in cuts["name"]]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=names, y=cuts["bytes_fp32"], marker_color=colours, name="bytes sent (fp32)",
+                         hovertext=[f"{n}: {format_bytes(b)} sent" for n, b in zip(names, cuts["bytes_fp32"])], hoverinfo="text"),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=names, y=cuts["total_ms"], mode="lines+markers", name=f"end to end over {plot_text(link)} (ms)",
+                             marker=dict(color=COLOURS["chosen_bar"]),
+                             hovertext=[f"{n}: {e:.3f} ms edge + {t - e - s:.3f} ms link + {s:.3f} ms server"
+                                        for n, e, s, t in zip(names, cuts["edge_ms"], cuts["server_ms"], cuts["total_ms"])],
+                             hoverinfo="text"), secondary_y=True)
+    fig.update_layout(template=TEMPLATE, height=380, margin=dict(l=60, r=60, t=60, b=120),
+                      title="where to cut the uncompressed model: bytes sent and end-to-end latency (the chosen plan's cut in its colour)")
+    fig.update_yaxes(title_text="bytes sent per sample", type="log", secondary_y=False)
+    fig.update_yaxes(title_text="ms", secondary_y=True)
     return fig

@@ -384,7 +384,7 @@ def _split_html(study: optuna.Study, meta: data.StudyMeta) -> str:
     ]) for r in view.repriced.itertuples(index=False)]
     out.append(table(headers, rows, table_id="split-links", sortable=True, wrap=("why",)))
     if not view.cuts.empty:
-        out.append(_figure_html(figures.cuts_figure(view.cuts, view.chosen_cut), "fig-cuts"))
+        out.append(_figure_html(figures.cuts_figure(view.cuts, view.chosen_cut, link=str(link.get("name"))), "fig-cuts"))
     out.append("</section>")
     return "".join(out)
 
