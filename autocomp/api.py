@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from autocomp.errors import ConfigError
 from autocomp.events import Events, Quiet
@@ -106,6 +106,8 @@ def search(
         task=task, device=profile if profile is not None else device, space=space, backend=backend, threads=threads,
         storage=storage_url, events=events, server=server, link=link,
     )
+    if setup.space is not None:  # a split space without its server and link fails before the model trains
+        check_split({f"{k}/" for k in setup.space.knobs}, link=link)
     with exclusive_run(out_dir, storage=storage_url, study_name=name, shared=on_server):
         teacher = setup.teacher()
         space_name, search_space = setup.space_for(teacher)
@@ -151,8 +153,9 @@ def search(
     )
 
 
-def check_split(distributions: dict, *, link: str | None) -> None:
-    """A space that searches a split needs the server and the link it is priced across, and only such a space takes them."""
+def check_split(distributions: Iterable[str], *, link: str | None) -> None:
+    """A space that searches a split needs the server and the link it is priced across, and only such a space takes
+    them. ``distributions``: the parameter names (or the knobs' prefixes) the space gives."""
     searched = any(name.startswith("split/") for name in distributions)
     if searched and link is None:
         raise ConfigError("the space searches where to cut the model (split:); give the server and the link: --server NAME --link NAME")

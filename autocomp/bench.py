@@ -171,12 +171,15 @@ def _timed_search(
     from autocomp.final import final_finetune
 
     before = {t.number for t in finished_trials(study)}
+    # a study with all its trials runs nothing, and its time stays as it was: the grid's time is the searches'
+    # budget, and a resumed bench that added the grid's bookkeeping to it gave every search time for one more trial
+    runs = len(before) < n_trials and (timeout_s is None or timeout_s > 0)
     started = time.perf_counter()
-    if timeout_s is None or timeout_s > 0:
+    if runs:
         run_search(ctx, study, n_trials=n_trials, on_trial_end=on_trial_end, timeout_s=timeout_s)
     wall_s = time.perf_counter() - started
     new = frozenset(t.number for t in finished_trials(study)) - before
-    if timeout_s is None or timeout_s > 0:
+    if runs:
         # a study's time over every invocation that ran: what a resumed search has left, and the grid's budget;
         # it counts even when no trial finished (the sensitivity pass and the pricing can take a whole budget)
         StudyRecord.put(study, bench_wall_s=(StudyRecord.of(study).bench_wall_s or 0.0) + wall_s)
