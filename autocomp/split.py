@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autocomp.errors import PlanError
+from autocomp.onnx_meta import module_path
 
 WIRES = ("fp32", "fp16", "int8")
 """How the crossing activation is sent: its bytes per element are 4, 2 and 1."""
@@ -50,21 +51,11 @@ class Cut:
         return self.elements * WIRE_BYTES[wire]
 
 
-def _module_path(node_name: str) -> list[str]:
+def _scopes(node_name: str) -> list[str]:
     """The module-scope prefixes of an exported node, outermost first: ``/layer1/layer1.0/relu_1/Relu`` ->
     [``/layer1``, ``/layer1/layer1.0``, ``/layer1/layer1.0/relu_1``] (the last segment is the op)."""
     parts = [p for p in node_name.split("/") if p]
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
-
-
-def _dotted(scope: str) -> str:
-    """A scope as the PyTorch module path: ``/layer1/layer1.0`` -> ``layer1.0``, ``/blocks/blocks.0/expand/expand.0``
-    -> ``blocks.0.expand.0`` (the exporter names a Sequential's child ``<its own segment>.<index>``)."""
-    path, previous = "", ""
-    for part in (p for p in scope.split("/") if p):
-        path = path + part[len(previous):] if previous and part.startswith(previous + ".") else (f"{path}.{part}" if path else part)
-        previous = part
-    return path
 
 
 def _elements(value_info: onnx.ValueInfoProto | None) -> tuple[tuple[Any, ...], int]:
@@ -99,7 +90,7 @@ def candidate_cuts(model: onnx.ModelProto | str | Path) -> list[Cut]:
         for name in node.input:
             if name in produced:
                 last_use[name] = max(last_use.get(name, -1), index)
-    scopes = [_module_path(n.name) for n in nodes]
+    scopes = [_scopes(n.name) for n in nodes]
     last_in_scope: dict[str, int] = {}
     for index, prefixes in enumerate(scopes):
         for prefix in prefixes:
@@ -116,7 +107,7 @@ def candidate_cuts(model: onnx.ModelProto | str | Path) -> list[Cut]:
             continue  # inside a module (between a block's sum and its activation): no boundary a user cuts at
         if not scopes[index] and nodes[index].op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue  # a quantizer's own node at the graph's ends, not a layer of the model
-        name = _dotted(closed[0]) if closed else nodes[index].name.strip("/") or crossing[0]
+        name = module_path([p for p in closed[0].split("/") if p]) if closed else nodes[index].name.strip("/") or crossing[0]
         if name in seen:
             continue
         seen.add(name)

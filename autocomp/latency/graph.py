@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from autocomp.errors import LatencyError
 from autocomp.cost_model import MAC_KINDS, feature_names
-from autocomp.onnx_meta import MODULE_KEY
+from autocomp.onnx_meta import MODULE_KEY, module_path
 
 if TYPE_CHECKING:
     from autocomp.latency.kernels import RuntimeChoices
@@ -294,10 +294,7 @@ def _layer_of(node: onnx.NodeProto) -> str:
             if len(scopes) >= 2:
                 return scopes[-2]
     if node.name.startswith("/"):  # legacy exporter: /layer1/layer1.0/conv1/Conv -> layer1.0.conv1
-        path = ""
-        for part in [p for p in node.name.split("/") if p][:-1]:
-            # a scope is either a full path (layer1.0) or an attribute name under the last one (conv1)
-            path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+        path = module_path([p for p in node.name.split("/") if p][:-1])
         if path:
             return path
     return node.name or node.op_type
