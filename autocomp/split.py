@@ -166,10 +166,9 @@ def mark_cut(
     if wire not in WIRES:
         raise PlanError(f"split/wire: {wire!r} is not one of {', '.join(WIRES)}")
     model = onnx.load(str(onnx_path))
-    initializers = {t.name for t in model.graph.initializer}
     scale = zero_point = None
     if cut_name == ON_SERVER:
-        tensor, wire, nbytes = "", "fp32", sum(_input_bytes(v) for v in model.graph.input if v.name not in initializers)
+        tensor, wire, nbytes = "", "fp32", _input_bytes(model)
     else:
         cut = find_cut(model, cut_name)
         tensor, nbytes = cut.tensor, cut.bytes_sent(wire)
@@ -177,7 +176,7 @@ def mark_cut(
             if wire == "int8" and not samples:
                 raise PlanError("split/wire: int8 needs calibration samples to fix the activation's range")
             if wire == "int8":
-                scale, zero_point = _uint8_params(*_range(onnx_path, cut.tensor, out_path.parent, samples))
+                scale, zero_point = _uint8_params(*_range(onnx_path, model, cut.tensor, out_path.parent, samples))
             tensor = _encode(model, cut, wire, scale=scale, zero_point=zero_point)
     fields = {"after": cut_name, "tensor": tensor, "wire": wire, "bytes_per_sample": str(nbytes),
               "scale": "" if scale is None else repr(scale), "zero_point": "" if zero_point is None else str(zero_point)}
@@ -189,15 +188,15 @@ def mark_cut(
     return out_path
 
 
-def _range(onnx_path: Path, tensor: str, work: Path, samples: Sequence[tuple[np.ndarray, ...]]) -> tuple[float, float]:
+def _range(
+    onnx_path: Path, model: onnx.ModelProto, tensor: str, work: Path, samples: Sequence[tuple[np.ndarray, ...]],
+) -> tuple[float, float]:
     """The (min, max) of ``tensor`` over ``samples``, zero included (onnxruntime's MinMax calibration's range)."""
     from autocomp.runtime import onnx_predictor
 
     work.mkdir(parents=True, exist_ok=True)
     head = work / f".{Path(onnx_path).stem}-range.onnx"
-    model = onnx.load(str(onnx_path))
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    onnx.utils.extract_model(str(onnx_path), str(head), inputs, [tensor])
+    onnx.utils.extract_model(str(onnx_path), str(head), _inputs(model), [tensor])
     try:
         edge = onnx_predictor(head)
         low = high = 0.0
@@ -250,19 +249,25 @@ def device_part(path: Path) -> Any:
     as ``device_part.onnx``; empty stats for the ``server`` end; None for a file that marks no cut."""
     from autocomp.runtime import OnnxStats, onnx_stats
 
-    mark = marked(path)
+    model = onnx.load(str(path), load_external_data=False)
+    mark = marked(model)
     if mark is None:
         return None
     if mark.after == ON_SERVER:
         return OnnxStats(size_bytes=0, params=0, sha256="")
-    return onnx_stats(_edge(Path(path), Path(path).parent / "device_part.onnx", mark))
+    return onnx_stats(_edge(Path(path), model, Path(path).parent / "device_part.onnx", mark))
 
 
-def _edge(marked_path: Path, out_path: Path, mark: Marked) -> Path:
-    """The part of a marked file before its cut, as exported: no inner shapes (a tool fixing the batch infers them)."""
-    model = onnx.load(str(marked_path), load_external_data=False)
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    onnx.utils.extract_model(str(marked_path), str(out_path), inputs, [mark.tensor])
+def _inputs(model: onnx.ModelProto) -> list[str]:
+    """The graph's real inputs: the names it lists as inputs that are not weights."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def _edge(marked_path: Path, model: onnx.ModelProto, out_path: Path, mark: Marked) -> Path:
+    """The part of a marked file (``model``, loaded) before its cut, as exported: no inner shapes (a tool fixing
+    the batch infers them)."""
+    onnx.utils.extract_model(str(marked_path), str(out_path), _inputs(model), [mark.tensor])
     return _as_exported(out_path)
 
 
@@ -282,7 +287,7 @@ def halves(marked_path: Path, out_dir: Path) -> SplitFiles:
     if mark is None or mark.after == ON_SERVER:
         raise PlanError(f"{marked_path.name} marks no cut inside the model (split/after: {mark.after if mark else ON_DEVICE})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    edge, server = _edge(marked_path, out_dir / "edge.onnx", mark), out_dir / "server.onnx"
+    edge, server = _edge(marked_path, model, out_dir / "edge.onnx", mark), out_dir / "server.onnx"
     onnx.utils.extract_model(str(marked_path), str(server), [mark.tensor], [o.name for o in model.graph.output])
     _as_exported(server)
     files = SplitFiles(edge=edge, server=server, manifest=out_dir / "split.json", mark=mark)
@@ -340,8 +345,7 @@ def time_parts(
     device_backend, device_profile = device
     server_backend, server_profile = server
     model = onnx.load(str(onnx_path))
-    initializers = {t.name for t in model.graph.initializer}
-    input_bytes = sum(_input_bytes(v) for v in model.graph.input if v.name not in initializers)
+    input_bytes = _input_bytes(model)
     parts = [
         SplitParts(ON_DEVICE, wire, 0, device_backend.measure(onnx_path, device_profile).median_ms, 0.0),
         SplitParts(ON_SERVER, "input", input_bytes, 0.0, server_backend.measure(onnx_path, server_profile).median_ms),
@@ -355,7 +359,11 @@ def time_parts(
     return parts
 
 
-def _input_bytes(value_info: onnx.ValueInfoProto) -> int:
-    _, elements = _elements(value_info)
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type)).itemsize
-    return elements * itemsize
+def _input_bytes(model: onnx.ModelProto) -> int:
+    """Bytes per sample of the graph's real inputs (what the ``server`` end sends)."""
+    values = {v.name: v for v in model.graph.input}
+    total = 0
+    for name in _inputs(model):
+        _, elements = _elements(values[name])
+        total += elements * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(values[name].type.tensor_type.elem_type)).itemsize
+    return total

@@ -31,8 +31,6 @@ class SplitBackend:
     """Prices a marked file across ``link``: the device part by ``device`` (this profile's backend), the
     server part by ``server`` (a backend) on ``server_profile``."""
 
-    name = "split"
-
     def __init__(self, device: Any, server: Any, server_profile: Any, link: Any) -> None:
         self.device, self.server, self.server_profile, self.link = device, server, server_profile, link
         self.name = device.name  # what the device part is timed by decides whether the search measures or estimates
